@@ -1,0 +1,1 @@
+//! `apiserver`: placeholder crate; the orchestration/tooling issues fill it in. It has no code yet.

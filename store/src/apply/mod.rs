@@ -1,0 +1,208 @@
+//! apply: the replicated state machine and the rules for applying one
+//! committed raft entry to it.
+//!
+//! [`StateMachine`] owns everything a snapshot contains: the MVCC key space,
+//! the lease table, the alarm list and the applied index/term. The apply
+//! thread (`crate::raft::apply_loop`) is its only writer; server handlers
+//! read it under the read lock. Apply is deterministic: everything
+//! nondeterministic was fixed by the proposer inside the
+//! [`InternalRequest`](crate::request::InternalRequest).
+
+pub mod kv;
+pub mod lease;
+
+use proto::etcdserverpb::{self as pb, alarm_request::AlarmAction};
+
+use crate::error::{Error, Result};
+use crate::mvcc::{KeyRange, Mvcc};
+use crate::request::{ApplyResult, Op};
+use lease::Leases;
+
+/// Largest TTL a lease may have (etcd's MaxLeaseTTL).
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// The replicated state.
+#[derive(Clone)]
+pub struct StateMachine {
+    /// The key space.
+    pub mvcc: Mvcc,
+    /// The lease table.
+    pub leases: Leases,
+    /// Active alarms.
+    pub alarms: Vec<pb::AlarmMember>,
+    /// Index of the last applied raft entry.
+    pub applied_index: u64,
+    /// Term of the last applied raft entry.
+    pub applied_term: u64,
+    /// Voters and learners as of `applied_index`.
+    pub voters: Vec<u64>,
+    /// Learners as of `applied_index`.
+    pub learners: Vec<u64>,
+}
+
+impl Default for StateMachine {
+    fn default() -> Self {
+        StateMachine {
+            mvcc: Mvcc::new(),
+            leases: Leases::default(),
+            alarms: Vec::new(),
+            applied_index: 0,
+            applied_term: 0,
+            voters: Vec::new(),
+            learners: Vec::new(),
+        }
+    }
+}
+
+/// Settings that shape apply (identical on every member).
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyConfig {
+    /// Minimum lease TTL in seconds (1.5 election timeouts, rounded up).
+    pub min_lease_ttl: i64,
+}
+
+fn header(rev: i64) -> Option<pb::ResponseHeader> {
+    Some(pb::ResponseHeader {
+        revision: rev,
+        ..Default::default()
+    })
+}
+
+impl StateMachine {
+    fn has_alarm(&self, t: pb::AlarmType) -> bool {
+        self.alarms.iter().any(|a| a.alarm == t as i32)
+    }
+
+    /// Apply one operation. Errors are results for the client; the entry is
+    /// applied either way (a failed op changes nothing).
+    pub fn apply(&mut self, op: Op, cfg: &ApplyConfig) -> Result<ApplyResult> {
+        if self.has_alarm(pb::AlarmType::Corrupt) && !matches!(op, Op::Alarm(_) | Op::Compaction(_))
+        {
+            return Err(Error::Corrupt);
+        }
+        let nospace = self.has_alarm(pb::AlarmType::Nospace);
+        match op {
+            Op::Put(p) => {
+                if nospace {
+                    return Err(Error::NoSpace);
+                }
+                let mut txn = self.mvcc.write();
+                let r = kv::put(&mut txn, &mut self.leases, &p);
+                let rev = txn.commit();
+                let mut r = r?;
+                r.header = header(rev);
+                Ok(ApplyResult::Put(r))
+            }
+            Op::DeleteRange(d) => {
+                let mut txn = self.mvcc.write();
+                let mut r = kv::delete_range(&mut txn, &mut self.leases, &d);
+                r.header = header(txn.commit());
+                Ok(ApplyResult::DeleteRange(r))
+            }
+            Op::Txn(t) => {
+                if nospace && has_put(&t) {
+                    return Err(Error::NoSpace);
+                }
+                let mut txn = self.mvcc.write();
+                let r = kv::txn_write(&mut txn, &mut self.leases, &t);
+                if r.is_err() {
+                    assert!(
+                        !txn.has_changes(),
+                        "invariant: txn checks run before any write"
+                    );
+                }
+                let rev = txn.commit();
+                let mut r = r?;
+                r.header = header(rev);
+                Ok(ApplyResult::Txn(r))
+            }
+            Op::Compaction(c) => {
+                self.mvcc.compact(c.revision)?;
+                Ok(ApplyResult::Compaction(pb::CompactionResponse {
+                    header: header(self.mvcc.current_rev()),
+                }))
+            }
+            Op::LeaseGrant(g) => {
+                if nospace {
+                    return Err(Error::NoSpace);
+                }
+                if g.ttl > MAX_LEASE_TTL {
+                    return Err(Error::LeaseTtlTooLarge);
+                }
+                if self.leases.contains(g.id) {
+                    return Err(Error::LeaseExist);
+                }
+                let ttl = g.ttl.max(cfg.min_lease_ttl);
+                self.leases.grant(g.id, ttl);
+                Ok(ApplyResult::LeaseGrant(pb::LeaseGrantResponse {
+                    header: header(self.mvcc.current_rev()),
+                    id: g.id,
+                    ttl,
+                    error: String::new(),
+                }))
+            }
+            Op::LeaseRevoke(r) => {
+                let Some(l) = self.leases.remove(r.id) else {
+                    return Err(Error::LeaseNotFound);
+                };
+                let mut txn = self.mvcc.write();
+                for k in &l.keys {
+                    // Detach from nothing: the lease is already gone.
+                    txn.delete_range(&KeyRange::new(k, &[]));
+                }
+                let rev = txn.commit();
+                Ok(ApplyResult::LeaseRevoke(pb::LeaseRevokeResponse {
+                    header: header(rev),
+                }))
+            }
+            Op::LeaseCheckpoint(c) => {
+                for cp in c.checkpoints {
+                    self.leases.checkpoint(cp.id, cp.remaining_ttl);
+                }
+                Ok(ApplyResult::Empty)
+            }
+            Op::Alarm(a) => Ok(ApplyResult::Alarm(self.apply_alarm(&a))),
+        }
+    }
+
+    fn apply_alarm(&mut self, a: &pb::AlarmRequest) -> pb::AlarmResponse {
+        let mut resp = pb::AlarmResponse {
+            header: header(self.mvcc.current_rev()),
+            alarms: Vec::new(),
+        };
+        let m = pb::AlarmMember {
+            member_id: a.member_id,
+            alarm: a.alarm,
+        };
+        match AlarmAction::try_from(a.action) {
+            Ok(AlarmAction::Activate) => {
+                if a.alarm == pb::AlarmType::None as i32 {
+                    return resp;
+                }
+                if !self.alarms.contains(&m) {
+                    self.alarms.push(m.clone());
+                }
+                resp.alarms.push(m);
+            }
+            Ok(AlarmAction::Deactivate) => {
+                if let Some(pos) = self.alarms.iter().position(|x| *x == m) {
+                    resp.alarms.push(self.alarms.remove(pos));
+                }
+            }
+            _ => resp.alarms = self.alarms.clone(),
+        }
+        resp
+    }
+}
+
+fn has_put(t: &pb::TxnRequest) -> bool {
+    use pb::request_op::Request;
+    t.success
+        .iter()
+        .chain(t.failure.iter())
+        .any(|op| match &op.request {
+            Some(Request::RequestPut(_)) => true,
+            Some(Request::RequestTxn(t)) => has_put(t),
+            _ => false,
+        })
+}

@@ -1,0 +1,147 @@
+//! error: the store's one error enum and its mapping onto etcd's gRPC errors.
+//!
+//! Every variant that a client can see renders to etcd's exact message string
+//! and gRPC code (etcd `api/v3rpc/rpctypes/error.go`), because clients such as
+//! `clientv3` and kube-apiserver match on those strings byte for byte.
+
+use tonic::{Code, Status};
+
+use crate::mvcc::MvccError;
+
+/// Errors surfaced by the store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The requested revision was compacted.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// The requested revision is in the future.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    /// Empty key in a request.
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// ignore_value/ignore_lease on a key that does not exist.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// ignore_value with a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// ignore_lease with a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// More ops in a txn than `--max-txn-ops`.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// A txn writes the same key twice.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// Unknown sort order/target.
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    /// The request exceeds `--max-request-bytes`.
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// The NOSPACE alarm is active.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// The lease does not exist.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// A client-chosen lease ID is taken.
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    /// TTL above the maximum.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    /// No raft leader.
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// Not the leader (for leader-only operations).
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    /// Leadership changed while the request was in flight.
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    /// The server is shutting down.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// The request did not complete in time.
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// MoveLeader target is not a voting member.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// Member not found.
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// The cluster is corrupt.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+    /// Feature not implemented by this build.
+    #[error("{0}")]
+    Unimplemented(String),
+    /// Internal failure: I/O, decode, invariant. Never expected by clients.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Convenience result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The gRPC code etcd uses for this error.
+    pub fn code(&self) -> Code {
+        use Error::*;
+        match self {
+            Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
+            NoSpace => Code::ResourceExhausted,
+            LeaseNotFound | MemberNotFound => Code::NotFound,
+            LeaseExist | NotLeader | BadLeaderTransferee => Code::FailedPrecondition,
+            NoLeader | LeaderChanged | Stopped | Timeout => Code::Unavailable,
+            Corrupt => Code::DataLoss,
+            Unimplemented(_) => Code::Unimplemented,
+            Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<MvccError> for Error {
+    fn from(e: MvccError) -> Self {
+        match e {
+            MvccError::Compacted => Error::Compacted,
+            MvccError::FutureRev => Error::FutureRev,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_strings_and_codes() {
+        let s: Status = Error::Compacted.into();
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let s: Status = Error::DuplicateKey.into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(
+            s.message(),
+            "etcdserver: duplicate key given in txn request"
+        );
+        let s: Status = Error::LeaseNotFound.into();
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.message(), "etcdserver: requested lease not found");
+    }
+}

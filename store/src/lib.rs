@@ -1,0 +1,31 @@
+//! Strata's store: a Raft-replicated MVCC key-value store that speaks
+//! etcd's v3 gRPC API.
+//!
+//! Module map (requests flow top to bottom):
+//! - [`config`]: etcd-compatible flags and `ETCD_*` environment variables.
+//! - [`server`]: one file per etcd gRPC service, plus `/health`, `/metrics`.
+//! - [`node`]: a running member; `propose`, `linearizable` (ReadIndex), recovery.
+//! - [`raft`]: the raft thread (raft-rs `RawNode` on raft-engine) and the apply thread.
+//! - [`request`]: the replicated operation carried in every raft entry.
+//! - [`apply`]: the state machine and etcd's KV/Txn/lease/alarm semantics.
+//! - [`mvcc`]: the in-memory multi-version key space and its event log.
+//! - [`lessor`]: the leader's lease-expiry clock.
+//! - [`snapshot`]: CRC-checked state-machine snapshot files.
+//! - [`membership`]: etcd-compatible member and cluster IDs.
+//! - [`metrics`], [`logging`], [`error`].
+
+pub mod apply;
+pub mod config;
+pub mod error;
+pub mod lessor;
+pub mod logging;
+pub mod membership;
+pub mod metrics;
+pub mod mvcc;
+pub mod node;
+pub mod raft;
+pub mod request;
+pub mod server;
+pub mod snapshot;
+
+pub use error::{Error, Result};

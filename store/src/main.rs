@@ -1,0 +1,51 @@
+//! `strata`: parse etcd-style flags, start the member, serve until SIGINT/SIGTERM.
+
+use store::config::{self, Parsed};
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn main() {
+    let cfg = match config::parse(std::env::args().collect()) {
+        Ok(Parsed::Run(c)) => *c,
+        Ok(Parsed::Version) => {
+            println!("strata Version: {}", env!("CARGO_PKG_VERSION"));
+            println!("etcd API Version: 3.5 (reports {} by default)", "3.6.0");
+            return;
+        }
+        Err(e) => e.exit(),
+    };
+    store::logging::init(&cfg.log_level, &cfg.log_format);
+    if let Err(e) = run(cfg) {
+        tracing::error!(error = format!("{e:#}"), "strata failed");
+        eprintln!("strata: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cfg: config::Config) -> anyhow::Result<()> {
+    for f in &cfg.ignored {
+        tracing::warn!(flag = %f, "flag accepted for etcd compatibility but has no effect in this version");
+    }
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), name = %cfg.name, data_dir = %cfg.data_dir.display(),
+        emulated_etcd_version = %cfg.emulated_etcd_version, "starting strata");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let node = store::node::Node::start(cfg)?;
+        node.spawn_background();
+        let handles = store::server::serve(node.clone()).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        node.stop();
+        for h in handles {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), h).await;
+        }
+        Ok(())
+    })
+}

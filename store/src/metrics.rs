@@ -1,0 +1,130 @@
+//! metrics: Prometheus metrics, named as etcd names them wherever the
+//! meaning is the same, so existing etcd dashboards and alerts work.
+//! Strata-only metrics are prefixed `strata_`.
+
+use std::sync::LazyLock;
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+
+/// The process-wide metrics.
+pub struct Metrics {
+    /// The registry behind `/metrics`.
+    pub registry: Registry,
+    /// etcd_server_has_leader.
+    pub has_leader: IntGauge,
+    /// etcd_server_leader_changes_seen_total.
+    pub leader_changes: IntCounter,
+    /// etcd_server_proposals_committed_total.
+    pub proposals_committed: IntCounter,
+    /// etcd_server_proposals_applied_total.
+    pub proposals_applied: IntCounter,
+    /// etcd_server_proposals_pending.
+    pub proposals_pending: IntGauge,
+    /// etcd_server_proposals_failed_total.
+    pub proposals_failed: IntCounter,
+    /// etcd_disk_wal_fsync_duration_seconds.
+    pub wal_fsync: Histogram,
+    /// etcd_debugging_snap_save_total_duration_seconds.
+    pub snapshot_save: Histogram,
+    /// etcd_mvcc_db_total_size_in_bytes.
+    pub db_size: IntGauge,
+    /// etcd_debugging_mvcc_keys_total.
+    pub keys_total: IntGauge,
+    /// etcd_debugging_mvcc_watcher_total.
+    pub watchers: IntGauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("invariant: valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("invariant: unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("invariant: valid metric");
+    r.register(Box::new(g.clone()))
+        .expect("invariant: unique metric");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("invariant: valid metric");
+    r.register(Box::new(h.clone()))
+        .expect("invariant: unique metric");
+    h
+}
+
+/// The metrics singleton.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let r = Registry::new();
+    let disk = prometheus::exponential_buckets(0.001, 2.0, 14).expect("invariant: buckets");
+    Metrics {
+        has_leader: gauge(
+            &r,
+            "etcd_server_has_leader",
+            "Whether or not a leader exists. 1 is existence, 0 is not.",
+        ),
+        leader_changes: counter(
+            &r,
+            "etcd_server_leader_changes_seen_total",
+            "The number of leader changes seen.",
+        ),
+        proposals_committed: counter(
+            &r,
+            "etcd_server_proposals_committed_total",
+            "The total number of consensus proposals committed.",
+        ),
+        proposals_applied: counter(
+            &r,
+            "etcd_server_proposals_applied_total",
+            "The total number of consensus proposals applied.",
+        ),
+        proposals_pending: gauge(
+            &r,
+            "etcd_server_proposals_pending",
+            "The current number of pending proposals to commit.",
+        ),
+        proposals_failed: counter(
+            &r,
+            "etcd_server_proposals_failed_total",
+            "The total number of failed proposals seen.",
+        ),
+        wal_fsync: histogram(
+            &r,
+            "etcd_disk_wal_fsync_duration_seconds",
+            "The latency distributions of fsync called by WAL.",
+            disk.clone(),
+        ),
+        snapshot_save: histogram(
+            &r,
+            "etcd_debugging_snap_save_total_duration_seconds",
+            "The total latency distributions of save called by snapshot.",
+            disk,
+        ),
+        db_size: gauge(
+            &r,
+            "etcd_mvcc_db_total_size_in_bytes",
+            "Total size of the underlying database physically allocated in bytes.",
+        ),
+        keys_total: gauge(
+            &r,
+            "etcd_debugging_mvcc_keys_total",
+            "Total number of keys.",
+        ),
+        watchers: gauge(
+            &r,
+            "etcd_debugging_mvcc_watcher_total",
+            "Total number of watchers.",
+        ),
+        registry: r,
+    }
+});
+
+/// Render all metrics in the Prometheus text format.
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}

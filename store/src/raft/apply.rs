@@ -1,0 +1,202 @@
+//! raft::apply: the apply thread. It decodes committed entries in log order,
+//! applies each batch to the state machine under one write-lock hold,
+//! publishes the new applied index/revision (which wakes watchers and
+//! linearizable readers), completes the proposers' waiters by request id,
+//! and triggers background state-machine snapshots every `snapshot_count`
+//! entries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock};
+use prost::Message;
+use raft::eraftpb::{Entry, EntryType};
+use tokio::sync::{oneshot, watch};
+
+use crate::apply::{ApplyConfig, StateMachine};
+use crate::error::{Error, Result};
+use crate::lessor::Lessor;
+use crate::metrics::METRICS;
+use crate::request::{ApplyResult, InternalRequest, Op};
+use crate::snapshot::SnapDir;
+
+use super::storage::RaftStorage;
+
+/// Work for the apply thread.
+pub enum ApplyTask {
+    /// Committed entries, in order.
+    Entries(Vec<Entry>),
+}
+
+/// What has been applied so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Last applied raft index.
+    pub index: u64,
+    /// MVCC revision after it.
+    pub rev: i64,
+    /// Compacted revision after it.
+    pub compact: i64,
+}
+
+/// A proposer waiting for its entry to be applied.
+pub type Waiter = oneshot::Sender<Result<ApplyResult>>;
+
+/// Waiters by request id.
+#[derive(Default)]
+pub struct Waiters {
+    map: Mutex<HashMap<u64, Waiter>>,
+}
+
+impl Waiters {
+    /// Register a waiter.
+    pub fn insert(&self, id: u64, w: Waiter) {
+        self.map.lock().insert(id, w);
+    }
+    /// Complete (or fail) a waiter; unknown ids are ignored (another
+    /// member proposed them, or the proposer gave up).
+    pub fn complete(&self, id: u64, r: Result<ApplyResult>) {
+        if let Some(w) = self.map.lock().remove(&id) {
+            METRICS.proposals_pending.dec();
+            let _ = w.send(r);
+        }
+    }
+    /// Drop a waiter without completing it (caller timed out).
+    pub fn remove(&self, id: u64) {
+        if self.map.lock().remove(&id).is_some() {
+            METRICS.proposals_pending.dec();
+        }
+    }
+    /// Fail every waiter (shutdown).
+    pub fn fail_all(&self, e: Error) {
+        for (_, w) in self.map.lock().drain() {
+            let _ = w.send(Err(e.clone()));
+        }
+    }
+}
+
+/// Snapshot settings for the apply thread.
+pub struct SnapshotPolicy {
+    /// Where snapshot files go.
+    pub dir: Arc<SnapDir>,
+    /// Entries between snapshots.
+    pub count: u64,
+    /// fsync snapshot files.
+    pub sync: bool,
+    /// The raft log (compacted after a snapshot).
+    pub storage: RaftStorage,
+}
+
+/// Everything the apply thread needs.
+pub struct ApplyLoop {
+    /// Incoming committed entries.
+    pub rx: flume::Receiver<ApplyTask>,
+    /// The state machine.
+    pub state: Arc<RwLock<StateMachine>>,
+    /// Waiters.
+    pub waiters: Arc<Waiters>,
+    /// Publishes progress.
+    pub applied_tx: watch::Sender<Applied>,
+    /// Apply settings.
+    pub cfg: ApplyConfig,
+    /// Lease expiry clock.
+    pub lessor: Arc<Lessor>,
+    /// Snapshot policy.
+    pub snap: SnapshotPolicy,
+}
+
+/// Run until the task channel closes.
+pub fn run_apply(l: ApplyLoop) {
+    // Index of the newest snapshot. After the next one is written, the raft
+    // log is compacted only up to this one, so a corrupt newest snapshot can
+    // still fall back to the older file plus the log.
+    let mut last_snap = l.state.read().applied_index;
+    let snapshotting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    while let Ok(task) = l.rx.recv() {
+        let ApplyTask::Entries(entries) = task;
+        let mut results = Vec::with_capacity(entries.len());
+        let mut lease_events = Vec::new();
+        let applied = {
+            let mut sm = l.state.write();
+            for e in entries {
+                if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                    match InternalRequest::decode(e.data.as_ref()) {
+                        Ok(req) => {
+                            if let Some(op) = req.op {
+                                let lease_ev = match &op {
+                                    Op::LeaseGrant(g) => Some((g.id, true)),
+                                    Op::LeaseRevoke(r) => Some((r.id, false)),
+                                    _ => None,
+                                };
+                                let r = sm.apply(op, &l.cfg);
+                                if let (Some(ev), Ok(res)) = (lease_ev, &r) {
+                                    let ttl = match res {
+                                        ApplyResult::LeaseGrant(g) => g.ttl,
+                                        _ => 0,
+                                    };
+                                    lease_events.push((ev.0, ev.1, ttl));
+                                }
+                                results.push((req.id, r));
+                            }
+                        }
+                        Err(err) => panic!(
+                            "committed entry {} does not decode ({err}); the log is corrupt",
+                            e.index
+                        ),
+                    }
+                } else if e.get_entry_type() != EntryType::EntryNormal {
+                    sm.voters = l.snap.storage.conf_state().voters;
+                    sm.learners = l.snap.storage.conf_state().learners;
+                }
+                sm.applied_index = e.index;
+                sm.applied_term = e.term;
+            }
+            METRICS.proposals_applied.inc_by(results.len() as u64);
+            Applied {
+                index: sm.applied_index,
+                rev: sm.mvcc.current_rev(),
+                compact: sm.mvcc.compact_rev(),
+            }
+        };
+        for (id, granted, ttl) in lease_events {
+            if granted {
+                l.lessor.granted(id, ttl);
+            } else {
+                l.lessor.revoked(id);
+            }
+        }
+        l.applied_tx.send_replace(applied);
+        for (id, r) in results {
+            l.waiters.complete(id, r);
+        }
+        if l.snap.count > 0
+            && applied.index >= last_snap + l.snap.count
+            && !snapshotting.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let view = l.state.read().view();
+            let dir = l.snap.dir.clone();
+            let storage = l.snap.storage.clone();
+            let flag = snapshotting.clone();
+            let sync = l.snap.sync;
+            let compact_to = last_snap;
+            last_snap = view.applied_index;
+            std::thread::Builder::new()
+                .name("snapshot".into())
+                .spawn(move || {
+                    let t = Instant::now();
+                    match dir.save(&view, sync) {
+                        Ok((path, bytes)) => {
+                            tracing::info!(index = view.applied_index, bytes, path = %path.display(),
+                                took_ms = t.elapsed().as_millis() as u64, "saved state-machine snapshot");
+                            METRICS.snapshot_save.observe(t.elapsed().as_secs_f64());
+                            storage.compact_to(compact_to);
+                        }
+                        Err(e) => tracing::error!(error = %e, "state-machine snapshot failed"),
+                    }
+                    flag.store(false, std::sync::atomic::Ordering::Release);
+                })
+                .expect("invariant: can spawn the snapshot thread");
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! raft: the consensus layer. One dedicated thread owns `raft::RawNode`
+//! ([`run_raft`]); a second thread applies committed entries to the state
+//! machine ([`apply::run_apply`]).
+//!
+//! The raft thread never awaits network I/O and never touches the state
+//! machine. It drains every queued proposal before handling a Ready, so many
+//! client writes share one raft-engine write and one fsync (group commit).
+//! Linearizable reads are batched into one ReadIndex round per loop turn;
+//! each round uses a fresh context, never reused across retries or leader
+//! changes. Committed entries go to the apply thread in order, which
+//! pipelines apply with the next fsync.
+
+pub mod apply;
+pub mod storage;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType};
+use raft::{RawNode, StateRole};
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::metrics::METRICS;
+use storage::RaftStorage;
+
+/// Messages to the raft thread.
+pub enum RaftMsg {
+    /// Propose an encoded [`InternalRequest`](crate::request::InternalRequest).
+    Propose {
+        /// The request id (to fail its waiter if the proposal is dropped).
+        id: u64,
+        /// Encoded request.
+        data: Vec<u8>,
+    },
+    /// Ask for a linearizable read index.
+    ReadIndex(oneshot::Sender<Result<u64>>),
+    /// Transfer leadership to a member.
+    TransferLeader(u64),
+}
+
+/// Raft status shared with the rest of the node (lock-free reads).
+#[derive(Default)]
+pub struct RaftStatus {
+    /// Current leader id (0 = none).
+    pub leader: AtomicU64,
+    /// Current term.
+    pub term: AtomicU64,
+    /// Commit index.
+    pub commit: AtomicU64,
+    /// Last log index.
+    pub last_index: AtomicU64,
+    /// Whether this member leads.
+    pub is_leader: AtomicBool,
+}
+
+impl RaftStatus {
+    /// Current leader (0 = none).
+    pub fn leader(&self) -> u64 {
+        self.leader.load(Ordering::Acquire)
+    }
+    /// Current term.
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Acquire)
+    }
+    /// Whether this member leads.
+    pub fn is_leader(&self) -> bool {
+        self.is_leader.load(Ordering::Acquire)
+    }
+}
+
+/// Failure callbacks for proposals the raft thread could not accept.
+pub type FailFn = Box<dyn Fn(u64, Error) + Send>;
+
+/// Everything the raft thread needs.
+pub struct RaftLoop {
+    /// The raft node.
+    pub raw: RawNode<RaftStorage>,
+    /// Incoming messages.
+    pub rx: flume::Receiver<RaftMsg>,
+    /// Committed entries to the apply thread.
+    pub apply_tx: flume::Sender<apply::ApplyTask>,
+    /// Shared status.
+    pub status: Arc<RaftStatus>,
+    /// Tick interval (the heartbeat interval).
+    pub tick: Duration,
+    /// Fails a proposal's waiter.
+    pub fail: FailFn,
+}
+
+/// Upper bound of messages drained per loop turn, to bound latency.
+const MAX_DRAIN: usize = 8192;
+
+/// Run the raft loop until the message channel closes.
+pub fn run_raft(mut l: RaftLoop) {
+    let mut next_tick = Instant::now() + l.tick;
+    let mut pending_reads: Vec<oneshot::Sender<Result<u64>>> = Vec::new();
+    let mut inflight_reads: HashMap<Vec<u8>, Vec<oneshot::Sender<Result<u64>>>> = HashMap::new();
+    let mut read_seq: u64 = 0;
+    let mut last_leader = 0u64;
+    loop {
+        let timeout = next_tick.saturating_duration_since(Instant::now());
+        let mut msgs = Vec::new();
+        match l.rx.recv_timeout(timeout) {
+            Ok(m) => msgs.push(m),
+            Err(flume::RecvTimeoutError::Timeout) => {}
+            Err(flume::RecvTimeoutError::Disconnected) => break,
+        }
+        while msgs.len() < MAX_DRAIN {
+            match l.rx.try_recv() {
+                Ok(m) => msgs.push(m),
+                Err(_) => break,
+            }
+        }
+        for m in msgs {
+            match m {
+                RaftMsg::Propose { id, data } => {
+                    if let Err(e) = l.raw.propose(vec![], data) {
+                        let err = if l.raw.raft.leader_id == 0 {
+                            Error::NoLeader
+                        } else {
+                            Error::Internal(format!("proposal dropped: {e}"))
+                        };
+                        METRICS.proposals_failed.inc();
+                        (l.fail)(id, err);
+                    } else {
+                        METRICS.proposals_pending.inc();
+                    }
+                }
+                RaftMsg::ReadIndex(tx) => pending_reads.push(tx),
+                RaftMsg::TransferLeader(to) => l.raw.transfer_leader(to),
+            }
+        }
+        if Instant::now() >= next_tick {
+            l.raw.tick();
+            next_tick = Instant::now() + l.tick;
+        }
+        if !pending_reads.is_empty() {
+            read_seq += 1;
+            let ctx = read_seq.to_be_bytes().to_vec();
+            l.raw.read_index(ctx.clone());
+            inflight_reads.insert(ctx, std::mem::take(&mut pending_reads));
+        }
+        if !l.raw.has_ready() {
+            continue;
+        }
+        let mut ready = l.raw.ready();
+        // Single-member groups have no peers; messages for peers are
+        // carried by the peer transport in multi-member clusters.
+        let _ = ready.take_messages();
+        if let Some(ss) = ready.ss() {
+            l.status.leader.store(ss.leader_id, Ordering::Release);
+            l.status
+                .is_leader
+                .store(ss.raft_state == StateRole::Leader, Ordering::Release);
+            if ss.leader_id != last_leader {
+                if ss.leader_id != 0 {
+                    METRICS.leader_changes.inc();
+                }
+                // Reads waiting on the old leader's ReadIndex must be retried
+                // by their callers with a fresh index.
+                for (_, txs) in inflight_reads.drain() {
+                    for tx in txs {
+                        let _ = tx.send(Err(Error::LeaderChanged));
+                    }
+                }
+                last_leader = ss.leader_id;
+            }
+            METRICS.has_leader.set((ss.leader_id != 0) as i64);
+        }
+        for rs in ready.take_read_states() {
+            if let Some(txs) = inflight_reads.remove(&rs.request_ctx) {
+                for tx in txs {
+                    let _ = tx.send(Ok(rs.index));
+                }
+            }
+        }
+        let committed = ready.take_committed_entries();
+        dispatch_committed(&mut l, committed);
+        let started = Instant::now();
+        l.raw.mut_store().append(ready.entries(), ready.hs());
+        if !ready.entries().is_empty() || ready.hs().is_some() {
+            METRICS.wal_fsync.observe(started.elapsed().as_secs_f64());
+        }
+        if let Some(hs) = ready.hs() {
+            l.status.term.store(hs.term, Ordering::Release);
+            l.status.commit.store(hs.commit, Ordering::Release);
+        }
+        let _ = ready.take_persisted_messages();
+        let mut light = l.raw.advance(ready);
+        if let Some(c) = light.commit_index() {
+            l.raw.mut_store().set_commit(c);
+            l.status.commit.store(c, Ordering::Release);
+        }
+        let _ = light.take_messages();
+        let committed = light.take_committed_entries();
+        dispatch_committed(&mut l, committed);
+        l.raw.advance_apply();
+        l.status
+            .last_index
+            .store(l.raw.raft.raft_log.last_index(), Ordering::Release);
+    }
+    for (_, txs) in inflight_reads.drain() {
+        for tx in txs {
+            let _ = tx.send(Err(Error::Stopped));
+        }
+    }
+}
+
+/// Apply membership changes on the raft thread (raft-rs requires it), then
+/// hand every committed entry to the apply thread in order.
+fn dispatch_committed(l: &mut RaftLoop, entries: Vec<raft::eraftpb::Entry>) {
+    if entries.is_empty() {
+        return;
+    }
+    for e in &entries {
+        let cs = match e.get_entry_type() {
+            EntryType::EntryConfChange if !e.data.is_empty() => {
+                let mut cc = ConfChange::default();
+                protobuf::Message::merge_from_bytes(&mut cc, &e.data)
+                    .expect("invariant: committed ConfChange decodes");
+                l.raw.apply_conf_change(&cc).ok()
+            }
+            EntryType::EntryConfChangeV2 if !e.data.is_empty() => {
+                let mut cc = ConfChangeV2::default();
+                protobuf::Message::merge_from_bytes(&mut cc, &e.data)
+                    .expect("invariant: committed ConfChangeV2 decodes");
+                l.raw.apply_conf_change(&cc).ok()
+            }
+            _ => None,
+        };
+        if let Some(cs) = cs {
+            l.raw.mut_store().set_conf_state(cs);
+        }
+    }
+    let n = entries.len() as i64;
+    METRICS.proposals_committed.inc_by(n as u64);
+    if l.apply_tx.send(apply::ApplyTask::Entries(entries)).is_err() {
+        tracing::error!("apply thread is gone; stopping");
+    }
+}

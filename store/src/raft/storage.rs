@@ -1,0 +1,341 @@
+//! raft::storage: raft-rs's `Storage` on top of raft-engine.
+//!
+//! raft-engine holds the log entries, the HardState, the ConfState and the
+//! "truncated" marker (index and term of the last entry removed by
+//! compaction). The raft thread is the only writer: it appends entries and
+//! the HardState in one `LogBatch` per Ready (one fsync for many client
+//! writes). A failed write or fsync panics on purpose: continuing after a
+//! lost write could serve data raft never committed.
+//!
+//! Recent entry terms are cached in memory so that raft's frequent `term()`
+//! calls do not read log files.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use raft_engine::{Engine, LogBatch, MessageExt};
+
+/// The single raft group's id inside raft-engine.
+const REGION: u64 = 1;
+const KEY_HARD_STATE: &[u8] = b"hard_state";
+const KEY_CONF_STATE: &[u8] = b"conf_state";
+const KEY_TRUNCATED: &[u8] = b"truncated";
+const MAX_CACHED_TERMS: usize = 1 << 17;
+
+/// raft-engine's view of our entry type.
+#[derive(Clone)]
+pub struct EntryExt;
+
+impl MessageExt for EntryExt {
+    type Entry = Entry;
+    fn index(e: &Entry) -> u64 {
+        e.index
+    }
+}
+
+struct Inner {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index/term of the last compacted entry (0/0 if none).
+    truncated: (u64, u64),
+    last_index: u64,
+    /// Terms of entries `term_first ..= last_index`.
+    terms: VecDeque<u64>,
+    term_first: u64,
+}
+
+/// Persistent raft log storage.
+#[derive(Clone)]
+pub struct RaftStorage {
+    engine: Arc<Engine>,
+    inner: Arc<RwLock<Inner>>,
+    sync: bool,
+}
+
+fn engine_err(e: raft_engine::Error) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+impl RaftStorage {
+    /// Open (or create) the log in `dir`. `sync` false is `--unsafe-no-fsync`.
+    pub fn open(dir: &Path, sync: bool) -> Result<Self, raft_engine::Error> {
+        let cfg = raft_engine::Config {
+            dir: dir.to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        let engine = Arc::new(Engine::open(cfg)?);
+        let hard_state: HardState = engine
+            .get_message(REGION, KEY_HARD_STATE)?
+            .unwrap_or_default();
+        let conf_state: ConfState = engine
+            .get_message(REGION, KEY_CONF_STATE)?
+            .unwrap_or_default();
+        let truncated = match engine.get_message::<Entry>(REGION, KEY_TRUNCATED)? {
+            Some(e) => (e.index, e.term),
+            None => (0, 0),
+        };
+        let last_index = engine
+            .last_index(REGION)
+            .unwrap_or(truncated.0)
+            .max(truncated.0);
+        let first = engine.first_index(REGION).unwrap_or(last_index + 1);
+        let term_first = first.max(last_index.saturating_sub(MAX_CACHED_TERMS as u64) + 1);
+        let mut terms = VecDeque::new();
+        if term_first <= last_index {
+            let mut ents = Vec::new();
+            engine.fetch_entries_to::<EntryExt>(
+                REGION,
+                term_first,
+                last_index + 1,
+                None,
+                &mut ents,
+            )?;
+            terms.extend(ents.iter().map(|e| e.term));
+        }
+        Ok(RaftStorage {
+            engine,
+            inner: Arc::new(RwLock::new(Inner {
+                hard_state,
+                conf_state,
+                truncated,
+                last_index,
+                terms,
+                term_first,
+            })),
+            sync,
+        })
+    }
+
+    /// Whether nothing was ever written (a fresh member).
+    pub fn is_empty(&self) -> bool {
+        let i = self.inner.read();
+        i.last_index == 0
+            && i.hard_state == HardState::default()
+            && i.conf_state == ConfState::default()
+    }
+
+    /// First index still present in the log.
+    pub fn first_log_index(&self) -> u64 {
+        self.inner.read().truncated.0 + 1
+    }
+
+    /// Last index in the log.
+    pub fn last_log_index(&self) -> u64 {
+        self.inner.read().last_index
+    }
+
+    /// The persisted HardState.
+    pub fn hard_state(&self) -> HardState {
+        self.inner.read().hard_state.clone()
+    }
+
+    /// The persisted ConfState.
+    pub fn conf_state(&self) -> ConfState {
+        self.inner.read().conf_state.clone()
+    }
+
+    /// Persist a new ConfState (durably).
+    pub fn set_conf_state(&self, cs: ConfState) {
+        let mut b = LogBatch::default();
+        b.put_message(REGION, KEY_CONF_STATE.to_vec(), &cs)
+            .expect("invariant: ConfState encodes");
+        self.write(&mut b);
+        self.inner.write().conf_state = cs;
+    }
+
+    fn write(&self, b: &mut LogBatch) {
+        if let Err(e) = self.engine.write(b, self.sync) {
+            panic!("raft log write failed; refusing to continue with possibly lost data: {e}");
+        }
+    }
+
+    /// Append entries (truncating any conflicting suffix) and set the
+    /// HardState, durably, in one write.
+    pub fn append(&self, entries: &[Entry], hs: Option<&HardState>) {
+        let mut b = LogBatch::default();
+        if !entries.is_empty() {
+            b.add_entries::<EntryExt>(REGION, entries)
+                .expect("invariant: entries encode");
+        }
+        if let Some(hs) = hs {
+            b.put_message(REGION, KEY_HARD_STATE.to_vec(), hs)
+                .expect("invariant: HardState encodes");
+        }
+        if b.is_empty() {
+            return;
+        }
+        self.write(&mut b);
+        let mut i = self.inner.write();
+        if let Some(hs) = hs {
+            i.hard_state = hs.clone();
+        }
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            // raft-engine truncates the old suffix from `first.index` on.
+            if first.index < i.term_first {
+                i.terms.clear();
+                i.term_first = first.index;
+            } else {
+                let keep = (first.index - i.term_first) as usize;
+                i.terms.truncate(keep);
+            }
+            i.terms.extend(entries.iter().map(|e| e.term));
+            i.last_index = last.index;
+            while i.terms.len() > MAX_CACHED_TERMS {
+                i.terms.pop_front();
+                i.term_first += 1;
+            }
+        }
+    }
+
+    /// Persist only a new commit index (after a LightReady).
+    pub fn set_commit(&self, commit: u64) {
+        let mut hs = self.inner.read().hard_state.clone();
+        if hs.commit >= commit {
+            return;
+        }
+        hs.commit = commit;
+        self.append(&[], Some(&hs));
+    }
+
+    /// Drop entries up to and including `index` (they are covered by a
+    /// state-machine snapshot). The marker is written before the compaction
+    /// so a crash in between leaves a consistent log.
+    pub fn compact_to(&self, index: u64) {
+        let term = match raft::Storage::term(self, index) {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        {
+            let i = self.inner.read();
+            if index <= i.truncated.0 || index > i.last_index {
+                return;
+            }
+        }
+        let marker = Entry {
+            index,
+            term,
+            ..Default::default()
+        };
+        let mut b = LogBatch::default();
+        b.put_message(REGION, KEY_TRUNCATED.to_vec(), &marker)
+            .expect("invariant: marker encodes");
+        self.write(&mut b);
+        self.engine.compact_to(REGION, index + 1);
+        let mut i = self.inner.write();
+        i.truncated = (index, term);
+        while i.term_first <= index && !i.terms.is_empty() {
+            i.terms.pop_front();
+            i.term_first += 1;
+        }
+        if i.term_first <= index {
+            i.term_first = index + 1;
+        }
+        drop(i);
+        if let Err(e) = self.engine.purge_expired_files() {
+            tracing::warn!(error = %e, "raft log purge failed");
+        }
+    }
+
+    /// Bytes of the raft log on disk (approximate, from the file sizes).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Write a raw protobuf message to the log's key space (used by tests).
+    pub fn encoded_hard_state(&self) -> Vec<u8> {
+        self.inner
+            .read()
+            .hard_state
+            .write_to_bytes()
+            .unwrap_or_default()
+    }
+}
+
+impl raft::Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let i = self.inner.read();
+        Ok(RaftState {
+            hard_state: i.hard_state.clone(),
+            conf_state: i.conf_state.clone(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let (first, last) = {
+            let i = self.inner.read();
+            (i.truncated.0 + 1, i.last_index)
+        };
+        if low < first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > last + 1 {
+            panic!("invariant: entries({low}, {high}) past last index {last}");
+        }
+        let mut ents = Vec::with_capacity((high - low) as usize);
+        self.engine
+            .fetch_entries_to::<EntryExt>(
+                REGION,
+                low,
+                high,
+                max_size.into().map(|m| m as usize),
+                &mut ents,
+            )
+            .map_err(engine_err)?;
+        if ents.is_empty() && high > low {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(ents)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let i = self.inner.read();
+        if idx == i.truncated.0 {
+            return Ok(i.truncated.1);
+        }
+        if idx < i.truncated.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > i.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if idx >= i.term_first {
+            return Ok(i.terms[(idx - i.term_first) as usize]);
+        }
+        drop(i);
+        match self
+            .engine
+            .get_entry::<EntryExt>(REGION, idx)
+            .map_err(engine_err)?
+        {
+            Some(e) => Ok(e.term),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.inner.read().truncated.0 + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.inner.read().last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Shipping state-machine snapshots to peers arrives with multi-node
+        // support; a single voter never needs one.
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}

@@ -1,0 +1,70 @@
+//! request: the payload of every raft log entry the store writes.
+//!
+//! A proposal is a prost-encoded [`InternalRequest`] inside `Entry.data`: a
+//! node-unique request id (so the proposer's waiter is completed by id when
+//! the entry is applied, never by position) plus one state-machine operation.
+//! Everything nondeterministic (lease IDs, timestamps) is decided by the
+//! proposer and carried here, so apply is a pure function of the log.
+
+use proto::etcdserverpb as pb;
+
+/// One replicated operation.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InternalRequest {
+    /// Proposer-unique request id.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// The operation.
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
+    pub op: Option<Op>,
+}
+
+/// A replicated state-machine operation.
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Op {
+    /// KV Put.
+    #[prost(message, tag = "2")]
+    Put(pb::PutRequest),
+    /// KV DeleteRange.
+    #[prost(message, tag = "3")]
+    DeleteRange(pb::DeleteRangeRequest),
+    /// KV Txn (with at least one write in some branch).
+    #[prost(message, tag = "4")]
+    Txn(pb::TxnRequest),
+    /// KV Compact.
+    #[prost(message, tag = "5")]
+    Compaction(pb::CompactionRequest),
+    /// Lease grant; `ID` is always set by the proposer.
+    #[prost(message, tag = "6")]
+    LeaseGrant(pb::LeaseGrantRequest),
+    /// Lease revoke (client request or leader-driven expiry).
+    #[prost(message, tag = "7")]
+    LeaseRevoke(pb::LeaseRevokeRequest),
+    /// Alarm activate/deactivate.
+    #[prost(message, tag = "8")]
+    Alarm(pb::AlarmRequest),
+    /// Lease remaining-TTL checkpoint.
+    #[prost(message, tag = "9")]
+    LeaseCheckpoint(pb::LeaseCheckpointRequest),
+}
+
+/// The result of applying one operation, handed back to its waiter.
+#[derive(Debug, Clone)]
+pub enum ApplyResult {
+    /// Put response.
+    Put(pb::PutResponse),
+    /// DeleteRange response.
+    DeleteRange(pb::DeleteRangeResponse),
+    /// Txn response.
+    Txn(pb::TxnResponse),
+    /// Compaction response.
+    Compaction(pb::CompactionResponse),
+    /// LeaseGrant response.
+    LeaseGrant(pb::LeaseGrantResponse),
+    /// LeaseRevoke response.
+    LeaseRevoke(pb::LeaseRevokeResponse),
+    /// Alarm response.
+    Alarm(pb::AlarmResponse),
+    /// Operations with no client-visible response.
+    Empty,
+}

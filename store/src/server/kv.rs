@@ -1,0 +1,143 @@
+//! server::kv: the etcd KV service. Validates requests as etcd's
+//! `v3rpc/key.go` does, serves reads locally (after a ReadIndex barrier
+//! unless `serializable`), and sends writes through raft.
+
+use std::sync::Arc;
+
+use futures::Stream;
+use proto::etcdserverpb as pb;
+use tonic::{Request, Response, Status};
+
+use crate::apply::kv as ops;
+use crate::error::Error;
+use crate::node::Node;
+use crate::request::{ApplyResult, Op};
+
+/// The KV service.
+pub struct KvService {
+    node: Arc<Node>,
+}
+
+impl KvService {
+    /// A KV service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        KvService { node }
+    }
+}
+
+fn unexpected(r: ApplyResult) -> Status {
+    Status::internal(format!("unexpected apply result {r:?}"))
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn range(
+        &self,
+        req: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let r = req.into_inner();
+        ops::check_range(&r)?;
+        if !r.serializable {
+            self.node.linearizable().await?;
+        }
+        let mut resp = {
+            let sm = self.node.state.read();
+            ops::range(&sm.mvcc, &r)?
+        };
+        self.node.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let r = req.into_inner();
+        ops::check_put(&r)?;
+        match self.node.propose(Op::Put(r)).await? {
+            ApplyResult::Put(mut p) => {
+                self.node.fill(&mut p.header);
+                Ok(Response::new(p))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let r = req.into_inner();
+        ops::check_delete(&r)?;
+        match self.node.propose(Op::DeleteRange(r)).await? {
+            ApplyResult::DeleteRange(mut p) => {
+                self.node.fill(&mut p.header);
+                Ok(Response::new(p))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let r = req.into_inner();
+        ops::check_txn(&r, self.node.cfg.max_txn_ops)?;
+        if ops::is_txn_readonly(&r) {
+            // etcd serves a read-only txn as a read; it is serializable only
+            // if every range in it is.
+            if !all_serializable(&r) {
+                self.node.linearizable().await?;
+            }
+            let mut resp = {
+                let sm = self.node.state.read();
+                ops::txn_read(&sm.mvcc, sm.mvcc.current_rev(), sm.mvcc.compact_rev(), &r)?
+            };
+            self.node.fill(&mut resp.header);
+            return Ok(Response::new(resp));
+        }
+        match self.node.propose(Op::Txn(r)).await? {
+            ApplyResult::Txn(mut p) => {
+                self.node.fill(&mut p.header);
+                Ok(Response::new(p))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn compact(
+        &self,
+        req: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let r = req.into_inner();
+        // Compaction is applied synchronously, so `physical` is always honoured.
+        match self.node.propose(Op::Compaction(r)).await? {
+            ApplyResult::Compaction(mut p) => {
+                self.node.fill(&mut p.header);
+                Ok(Response::new(p))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    type RangeStreamStream =
+        std::pin::Pin<Box<dyn Stream<Item = Result<pb::RangeStreamResponse, Status>> + Send>>;
+
+    async fn range_stream(
+        &self,
+        _req: Request<pb::RangeRequest>,
+    ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        // Clients fall back to paged Range on Unimplemented (etcd < 3.7 behaviour).
+        Err(
+            Error::Unimplemented("unknown method RangeStream for service etcdserverpb.KV".into())
+                .into(),
+        )
+    }
+}
+
+fn all_serializable(r: &pb::TxnRequest) -> bool {
+    use pb::request_op::Request as R;
+    r.success
+        .iter()
+        .chain(r.failure.iter())
+        .all(|op| match &op.request {
+            Some(R::RequestRange(q)) => q.serializable,
+            Some(R::RequestTxn(t)) => all_serializable(t),
+            _ => true,
+        })
+}

@@ -1,0 +1,178 @@
+//! server::lease: the etcd Lease service. Grant and Revoke go through raft;
+//! KeepAlive and TimeToLive are answered from the leader's lessor clock.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use proto::etcdserverpb as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::Error;
+use crate::node::Node;
+use crate::request::{ApplyResult, Op};
+
+/// The Lease service.
+pub struct LeaseService {
+    node: Arc<Node>,
+}
+
+impl LeaseService {
+    /// A Lease service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        LeaseService { node }
+    }
+}
+
+/// Renew a lease on this (leader) member; TTL 0 means "not found", as etcd answers.
+fn renew(node: &Node, id: i64) -> Result<i64, Error> {
+    if !node.status.is_leader() {
+        return Err(if node.status.leader() == 0 {
+            Error::NoLeader
+        } else {
+            Error::NotLeader
+        });
+    }
+    if !node.state.read().leases.contains(id) {
+        return Ok(0);
+    }
+    Ok(node.lessor.renew(id).unwrap_or(0))
+}
+
+#[tonic::async_trait]
+impl pb::lease_server::Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        req: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let mut r = req.into_inner();
+        if r.id == 0 {
+            // etcd: a positive int64 from the request id generator.
+            r.id = (self.node.next_id() & (i64::MAX as u64)) as i64;
+        }
+        match self.node.propose(Op::LeaseGrant(r)).await? {
+            ApplyResult::LeaseGrant(mut g) => {
+                self.node.fill(&mut g.header);
+                Ok(Response::new(g))
+            }
+            other => Err(Status::internal(format!("unexpected {other:?}"))),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        match self.node.propose(Op::LeaseRevoke(req.into_inner())).await? {
+            ApplyResult::LeaseRevoke(mut g) => {
+                self.node.fill(&mut g.header);
+                Ok(Response::new(g))
+            }
+            other => Err(Status::internal(format!("unexpected {other:?}"))),
+        }
+    }
+
+    type LeaseKeepAliveStream =
+        Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        if super::watch::requires_leader(&req) && self.node.status.leader() == 0 {
+            return Err(Error::NoLeader.into());
+        }
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            loop {
+                let m = tokio::select! {
+                    _ = node.shutdown.cancelled() => return,
+                    m = inbound.message() => m,
+                };
+                let Ok(Some(k)) = m else { return };
+                let resp = match renew(&node, k.id) {
+                    Ok(ttl) => Ok(pb::LeaseKeepAliveResponse {
+                        header: Some(node.header(node.current_rev())),
+                        id: k.id,
+                        ttl,
+                    }),
+                    Err(e) => Err(Status::from(e)),
+                };
+                let stop = resp.is_err();
+                if tx.send(resp).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let r = req.into_inner();
+        self.node.linearizable().await?;
+        let (granted, keys) = {
+            let sm = self.node.state.read();
+            match sm.leases.get(r.id) {
+                Some(l) => (
+                    Some(l.ttl),
+                    if r.keys {
+                        l.keys.iter().cloned().collect()
+                    } else {
+                        Vec::new()
+                    },
+                ),
+                None => (None, Vec::new()),
+            }
+        };
+        let header = Some(self.node.header(self.node.current_rev()));
+        let resp = match granted {
+            Some(g) => pb::LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: self.node.lessor.remaining(r.id).unwrap_or(g),
+                granted_ttl: g,
+                keys,
+            },
+            None => pb::LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: -1,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        _req: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        self.node.linearizable().await?;
+        let ids: Vec<i64> = self
+            .node
+            .state
+            .read()
+            .leases
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        let mut order = self.node.lessor.by_expiry();
+        order.retain(|id| ids.contains(id));
+        for id in ids {
+            if !order.contains(&id) {
+                order.push(id);
+            }
+        }
+        Ok(Response::new(pb::LeaseLeasesResponse {
+            header: Some(self.node.header(self.node.current_rev())),
+            leases: order.into_iter().map(|id| pb::LeaseStatus { id }).collect(),
+        }))
+    }
+}

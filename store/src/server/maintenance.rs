@@ -1,0 +1,249 @@
+//! server::maintenance: the etcd Maintenance service (Status, Hash, HashKV,
+//! Alarm, Defragment, Snapshot, MoveLeader).
+
+use std::io::Read;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use proto::etcdserverpb::{self as pb, alarm_request::AlarmAction};
+use sha2::Digest;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::node::Node;
+use crate::request::{ApplyResult, Op};
+
+/// Bytes per Snapshot stream message.
+const SNAPSHOT_CHUNK: usize = 64 * 1024;
+
+/// The Maintenance service.
+pub struct MaintenanceService {
+    node: Arc<Node>,
+}
+
+impl MaintenanceService {
+    /// A Maintenance service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        MaintenanceService { node }
+    }
+}
+
+fn alarm_name(t: i32) -> &'static str {
+    match pb::AlarmType::try_from(t) {
+        Ok(pb::AlarmType::Nospace) => "NOSPACE",
+        Ok(pb::AlarmType::Corrupt) => "CORRUPT",
+        _ => "NONE",
+    }
+}
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        req: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        let r = req.into_inner();
+        if r.action == AlarmAction::Get as i32 {
+            self.node.linearizable().await?;
+            let alarms = self
+                .node
+                .state
+                .read()
+                .alarms
+                .iter()
+                .filter(|a| r.alarm == pb::AlarmType::None as i32 || a.alarm == r.alarm)
+                .cloned()
+                .collect();
+            return Ok(Response::new(pb::AlarmResponse {
+                header: Some(self.node.header(self.node.current_rev())),
+                alarms,
+            }));
+        }
+        match self.node.propose(Op::Alarm(r)).await? {
+            ApplyResult::Alarm(mut a) => {
+                self.node.fill(&mut a.header);
+                Ok(Response::new(a))
+            }
+            other => Err(Status::internal(format!("unexpected {other:?}"))),
+        }
+    }
+
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let (size, applied, errors) = {
+            let sm = self.node.state.read();
+            let errors = sm
+                .alarms
+                .iter()
+                .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
+                .collect();
+            (sm.mvcc.size_bytes(), sm.applied_index, errors)
+        };
+        let st = &self.node.status;
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(self.node.header(self.node.current_rev())),
+            version: self.node.cfg.emulated_etcd_version.clone(),
+            db_size: size,
+            leader: st.leader(),
+            raft_index: st
+                .commit
+                .load(std::sync::atomic::Ordering::Acquire)
+                .max(applied),
+            raft_term: st.term(),
+            raft_applied_index: applied,
+            errors,
+            db_size_in_use: size,
+            is_learner: false,
+            ..Default::default()
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        // The in-memory layout does not fragment: compaction frees space immediately.
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(self.node.header(self.node.current_rev())),
+        }))
+    }
+
+    async fn hash(
+        &self,
+        _req: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        let (hash, rev) = {
+            let sm = self.node.state.read();
+            let rev = sm.mvcc.current_rev();
+            (sm.mvcc.hash_kv(rev).map_err(Error::from)?.0, rev)
+        };
+        Ok(Response::new(pb::HashResponse {
+            header: Some(self.node.header(rev)),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let r = req.into_inner();
+        let (hash, compact, cur, hash_rev) = {
+            let sm = self.node.state.read();
+            let cur = sm.mvcc.current_rev();
+            let rev = if r.revision == 0 { cur } else { r.revision };
+            let (h, c) = sm.mvcc.hash_kv(rev).map_err(Error::from)?;
+            (h, c, cur, rev)
+        };
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(self.node.header(cur)),
+            hash,
+            compact_revision: compact,
+            hash_revision: hash_rev,
+        }))
+    }
+
+    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+    async fn snapshot(
+        &self,
+        _req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let view = self.node.state.read().view();
+        let rev = view.mvcc.current;
+        let header = self.node.header(rev);
+        let version = self.node.cfg.emulated_etcd_version.clone();
+        let dir = self.node.cfg.data_dir.join("member").join("snap");
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let run = || -> std::io::Result<()> {
+                let mut tmp = tempfile::tempfile_in(&dir)?;
+                let len = crate::snapshot::write_to(&view, std::io::BufWriter::new(&mut tmp))?;
+                use std::io::Seek;
+                tmp.seek(std::io::SeekFrom::Start(0))?;
+                // etcdctl expects a bbolt-like stream: a multiple of 512 bytes
+                // followed by the SHA-256 of everything before it.
+                let padded = len.div_ceil(512) * 512;
+                let total = padded + 32;
+                let mut sha = sha2::Sha256::new();
+                let mut sent = 0u64;
+                let mut first = true;
+                let mut trailer_sent = false;
+                while !trailer_sent {
+                    let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+                    let mut n = tmp.read(&mut buf)?;
+                    if n == 0 {
+                        // Zero padding, then the checksum.
+                        let pad = (padded - sent) as usize;
+                        buf.truncate(pad);
+                        buf.fill(0);
+                        sha.update(&buf);
+                        buf.extend_from_slice(&sha.clone().finalize());
+                        n = buf.len();
+                        trailer_sent = true;
+                    } else {
+                        sha.update(&buf[..n]);
+                    }
+                    buf.truncate(n);
+                    sent += n as u64;
+                    let msg = pb::SnapshotResponse {
+                        header: first.then(|| header.clone()),
+                        remaining_bytes: total - sent,
+                        blob: buf,
+                        version: if first {
+                            version.clone()
+                        } else {
+                            String::new()
+                        },
+                    };
+                    first = false;
+                    if tx.blocking_send(Ok(msg)).is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(())
+            };
+            if let Err(e) = run() {
+                let _ = tx.blocking_send(Err(Status::internal(format!("snapshot failed: {e}"))));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let r = req.into_inner();
+        if !self.node.status.is_leader() {
+            return Err(Error::NotLeader.into());
+        }
+        if !self
+            .node
+            .members
+            .read()
+            .iter()
+            .any(|m| m.id == r.target_id && !m.is_learner)
+        {
+            return Err(Error::BadLeaderTransferee.into());
+        }
+        if r.target_id != self.node.member_id {
+            self.node.transfer_leader(r.target_id)?;
+        }
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: Some(self.node.header(self.node.current_rev())),
+        }))
+    }
+
+    async fn downgrade(
+        &self,
+        _req: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        Err(Error::Unimplemented("downgrade is not supported".into()).into())
+    }
+}

@@ -1,0 +1,175 @@
+//! server: the client-facing listeners. One file per etcd gRPC service
+//! (kv, watch, lease, maintenance, cluster); each turns requests into
+//! proposals ([`Node::propose`]) or local reads. The same port also answers
+//! plain HTTP: `/health`, `/livez`, `/readyz`, `/version` and `/metrics`,
+//! as etcd's client port does.
+
+pub mod cluster;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use axum::routing::get;
+use proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::node::{Node, GRPC_OVERHEAD_BYTES};
+
+/// Resolve a listen URL to a socket address (`localhost` → 127.0.0.1).
+pub fn listen_addr(u: &url::Url) -> anyhow::Result<SocketAddr> {
+    if u.scheme() != "http" {
+        bail!(
+            "listen URL {u}: scheme {:?} is not supported yet (TLS and unix sockets arrive later); use http://",
+            u.scheme()
+        );
+    }
+    let host = match u.host_str() {
+        Some("localhost") | None => "127.0.0.1",
+        Some(h) => h.trim_start_matches('[').trim_end_matches(']'),
+    };
+    let port = u.port().unwrap_or(2379);
+    format!("{host}:{port}")
+        .parse::<SocketAddr>()
+        .or_else(|_| {
+            use std::net::ToSocketAddrs;
+            (host, port)
+                .to_socket_addrs()?
+                .next()
+                .ok_or_else(|| std::io::Error::other("no address"))
+        })
+        .with_context(|| format!("cannot resolve listen URL {u}"))
+}
+
+fn http_routes(node: Arc<Node>) -> axum::Router {
+    let n1 = node.clone();
+    let n2 = node.clone();
+    let n3 = node.clone();
+    axum::Router::new()
+        .route(
+            "/health",
+            get(move || {
+                let n = n1.clone();
+                async move {
+                    let ok = n.status.leader() != 0 && n.linearizable().await.is_ok();
+                    let body = if ok {
+                        r#"{"health":"true","reason":""}"#.to_string()
+                    } else {
+                        r#"{"health":"false","reason":"RAFT NO LEADER"}"#.to_string()
+                    };
+                    let code = if ok {
+                        http::StatusCode::OK
+                    } else {
+                        http::StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (
+                        code,
+                        [(http::header::CONTENT_TYPE, "application/json")],
+                        body,
+                    )
+                }
+            }),
+        )
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let n = n2.clone();
+                async move {
+                    if n.status.leader() != 0 {
+                        (http::StatusCode::OK, "ok")
+                    } else {
+                        (
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            "[-]raft_leader failed: no leader",
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/version",
+            get(move || {
+                let n = n3.clone();
+                async move {
+                    let v = &n.cfg.emulated_etcd_version;
+                    let parts: Vec<&str> = v.split('.').collect();
+                    let cluster = format!("{}.{}.0", parts[0], parts.get(1).unwrap_or(&"0"));
+                    (
+                        [(http::header::CONTENT_TYPE, "application/json")],
+                        format!(
+                            r#"{{"etcdserver":"{v}","etcdcluster":"{cluster}","strata":"{}"}}"#,
+                            env!("CARGO_PKG_VERSION")
+                        ),
+                    )
+                }
+            }),
+        )
+        .route("/metrics", get(|| async { crate::metrics::render() }))
+}
+
+/// Serve every client URL until the node shuts down. Listeners are bound
+/// before this returns, so callers may announce readiness afterwards.
+pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let max_recv = node.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let mut handles = Vec::new();
+    for u in &node.cfg.listen_client_urls {
+        let addr = listen_addr(u)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {u}"))?;
+        tracing::info!(url = %u, addr = %listener.local_addr()?, "serving client traffic");
+        let routes = tonic::service::Routes::new(
+            KvServer::new(kv::KvService::new(node.clone()))
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            WatchServer::new(watch::WatchService::new(node.clone()))
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            LeaseServer::new(lease::LeaseService::new(node.clone()))
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            ClusterServer::new(cluster::ClusterService::new(node.clone()))
+                .max_decoding_message_size(max_recv),
+        );
+        let router = routes.into_axum_router().merge(http_routes(node.clone()));
+        let shutdown = node.shutdown.clone();
+        let keepalive = node.cfg.grpc_keepalive_interval;
+        let keepalive_timeout = node.cfg.grpc_keepalive_timeout;
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(keepalive)
+            .http2_keepalive_timeout(keepalive_timeout.or(Some(Duration::from_secs(20))))
+            .add_routes(tonic::service::Routes::from(router));
+        handles.push(tokio::spawn(async move {
+            let incoming = TcpListenerStream::new(listener);
+            if let Err(e) = server
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "client listener failed");
+            }
+        }));
+    }
+    Ok(handles)
+}

@@ -1,0 +1,595 @@
+#!/usr/bin/env bash
+# Drive the REAL etcdctl against an etcd-compatible server binary.
+#
+#   store/tests/etcdctl/run.sh <server-binary>
+#
+# The server is started with etcd-style flags on free 127.0.0.1 ports, a fresh
+# data dir, and is always killed (by PID) at exit. Each check prints
+# PASS/FAIL/SKIP <name>; the script exits 1 if any check failed.
+#
+# Env:
+#   ETCDCTL           etcdctl to use (default: etcdctl 3.4 at /usr/bin/etcdctl)
+#   STRATA_KEEP_TMP=1 keep the temp dir (server log, data dir) for debugging
+#   VERBOSE=1         print each check's log even when it passes
+#
+# Note: jq 1.6 parses numbers as doubles, so 64-bit IDs (lease, member,
+# cluster) are never read through jq; they are taken from text output or
+# grepped raw out of the JSON.
+set -uo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../../.." && pwd)"
+# shellcheck source=/dev/null
+[ -f "$ROOT/scripts/peers.env" ] && . "$ROOT/scripts/peers.env"
+
+if [ $# -ne 1 ]; then
+  echo "usage: $0 <server-binary>" >&2
+  exit 2
+fi
+SERVER="$1"
+case "$SERVER" in
+  */*) [ -x "$SERVER" ] || { echo "not found/executable: $SERVER" >&2; exit 2; }
+       SERVER="$(cd "$(dirname "$SERVER")" && pwd)/$(basename "$SERVER")" ;;
+esac
+ETCDCTL="${ETCDCTL:-${ETCDCTL34_BIN:-/usr/bin/etcdctl}}"
+for t in "$SERVER" "$ETCDCTL"; do
+  command -v "$t" >/dev/null 2>&1 || { echo "not found/executable: $t" >&2; exit 2; }
+done
+command -v jq >/dev/null || { echo "jq is required (scripts/install-peers.sh)" >&2; exit 2; }
+
+# etcdctl 3.4 refuses --endpoints together with ETCDCTL_ENDPOINTS; drop all.
+for v in $(compgen -e | grep '^ETCDCTL_' || true); do unset "$v"; done
+
+T0=${EPOCHREALTIME/./}
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/strata-etcdctl.XXXXXX")"
+SRV_PID=""
+export TMP
+
+cleanup() {
+  local rc=$?
+  # background watchers started by checks (recorded by PID)
+  if [ -f "$TMP/bg.pids" ]; then
+    while read -r p; do kill "$p" 2>/dev/null || true; done <"$TMP/bg.pids"
+  fi
+  if [ -n "$SRV_PID" ] && kill -0 "$SRV_PID" 2>/dev/null; then
+    kill -TERM "$SRV_PID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$SRV_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SRV_PID" 2>/dev/null || true
+    wait "$SRV_PID" 2>/dev/null || true
+  fi
+  if [ "${STRATA_KEEP_TMP:-0}" = 1 ]; then
+    echo "kept temp dir: $TMP" >&2
+  else
+    rm -rf "$TMP"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_ports() { # prints two free 127.0.0.1 TCP ports
+  if command -v python3 >/dev/null; then
+    python3 - <<'EOF'
+import socket
+ss = []
+for _ in range(2):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); ss.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in ss))
+EOF
+  else
+    local a b
+    while :; do
+      a=$((20000 + RANDOM % 30000)); b=$((a + 1))
+      (exec 3<>"/dev/tcp/127.0.0.1/$a") 2>/dev/null && continue
+      (exec 3<>"/dev/tcp/127.0.0.1/$b") 2>/dev/null && continue
+      echo "$a $b"; return
+    done
+  fi
+}
+
+# etcdctl against our server, always time-bounded.
+ctl() { timeout -k 2 15 "$ETCDCTL" --endpoints="$EP" --dial-timeout=2s --command-timeout=5s "$@"; }
+# long-running etcdctl (watch) in the background; sets BG_PID to etcdctl's own
+# PID (not a subshell's, so killing it leaves no orphan) and records it for cleanup.
+ctl_bg() { # ctl_bg <outfile> <args...>
+  local out="$1"; shift
+  "$ETCDCTL" --endpoints="$EP" --dial-timeout=2s "$@" >"$out" 2>"$out.err" &
+  BG_PID=$!
+  echo "$BG_PID" >>"$TMP/bg.pids"
+}
+
+# ---------------------------------------------------------------- start server
+start_server() {
+  read -r P Q < <(free_ports)
+  EP="127.0.0.1:$P"
+  CLIENT_URL="http://127.0.0.1:$P"
+  PEER_URL="http://127.0.0.1:$Q"
+  rm -rf "$TMP/d"
+  "$SERVER" --name s1 --data-dir "$TMP/d" \
+    --listen-client-urls "$CLIENT_URL" --advertise-client-urls "$CLIENT_URL" \
+    --listen-peer-urls "$PEER_URL" --initial-advertise-peer-urls "$PEER_URL" \
+    --initial-cluster "s1=$PEER_URL" >"$TMP/server.log" 2>&1 &
+  SRV_PID=$!
+  local deadline=$((SECONDS + 20))
+  while [ $SECONDS -lt $deadline ]; do
+    sleep 0.2
+    if ! kill -0 "$SRV_PID" 2>/dev/null; then
+      wait "$SRV_PID" 2>/dev/null; SRV_PID=""
+      return 1
+    fi
+    # readiness = a linearizable get succeeds. (`endpoint health` also needs the
+    # Alarm RPC; it is checked separately so a gap there is one FAIL, not "never up".)
+    if "$ETCDCTL" --endpoints="$EP" --dial-timeout=1s --command-timeout=2s get strata-ready-probe >/dev/null 2>&1; then
+      return 0
+    fi
+  done
+  return 2
+}
+
+started=0
+for attempt in 1 2 3; do
+  start_server; rc=$?
+  if [ $rc -eq 0 ]; then started=1; break; fi
+  if [ $rc -eq 2 ]; then break; fi  # alive but never healthy: don't retry
+  echo "server exited during startup (attempt $attempt)" >&2
+  # a taken port is the only reason worth a retry
+  grep -qi 'address already in use' "$TMP/server.log" || break
+done
+if [ $started -ne 1 ]; then
+  if [ $rc -eq 2 ]; then
+    echo "FAIL startup: server not healthy within 20s ($SERVER)" >&2
+  else
+    echo "FAIL startup: server exited before becoming healthy ($SERVER)" >&2
+  fi
+  echo "---- server log (tail) ----" >&2; tail -n 40 "$TMP/server.log" >&2
+  exit 1
+fi
+echo "server: $SERVER (pid $SRV_PID) client=$CLIENT_URL peer=$PEER_URL"
+echo "etcdctl: $ETCDCTL ($("$ETCDCTL" version 2>/dev/null | head -n1))"
+
+# ---------------------------------------------------------------- assertion helpers
+# (checks run in a subshell with `set -e`; any failing assertion ends the check)
+fail() { echo "ASSERT: $*" >&2; return 1; }
+eq() { # eq <what> <got> <want>
+  if [ "$2" != "$3" ]; then
+    printf 'ASSERT %s:\n--- got ---\n%s\n--- want ---\n%s\n' "$1" "$2" "$3" >&2; return 1
+  fi
+}
+contains() { # contains <what> <haystack> <needle>
+  case "$2" in *"$3"*) ;; *) printf 'ASSERT %s: %q does not contain %q\n' "$1" "$2" "$3" >&2; return 1 ;; esac
+}
+matches() { # matches <what> <string> <ERE>
+  if ! [[ "$2" =~ $3 ]]; then printf 'ASSERT %s: %q !~ /%s/\n' "$1" "$2" "$3" >&2; return 1; fi
+}
+# must_fail <what> <needle> <cmd...>: command exits non-zero and its output contains needle
+must_fail() {
+  local what="$1" needle="$2" out rc; shift 2
+  set +e; out="$("$@" 2>&1)"; rc=$?; set -e
+  [ $rc -ne 0 ] || { printf 'ASSERT %s: expected failure, got rc=0, output: %s\n' "$what" "$out" >&2; return 1; }
+  contains "$what" "$out" "$needle"
+}
+rev_now() { ctl get "strata-probe-nonexistent" -w json | jq -r '.header.revision'; }
+put_rev() { ctl put "$1" "$2" -w json | jq -r '.header.revision'; } # put, print its revision
+hexnorm() { printf '%x' "0x$1"; } # hex id without zero padding (3.4 pads lease ids to 16)
+b64() { printf '%s' "$1" | base64 -w0; }
+wait_lines() { # wait_lines <file> <n> <secs>: until file has >= n lines
+  local deadline=$((SECONDS + $3))
+  while [ $SECONDS -lt $deadline ]; do
+    [ "$(wc -l <"$1")" -ge "$2" ] && return 0
+    sleep 0.1
+  done
+  return 0
+}
+
+wait_for() { # wait_for <secs> <cmd...>: poll until cmd succeeds (returns 0 either way)
+  local deadline=$((SECONDS + $1)); shift
+  while [ $SECONDS -lt $deadline ]; do "$@" && return 0; sleep 0.1; done
+  return 0
+}
+
+server_responsive() {
+  kill -0 "$SRV_PID" 2>/dev/null &&
+    timeout -k 1 5 "$ETCDCTL" --endpoints="$EP" --dial-timeout=1s --command-timeout=2s get strata-ready-probe >/dev/null 2>&1
+}
+
+PASSES=0; FAILS=0; SKIPS=0; FAILED_NAMES=(); ABORTED=0
+run_check() { # run_check <name> <function>
+  local name="$1" fn="$2" rc log="$TMP/check.$1.log" t0 ms
+  if [ $ABORTED = 1 ]; then # fail fast instead of timing out on every call
+    FAILS=$((FAILS + 1)); FAILED_NAMES+=("$name"); echo "FAIL $name (not run: server dead/unresponsive)"
+    return
+  fi
+  t0=${EPOCHREALTIME/./}
+  ( set -e; "$fn" ) >"$log" 2>&1
+  rc=$?
+  ms=$(( (${EPOCHREALTIME/./} - t0) / 1000 ))
+  if [ $rc -eq 0 ]; then
+    PASSES=$((PASSES + 1)); echo "PASS $name (${ms} ms)"
+    [ "${VERBOSE:-0}" = 1 ] && sed 's/^/    /' "$log"
+  elif [ $rc -eq 77 ]; then
+    SKIPS=$((SKIPS + 1)); echo "SKIP $name: $(tail -n1 "$log")"
+  else
+    FAILS=$((FAILS + 1)); FAILED_NAMES+=("$name"); echo "FAIL $name (${ms} ms)"
+    sed 's/^/    /' "$log" | tail -n 40
+    if ! server_responsive; then
+      ABORTED=1; echo "server dead or unresponsive after $name: remaining checks are not run"
+    fi
+  fi
+}
+skip() { echo "$*"; exit 77; }
+
+# ================================================================= checks
+c_endpoint_health() { # Get("health") + AlarmList with no alarms
+  local out; out="$(ctl endpoint health 2>&1)"
+  contains "endpoint health" "$out" "$EP is healthy: successfully committed proposal"
+  out="$(ctl endpoint health -w json 2>/dev/null)"
+  eq "endpoint health json" "$(jq -r '.[0].health' <<<"$out")" true
+}
+
+c_put_get() {
+  local out r
+  eq "put output" "$(ctl put kv/k1 hello)" "OK"
+  eq "get text" "$(ctl get kv/k1)" $'kv/k1\nhello'
+  eq "get --print-value-only" "$(ctl get kv/k1 --print-value-only)" "hello"
+  eq "get missing key prints nothing" "$(ctl get kv/missing)" ""
+  r="$(put_rev kv/k2 world)"
+  out="$(ctl get kv/k2 -w json)"
+  eq "json count" "$(jq -r .count <<<"$out")" 1
+  eq "json key" "$(jq -r '.kvs[0].key' <<<"$out")" "$(b64 kv/k2)"
+  eq "json value" "$(jq -r '.kvs[0].value|@base64d' <<<"$out")" "world"
+  eq "json version" "$(jq -r '.kvs[0].version' <<<"$out")" 1
+  eq "json create_revision" "$(jq -r '.kvs[0].create_revision' <<<"$out")" "$r"
+  eq "json mod_revision" "$(jq -r '.kvs[0].mod_revision' <<<"$out")" "$r"
+  eq "json header.revision" "$(jq -r '.header.revision' <<<"$out")" "$r"
+  # overwrite bumps version and mod_revision, keeps create_revision
+  local r2; r2="$(put_rev kv/k2 world2)"
+  [ "$r2" -eq $((r + 1)) ] || fail "revision after put: $r2, want $((r + 1))"
+  out="$(ctl get kv/k2 -w json)"
+  eq "json version after overwrite" "$(jq -r '.kvs[0].version' <<<"$out")" 2
+  eq "json create_revision after overwrite" "$(jq -r '.kvs[0].create_revision' <<<"$out")" "$r"
+  eq "json mod_revision after overwrite" "$(jq -r '.kvs[0].mod_revision' <<<"$out")" "$r2"
+}
+
+c_get_prefix() {
+  ctl put pf/a 1 >/dev/null; ctl put pf/b 2 >/dev/null; ctl put pf/c 3 >/dev/null; ctl put pg 4 >/dev/null
+  eq "get --prefix" "$(ctl get pf/ --prefix)" $'pf/a\n1\npf/b\n2\npf/c\n3'
+  eq "get range [pf/a, pf/c)" "$(ctl get pf/a pf/c)" $'pf/a\n1\npf/b\n2'
+  eq "get --from-key pf/c" "$(ctl get pf/c --from-key --keys-only | grep -v '^$' | head -n 2)" $'pf/c\npg'
+}
+
+c_get_keys_only() {
+  eq "get --prefix --keys-only (text)" "$(ctl get pf/ --prefix --keys-only)" $'pf/a\n\npf/b\n\npf/c'
+  local out; out="$(ctl get pf/ --prefix --keys-only -w json)"
+  eq "keys-only json keys" "$(jq -r '[.kvs[].key|@base64d]|join(",")' <<<"$out")" "pf/a,pf/b,pf/c"
+  eq "keys-only json has no values" "$(jq -r '[.kvs[]|select(has("value"))]|length' <<<"$out")" 0
+}
+
+c_get_limit() {
+  eq "get --limit=2 (text)" "$(ctl get pf/ --prefix --limit=2)" $'pf/a\n1\npf/b\n2'
+  local out; out="$(ctl get pf/ --prefix --limit=2 -w json)"
+  eq "limit json kvs length" "$(jq -r '.kvs|length' <<<"$out")" 2
+  eq "limit json count (total)" "$(jq -r '.count' <<<"$out")" 3
+  eq "limit json more" "$(jq -r '.more' <<<"$out")" true
+  out="$(ctl get pf/ --prefix --limit=3 -w json)"
+  eq "limit=3 json more" "$(jq -r '.more // false' <<<"$out")" false
+}
+
+c_get_rev() {
+  local r1 r2
+  r1="$(put_rev rv/k v1)"
+  r2="$(put_rev rv/k v2)"
+  ctl put rv/k v3 >/dev/null
+  eq "get --rev=r1" "$(ctl get rv/k --rev="$r1" --print-value-only)" "v1"
+  eq "get --rev=r2" "$(ctl get rv/k --rev="$r2" --print-value-only)" "v2"
+  eq "get latest" "$(ctl get rv/k --print-value-only)" "v3"
+  eq "get --rev before creation" "$(ctl get rv/k --rev=$((r1 - 1)))" ""
+  local out; out="$(ctl get rv/k --rev="$r1" -w json)"
+  eq "old rev json version" "$(jq -r '.kvs[0].version' <<<"$out")" 1
+  eq "old rev json mod_revision" "$(jq -r '.kvs[0].mod_revision' <<<"$out")" "$r1"
+}
+
+c_get_sort() {
+  # created in order a,b,c ; values c<a<b ; then a modified last
+  ctl put so/a 2 >/dev/null; ctl put so/b 3 >/dev/null; ctl put so/c 1 >/dev/null
+  ctl put so/a 5 >/dev/null
+  k() { ctl get so/ --prefix --keys-only "$@" | grep -v '^$' | tr '\n' ' '; }
+  eq "sort KEY ASCEND"     "$(k --sort-by=KEY --order=ASCEND)"     "so/a so/b so/c "
+  eq "sort KEY DESCEND"    "$(k --sort-by=KEY --order=DESCEND)"    "so/c so/b so/a "
+  eq "sort VALUE ASCEND"   "$(k --sort-by=VALUE --order=ASCEND)"   "so/c so/b so/a "
+  eq "sort VALUE DESCEND"  "$(k --sort-by=VALUE --order=DESCEND)"  "so/a so/b so/c "
+  eq "sort CREATE DESCEND" "$(k --sort-by=CREATE --order=DESCEND)" "so/c so/b so/a "
+  eq "sort MODIFY ASCEND"  "$(k --sort-by=MODIFY --order=ASCEND)"  "so/b so/c so/a "
+  eq "sort MODIFY DESCEND" "$(k --sort-by=MODIFY --order=DESCEND)" "so/a so/c so/b "
+  eq "sort VERSION DESCEND first" "$(k --sort-by=VERSION --order=DESCEND | cut -d' ' -f1)" "so/a"
+  eq "order DESCEND (default sort KEY)" "$(k --order=DESCEND)" "so/c so/b so/a "
+  eq "sort + limit" "$(k --sort-by=VALUE --order=ASCEND --limit=1)" "so/c "
+}
+
+c_get_count_only() {
+  if ! "$ETCDCTL" get --help 2>&1 | grep -q -- '--count-only'; then
+    skip "this etcdctl has no 'get --count-only' (3.4); Range count is asserted in kv.get_limit instead"
+  fi
+  # etcdctl 3.5 accepts --count-only only with -w fields
+  local out; out="$(ctl get pf/ --prefix --count-only -w fields)"
+  contains "count-only fields Count" "$out" '"Count" : 3'
+  if grep -q '"Key"' <<<"$out"; then fail "count-only returned kvs: $out"; fi
+}
+
+c_del() {
+  ctl put dl/a 1 >/dev/null; ctl put dl/b 2 >/dev/null
+  ctl put dp/1 x >/dev/null; ctl put dp/2 y >/dev/null; ctl put dp/3 z >/dev/null; ctl put dq keep >/dev/null
+  eq "del existing" "$(ctl del dl/a)" "1"
+  eq "del missing" "$(ctl del dl/nonexistent)" "0"
+  eq "get after del" "$(ctl get dl/a)" ""
+  eq "del --prev-kv" "$(ctl del dl/b --prev-kv)" $'1\ndl/b\n2'
+  local out; out="$(ctl del dp/ --prefix --prev-kv -w json)"
+  eq "del --prefix json deleted" "$(jq -r '.deleted' <<<"$out")" 3
+  eq "del --prefix json prev_kvs" "$(jq -r '[.prev_kvs[]|(.key|@base64d)+"="+(.value|@base64d)]|join(",")' <<<"$out")" "dp/1=x,dp/2=y,dp/3=z"
+  eq "prefix gone" "$(ctl get dp/ --prefix)" ""
+  eq "sibling kept" "$(ctl get dq --print-value-only)" "keep"
+  ctl put dr/1 a >/dev/null; ctl put dr/2 b >/dev/null
+  eq "del --prefix count" "$(ctl del dr/ --prefix)" "2"
+}
+
+c_txn() {
+  local out
+  # create-if-absent: success branch
+  out="$(printf 'mod("tx/k") = "0"\n\nput tx/k v1\n\nget tx/k\n\n' | ctl txn)"
+  eq "txn mod=0 success" "$out" $'SUCCESS\n\nOK'
+  # same txn again: failure branch (get)
+  out="$(printf 'mod("tx/k") = "0"\n\nput tx/k v1\n\nget tx/k\n\n' | ctl txn)"
+  eq "txn mod=0 failure" "$out" $'FAILURE\n\ntx/k\nv1'
+  # value compare, success with multiple ops
+  out="$(printf 'value("tx/k") = "v1"\n\nput tx/k v2\nput tx/other o\n\nput tx/k bad\n\n' | ctl txn)"
+  eq "txn value= success" "$out" $'SUCCESS\n\nOK\n\nOK'
+  eq "value after success" "$(ctl get tx/k --print-value-only)" "v2"
+  # value compare fails -> failure branch deletes
+  out="$(printf 'value("tx/k") = "nope"\n\nput tx/k bad\n\ndel tx/other\n\n' | ctl txn)"
+  eq "txn value= failure" "$out" $'FAILURE\n\n1'
+  eq "value untouched on failure" "$(ctl get tx/k --print-value-only)" "v2"
+  eq "failure op applied" "$(ctl get tx/other)" ""
+  # multiple compares (AND), version/create compares, json output
+  local cr; cr="$(ctl get tx/k -w json | jq -r '.kvs[0].create_revision')"
+  out="$(printf 'version("tx/k") = "2"\ncreate("tx/k") = "%s"\nvalue("tx/k") != "zz"\n\nget tx/k\n\n\n' "$cr" | ctl txn -w json)"
+  eq "txn json succeeded" "$(jq -r '.succeeded' <<<"$out")" true
+  # 3.4 names the oneof field ResponseRange, 3.5 response_range: accept either
+  eq "txn json range value" "$(jq -r '.responses[0].Response | (.ResponseRange // .response_range) | .kvs[0].value | @base64d' <<<"$out")" "v2"
+  out="$(printf 'version("tx/k") > "5"\n\n\n\n\n' | ctl txn -w json)"
+  eq "txn json failed" "$(jq -r '.succeeded // false' <<<"$out")" false
+  # empty txn (no compares) -> success
+  eq "txn no compares" "$(printf '\nput tx/e 1\n\n\n' | ctl txn)" $'SUCCESS\n\nOK'
+}
+
+c_watch_live() {
+  local f="$TMP/watch_live.out" wp
+  : >"$f"
+  ctl_bg "$f" watch wl/ --prefix; wp=$BG_PID
+  # sync: keep putting a sentinel until the watcher has reported it
+  local i
+  for i in $(seq 50); do
+    ctl put wl/sync "$i" >/dev/null
+    grep -q '^wl/sync$' "$f" && break
+    sleep 0.1
+  done
+  grep -q '^wl/sync$' "$f" || fail "watch never reported sentinel; stderr: $(cat "$f.err")"
+  local n0; n0="$(wc -l <"$f")"
+  ctl put wl/a 1 >/dev/null
+  ctl put wl/b 2 >/dev/null
+  ctl put wx/outside 9 >/dev/null   # not under the prefix
+  ctl del wl/a >/dev/null
+  ctl put wl/b 3 >/dev/null
+  wait_lines "$f" $((n0 + 12)) 5
+  kill "$wp" 2>/dev/null || true; wait "$wp" 2>/dev/null || true
+  eq "live watch events" "$(tail -n +$((n0 + 1)) "$f")" $'PUT\nwl/a\n1\nPUT\nwl/b\n2\nDELETE\nwl/a\n\nPUT\nwl/b\n3'
+}
+
+c_watch_history() {
+  local r1 r2 r3 r4 f="$TMP/watch_hist.out" wp
+  r1="$(put_rev wh/k a)"
+  r2="$(put_rev wh/k b)"
+  r3="$(ctl del wh/k -w json | jq -r .header.revision)"
+  r4="$(put_rev wh/k c)"
+  ctl put wh/zz other >/dev/null
+  # text, exact key, from r1
+  ctl_bg "$f" watch wh/k --rev="$r1"; wp=$BG_PID
+  wait_lines "$f" 12 5
+  kill "$wp" 2>/dev/null || true; wait "$wp" 2>/dev/null || true
+  eq "history replay from r1" "$(grep -v '^{"level"' "$f")" $'PUT\nwh/k\na\nPUT\nwh/k\nb\nDELETE\nwh/k\n\nPUT\nwh/k\nc'
+  # json, from r2 (skips r1): event types and mod_revisions in order
+  ctl_bg "$f.json" watch wh/k --rev="$r2" -w json; wp=$BG_PID
+  # events may arrive batched in one response (one JSON line): count events
+  wait_for 5 bash -c '[ "$(jq -s "[.[].Events|length]|add // 0" "$1" 2>/dev/null || echo 0)" -ge 3 ]' _ "$f.json"
+  kill "$wp" 2>/dev/null || true; wait "$wp" 2>/dev/null || true
+  eq "history json (type:mod_revision)" \
+    "$(jq -r '.Events[] | "\(if .type == 1 then "DELETE" else "PUT" end):\(.kv.mod_revision)"' "$f.json" | tr '\n' ' ')" \
+    "PUT:$r2 DELETE:$r3 PUT:$r4 "
+  eq "history json values" "$(jq -r '.Events[] | .kv.value // "" | @base64d' "$f.json" | tr '\n' ' ')" "b  c "
+}
+
+c_lease() {
+  local out id ttl
+  out="$(ctl lease grant 60)"
+  matches "lease grant" "$out" '^lease ([0-9a-f]+) granted with TTL\(60s\)$'
+  id="${BASH_REMATCH[1]}"
+  eq "put --lease" "$(ctl put ls/k1 v --lease="$id")" "OK"
+  eq "put --lease 2" "$(ctl put ls/k2 v --lease="$id")" "OK"
+  ctl put ls/free v >/dev/null
+  # lease id on the key (JSON: compare as hex via raw digits, jq would round it)
+  local raw; raw="$(ctl get ls/k1 -w json | grep -o '"lease":[0-9]*' | cut -d: -f2)"
+  eq "kv.lease" "$(printf '%x' "$raw")" "$(hexnorm "$id")"
+  out="$(ctl lease timetolive "$id" --keys)"
+  # etcd lists attached keys in unspecified (Go map) order
+  matches "timetolive --keys" "$out" "^lease $id granted with TTL\\(60s\\), remaining\\(([0-9]+)s\\), attached keys\\(\\[([^]]*)\\]\\)$"
+  ttl="${BASH_REMATCH[1]}"
+  eq "timetolive attached keys" "$(tr ' ' '\n' <<<"${BASH_REMATCH[2]}" | sort | tr '\n' ' ')" "ls/k1 ls/k2 "
+  { [ "$ttl" -ge 50 ] && [ "$ttl" -le 60 ]; } || fail "remaining ttl $ttl not in [50,60]"
+  out="$(ctl lease timetolive "$id" --keys -w json)"
+  eq "timetolive json granted-ttl" "$(jq -r '."granted-ttl"' <<<"$out")" 60
+  eq "timetolive json keys" "$(jq -r '[.keys[]|@base64d]|sort|join(",")' <<<"$out")" "ls/k1,ls/k2"
+  out="$(ctl lease list)"
+  matches "lease list header" "$(head -n1 <<<"$out")" '^found [0-9]+ leases$'
+  sed 1d <<<"$out" | while read -r l; do hexnorm "$l"; echo; done | grep -qx "$(hexnorm "$id")" || fail "lease list lacks $id: $out"
+  eq "keep-alive --once" "$(ctl lease keep-alive --once "$id")" "lease $id keepalived with TTL(60)"
+  eq "revoke" "$(ctl lease revoke "$id")" "lease $id revoked"
+  eq "attached key deleted" "$(ctl get ls/k1)" ""
+  eq "attached key 2 deleted" "$(ctl get ls/k2)" ""
+  eq "unattached key kept" "$(ctl get ls/free --print-value-only)" "v"
+  eq "timetolive after revoke" "$(ctl lease timetolive "$id")" "lease $id already expired"
+  if ctl lease list | sed 1d | while read -r l; do hexnorm "$l"; echo; done | grep -qx "$(hexnorm "$id")"; then fail "revoked lease still listed"; fi
+}
+
+c_lease_expiry() {
+  local out id
+  out="$(ctl lease grant 2)"
+  matches "lease grant 2" "$out" '^lease ([0-9a-f]+) granted with TTL\(2s\)$'
+  id="${BASH_REMATCH[1]}"
+  ctl put le/k v --lease="$id" >/dev/null
+  eq "key present" "$(ctl get le/k --print-value-only)" "v"
+  local deadline=$((SECONDS + 10))
+  while [ $SECONDS -lt $deadline ]; do
+    [ -z "$(ctl get le/k)" ] && break
+    sleep 0.25
+  done
+  eq "key gone after lease expiry" "$(ctl get le/k)" ""
+  eq "timetolive expired" "$(ctl lease timetolive "$id")" "lease $id already expired"
+}
+
+c_compaction() {
+  local r
+  r="$(put_rev cp/k x)"
+  ctl put cp/k y >/dev/null
+  ctl put cp/k z >/dev/null
+  eq "compaction output" "$(ctl compaction $((r + 1)))" "compacted revision $((r + 1))"
+  must_fail "get --rev below compaction" "required revision has been compacted" ctl get cp/k --rev="$r"
+  eq "get --rev at compaction rev" "$(ctl get cp/k --rev=$((r + 1)) --print-value-only)" "y"
+  eq "get latest" "$(ctl get cp/k --print-value-only)" "z"
+  must_fail "compact again at same rev" "required revision has been compacted" ctl compaction $((r + 1))
+  local out; out="$(ctl watch cp/k --rev="$r" 2>&1 || true)"
+  contains "watch from compacted rev is canceled" "$out" "required revision has been compacted"
+}
+
+c_endpoint_status() {
+  local out cur
+  cur="$(rev_now)"
+  out="$(ctl endpoint status -w json)"
+  eq "status endpoint" "$(jq -r '.[0].Endpoint' <<<"$out")" "$EP"
+  eq "status header.revision" "$(jq -r '.[0].Status.header.revision' <<<"$out")" "$cur"
+  local v; v="$(jq -r '.[0].Status.version // ""' <<<"$out")"
+  [ -n "$v" ] || fail "empty version: $out"
+  matches "version looks like x.y.z" "$v" '^[0-9]+\.[0-9]+\.[0-9]+'
+  [ "$(jq -r '.[0].Status.raftIndex' <<<"$out")" -gt 0 ] || fail "raftIndex not > 0"
+  [ "$(jq -r '.[0].Status.raftTerm' <<<"$out")" -gt 0 ] || fail "raftTerm not > 0"
+  [ "$(jq -r '.[0].Status.dbSize' <<<"$out")" -gt 0 ] || fail "dbSize not > 0"
+  # single node: leader == this member (raw digits; jq would round 64-bit ids)
+  local mid leader
+  mid="$(grep -o '"member_id":[0-9]*' <<<"$out" | head -n1 | cut -d: -f2)"
+  leader="$(grep -o '"leader":[0-9]*' <<<"$out" | cut -d: -f2)"
+  [ -n "$mid" ] && [ "$mid" != 0 ] || fail "no member_id"
+  eq "leader is self" "$leader" "$mid"
+  # text table: endpoint, id(hex), version, size, is_leader=true, ...
+  out="$(ctl endpoint status)"
+  matches "status text" "$out" "^$EP, 0*$(printf '%x' "$mid"), $v, [^,]+, true, false, "
+}
+
+c_endpoint_hashkv() {
+  local h1 h2 h3 out
+  out="$(ctl endpoint hashkv)"
+  matches "hashkv text" "$out" "^$EP, [0-9]+$"
+  h1="${out##*, }"
+  h2="$(ctl endpoint hashkv -w json | jq -r '.[0].HashKV.hash')"
+  eq "hashkv stable without writes" "$h2" "$h1"
+  ctl put hk/k v >/dev/null
+  h3="$(ctl endpoint hashkv | sed 's/.*, //')"
+  [ "$h3" != "$h1" ] || fail "hashkv unchanged after a write ($h1)"
+}
+
+c_member_list() {
+  local out raw id
+  out="$(ctl member list -w json)"
+  eq "member count" "$(jq -r '.members|length' <<<"$out")" 1
+  eq "member name" "$(jq -r '.members[0].name' <<<"$out")" "s1"
+  eq "member peerURLs" "$(jq -r '.members[0].peerURLs|join(",")' <<<"$out")" "$PEER_URL"
+  eq "member clientURLs" "$(jq -r '.members[0].clientURLs|join(",")' <<<"$out")" "$CLIENT_URL"
+  raw="$(grep -o '"ID":[0-9]*' <<<"$out" | head -n1 | cut -d: -f2)"
+  [ -n "$raw" ] && [ "$raw" != 0 ] || fail "no member ID"
+  id="$(printf '%x' "$raw")"
+  # text: "<hex id>, started, s1, <peer>, <client>, <isLearner>"; tolerate zero-padded id
+  local txt; txt="$(ctl member list)"
+  eq "member list text id" "$(hexnorm "${txt%%,*}")" "$id"
+  eq "member list text" "${txt#*, }" "started, s1, $PEER_URL, $CLIENT_URL, false"
+  local st; st="$(ctl endpoint status -w json | grep -o '"member_id":[0-9]*' | head -n1 | cut -d: -f2)"
+  eq "member id == status member_id" "$raw" "$st"
+}
+
+c_snapshot() {
+  local out
+  out="$(ctl snapshot save "$TMP/snap.db" 2>&1)"
+  contains "snapshot save" "$out" "Snapshot saved at $TMP/snap.db"
+  [ -s "$TMP/snap.db" ] || fail "snapshot file missing or empty"
+  echo "snapshot size: $(stat -c %s "$TMP/snap.db")"
+}
+
+c_defrag() {
+  eq "defrag" "$(ctl defrag 2>&1 | grep -v '^{"level"')" "Finished defragmenting etcd member[$EP]"
+}
+
+c_alarm_list() {
+  eq "alarm list (empty)" "$(ctl alarm list)" ""
+}
+
+c_err_future_rev() {
+  local cur; cur="$(rev_now)"
+  must_fail "get --rev future" "required revision is a future revision" ctl get kv/k1 --rev=$((cur + 1000))
+}
+
+c_err_lease_not_found() {
+  must_fail "revoke unknown lease" "requested lease not found" ctl lease revoke 7fffdeadbeef1234
+  must_fail "keep-alive unknown lease" "requested lease not found" ctl lease keep-alive --once 7fffdeadbeef1234
+}
+
+c_err_txn_dup_key() {
+  local out rc
+  set +e
+  out="$(printf '\nput dup/k 1\nput dup/k 2\n\n\n' | ctl txn 2>&1)"; rc=$?
+  set -e
+  [ $rc -ne 0 ] || fail "txn with duplicate key succeeded: $out"
+  contains "txn duplicate put" "$out" "duplicate key given in txn request"
+  eq "nothing written" "$(ctl get dup/k)" ""
+}
+
+# ================================================================= run
+run_check endpoint.health       c_endpoint_health
+run_check kv.put_get            c_put_get
+run_check kv.get_prefix         c_get_prefix
+run_check kv.get_keys_only      c_get_keys_only
+run_check kv.get_limit          c_get_limit
+run_check kv.get_rev            c_get_rev
+run_check kv.get_sort           c_get_sort
+run_check kv.get_count_only     c_get_count_only
+run_check kv.del                c_del
+run_check txn                   c_txn
+run_check watch.live_prefix     c_watch_live
+run_check watch.history         c_watch_history
+run_check lease                 c_lease
+run_check lease.expiry          c_lease_expiry
+run_check err.future_revision   c_err_future_rev
+run_check err.lease_not_found   c_err_lease_not_found
+run_check err.txn_duplicate_key c_err_txn_dup_key
+run_check compaction            c_compaction
+run_check endpoint.status       c_endpoint_status
+run_check endpoint.hashkv       c_endpoint_hashkv
+run_check member.list           c_member_list
+run_check snapshot.save         c_snapshot
+run_check defrag                c_defrag
+run_check alarm.list            c_alarm_list
+
+if ! kill -0 "$SRV_PID" 2>/dev/null; then
+  FAILS=$((FAILS + 1)); FAILED_NAMES+=("server.alive"); echo "FAIL server.alive: server exited during the run"
+fi
+if [ $FAILS -gt 0 ]; then
+  echo "---- server log (tail) ----"; tail -n 30 "$TMP/server.log"
+  echo "failed: ${FAILED_NAMES[*]}"
+fi
+printf '%d passed, %d failed, %d skipped\n' "$PASSES" "$FAILS" "$SKIPS"
+T1=${EPOCHREALTIME/./}; echo "elapsed: $(( (T1 - T0) / 1000 )) ms"
+[ $FAILS -eq 0 ]
