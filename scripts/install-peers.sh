@@ -22,7 +22,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # ---------------------------------------------------------------- apt packages
-apt_pkgs=(etcd-server etcd-client protobuf-compiler jq)
+apt_pkgs=(etcd-server etcd-client protobuf-compiler libprotobuf-dev jq)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then

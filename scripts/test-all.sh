@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Run Strata's whole test suite, installing whatever the tests need first.
+#   ./scripts/test-all.sh
+# Steps: install peers (etcd 3.4/3.5, etcdctl, protoc), format and lint
+# checks, unit + integration + differential + crash tests, then the
+# etcdctl script test against Strata with etcdctl 3.4 and 3.5.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { echo; echo "==> $*"; }
+
+step "installing test peers"
+./scripts/install-peers.sh
+# shellcheck source=scripts/peers.env
+source scripts/peers.env
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test (unit, integration, differential, crash)"
+cargo test --workspace
+
+step "etcdctl script test (etcdctl 3.4)"
+ETCDCTL="$ETCDCTL34_BIN" store/tests/etcdctl/run.sh target/debug/strata
+
+step "etcdctl script test (etcdctl 3.5)"
+ETCDCTL="$ETCDCTL35_BIN" store/tests/etcdctl/run.sh target/debug/strata
+
+echo
+echo "all tests passed"

@@ -1,0 +1,5 @@
+//! Integration tests: real `strata` processes driven by the `etcd-client`
+//! crate (and real etcd for the differential tests).
+
+mod harness;
+mod smoke;
