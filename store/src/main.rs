@@ -10,7 +10,7 @@ fn main() {
         Ok(Parsed::Run(c)) => *c,
         Ok(Parsed::Version) => {
             println!("strata Version: {}", env!("CARGO_PKG_VERSION"));
-            println!("etcd API Version: 3.5 (reports {} by default)", "3.6.0");
+            println!("Emulated etcd Version: 3.6.0 (default of --emulated-etcd-version)");
             return;
         }
         Err(e) => e.exit(),

@@ -387,7 +387,7 @@ impl SnapDir {
                 }
             }
         }
-        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.sort_by_key(|e| std::cmp::Reverse(e.0));
         Ok(v)
     }
 

@@ -180,7 +180,7 @@ impl StateMachine {
                     return resp;
                 }
                 if !self.alarms.contains(&m) {
-                    self.alarms.push(m.clone());
+                    self.alarms.push(m);
                 }
                 resp.alarms.push(m);
             }

@@ -192,7 +192,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                     buf.truncate(n);
                     sent += n as u64;
                     let msg = pb::SnapshotResponse {
-                        header: first.then(|| header.clone()),
+                        header: first.then_some(header),
                         remaining_bytes: total - sent,
                         blob: buf,
                         version: if first {
