@@ -229,7 +229,8 @@ pub fn command() -> Command {
         .about(
             "Strata: a Raft-replicated MVCC key-value store that speaks etcd's v3 gRPC API.\n\n\
              It accepts etcd's flags (with one or two leading dashes) and ETCD_* environment \
-             variables. With no flags it serves http://127.0.0.1:2379 with data in ./default.strata.",
+             variables. With no flags it serves http://127.0.0.1:2379 with data in ./default.strata.\n\n\
+             Offline tools: `strata snapshot status FILE`, `strata snapshot restore FILE --data-dir DIR ...`.",
         )
         .version(env!("CARGO_PKG_VERSION"))
         .disable_version_flag(true)

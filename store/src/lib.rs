@@ -12,6 +12,7 @@
 //! - [`lessor`]: the leader's lease-expiry clock.
 //! - [`snapshot`]: CRC-checked state-machine snapshot files.
 //! - [`membership`]: etcd-compatible member and cluster IDs.
+//! - [`offline`]: `strata snapshot status|restore` (etcdutl-style tools).
 //! - [`metrics`], [`logging`], [`error`].
 
 pub mod apply;
@@ -23,6 +24,7 @@ pub mod membership;
 pub mod metrics;
 pub mod mvcc;
 pub mod node;
+pub mod offline;
 pub mod raft;
 pub mod request;
 pub mod server;

@@ -6,7 +6,15 @@ use store::config::{self, Parsed};
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
-    let cfg = match config::parse(std::env::args().collect()) {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("snapshot") {
+        if let Err(e) = store::offline::main(args[2..].to_vec()) {
+            eprintln!("Error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let cfg = match config::parse(args) {
         Ok(Parsed::Run(c)) => *c,
         Ok(Parsed::Version) => {
             println!("strata Version: {}", env!("CARGO_PKG_VERSION"));

@@ -15,7 +15,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use raft_engine::{Engine, LogBatch, MessageExt};
@@ -246,13 +245,35 @@ impl RaftStorage {
         &self.engine
     }
 
-    /// Write a raw protobuf message to the log's key space (used by tests).
-    pub fn encoded_hard_state(&self) -> Vec<u8> {
-        self.inner
-            .read()
-            .hard_state
-            .write_to_bytes()
-            .unwrap_or_default()
+    /// Initialise an empty log as if it had been compacted at `(index, term)`
+    /// with the given membership: used when restoring a snapshot into a new
+    /// data dir, so raft starts right after the snapshot.
+    pub fn init_from_snapshot(&self, index: u64, term: u64, cs: ConfState) {
+        let marker = Entry {
+            index,
+            term,
+            ..Default::default()
+        };
+        let hs = HardState {
+            term,
+            commit: index,
+            ..Default::default()
+        };
+        let mut b = LogBatch::default();
+        b.put_message(REGION, KEY_TRUNCATED.to_vec(), &marker)
+            .expect("invariant: marker encodes");
+        b.put_message(REGION, KEY_HARD_STATE.to_vec(), &hs)
+            .expect("invariant: HardState encodes");
+        b.put_message(REGION, KEY_CONF_STATE.to_vec(), &cs)
+            .expect("invariant: ConfState encodes");
+        self.write(&mut b);
+        let mut i = self.inner.write();
+        i.truncated = (index, term);
+        i.last_index = index;
+        i.hard_state = hs;
+        i.conf_state = cs;
+        i.terms.clear();
+        i.term_first = index + 1;
     }
 }
 

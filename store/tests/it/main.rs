@@ -2,4 +2,5 @@
 //! crate (and real etcd for the differential tests).
 
 mod harness;
+mod offline;
 mod smoke;
