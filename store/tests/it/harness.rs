@@ -45,7 +45,8 @@ impl Strata {
     /// Start on `data_dir` (kept after the process ends) with extra flags.
     /// The client port is chosen by the OS and read back from the log.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Strata {
-        Strata::try_start_in(data_dir, extra).unwrap_or_else(|e| panic!("strata did not start: {e}"))
+        Strata::try_start_in(data_dir, extra)
+            .unwrap_or_else(|e| panic!("strata did not start: {e}"))
     }
 
     /// Like `start_in`, but returns the log text instead of panicking when
