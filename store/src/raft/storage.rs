@@ -148,7 +148,11 @@ impl RaftStorage {
     }
 
     fn write(&self, b: &mut LogBatch) {
-        if let Err(e) = self.engine.write(b, self.sync) {
+        self.write_with(b, self.sync)
+    }
+
+    fn write_with(&self, b: &mut LogBatch, sync: bool) {
+        if let Err(e) = self.engine.write(b, sync) {
             panic!("raft log write failed; refusing to continue with possibly lost data: {e}");
         }
     }
@@ -191,14 +195,21 @@ impl RaftStorage {
         }
     }
 
-    /// Persist only a new commit index (after a LightReady).
+    /// Record a new commit index (after a LightReady) without an fsync of
+    /// its own: the next synced write makes it durable. Losing it is
+    /// harmless: committed entries are re-committed after restart, and
+    /// recovery raises the commit index to the snapshot's applied index.
     pub fn set_commit(&self, commit: u64) {
         let mut hs = self.inner.read().hard_state.clone();
         if hs.commit >= commit {
             return;
         }
         hs.commit = commit;
-        self.append(&[], Some(&hs));
+        let mut b = LogBatch::default();
+        b.put_message(REGION, KEY_HARD_STATE.to_vec(), &hs)
+            .expect("invariant: HardState encodes");
+        self.write_with(&mut b, false);
+        self.inner.write().hard_state = hs;
     }
 
     /// Drop entries up to and including `index` (they are covered by a

@@ -77,12 +77,20 @@ impl StreamState {
         Some(self.node.header(rev))
     }
 
+    /// The state machine's revision. Watch responses use it rather than the
+    /// published applied revision, which can briefly lag behind the events a
+    /// pass has already read; a progress response must never claim a
+    /// revision below an event it follows.
+    fn store_rev(&self) -> i64 {
+        self.node.state.read().mvcc.current_rev()
+    }
+
     async fn send(&self, r: pb::WatchResponse) -> Result<(), Gone> {
         self.tx.send(Ok(r)).await.map_err(|_| Gone)
     }
 
     async fn create(&mut self, c: pb::WatchCreateRequest) -> Result<(), Gone> {
-        let cur = self.node.current_rev();
+        let cur = self.store_rev();
         let key = if c.key.is_empty() {
             vec![0]
         } else {
@@ -149,7 +157,7 @@ impl StreamState {
     async fn cancel(&mut self, id: i64) -> Result<(), Gone> {
         if self.watchers.remove(&id).is_some() {
             METRICS.watchers.dec();
-            let cur = self.node.current_rev();
+            let cur = self.store_rev();
             self.send(pb::WatchResponse {
                 header: self.header(cur),
                 watch_id: id,
@@ -240,7 +248,7 @@ impl StreamState {
                 r.header = self.header(cur);
                 self.send_events(r, fragment).await?;
             }
-            if self.all_synced(self.node.current_rev()) {
+            if self.all_synced(self.store_rev()) {
                 return Ok(());
             }
         }
@@ -278,7 +286,7 @@ impl StreamState {
     }
 
     async fn progress_all(&mut self) -> Result<(), Gone> {
-        let cur = self.node.current_rev();
+        let cur = self.store_rev();
         if self.all_synced(cur) {
             self.progress_pending = false;
             self.send(pb::WatchResponse {
@@ -294,7 +302,7 @@ impl StreamState {
     }
 
     async fn periodic_progress(&mut self) -> Result<(), Gone> {
-        let cur = self.node.current_rev();
+        let cur = self.store_rev();
         let ids: Vec<i64> = self
             .watchers
             .iter()
