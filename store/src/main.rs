@@ -24,6 +24,15 @@ fn main() {
         Err(e) => e.exit(),
     };
     store::logging::init(&cfg.log_level, &cfg.log_format);
+    // A panic on any thread (raft, apply, snapshot, a handler) means an
+    // invariant broke: stop the whole process rather than keep serving
+    // possibly inconsistent data.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "fatal: a thread panicked; aborting");
+        default_hook(info);
+        std::process::abort();
+    }));
     if let Err(e) = run(cfg) {
         tracing::error!(error = format!("{e:#}"), "strata failed");
         eprintln!("strata: {e:#}");

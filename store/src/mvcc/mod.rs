@@ -188,6 +188,10 @@ pub struct Mvcc {
     log: VecDeque<RevEvents>,
     current: i64,
     compact: i64,
+    /// Whether any compaction succeeded, so a compaction at revision 0 counts
+    /// (etcd starts at compactMainRev -1: `Compact(0)` on a fresh store
+    /// succeeds once). Not persisted: restored as `compact > 0`.
+    compacted: bool,
     size: i64,
 }
 
@@ -208,6 +212,16 @@ impl Mvcc {
     /// The compacted revision (0 if never compacted).
     pub fn compact_rev(&self) -> i64 {
         self.compact
+    }
+
+    /// etcd's `compactMainRev` (a read view's `FirstRev`): the compacted
+    /// revision, or -1 if the store was never compacted.
+    pub fn first_rev(&self) -> i64 {
+        if self.compacted || self.compact > 0 {
+            self.compact
+        } else {
+            -1
+        }
     }
 
     /// Approximate bytes held by all retained revisions.
@@ -297,7 +311,7 @@ impl Mvcc {
 
     /// Compact history at `rev`: keep only what reads at revisions >= `rev` need.
     pub fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
-        if rev <= self.compact {
+        if rev <= self.first_rev() {
             return Err(MvccError::Compacted);
         }
         if rev > self.current {
@@ -315,7 +329,27 @@ impl Mvcc {
                 keys.insert(Bytes::copy_from_slice(&ev.kv.key));
             }
             if front.main == rev {
-                front.events.retain(|e| e.kind == EventKind::Put);
+                // A put that a later op of the same revision deleted (nested
+                // txns may put and then delete a key) goes too: etcd drops
+                // the whole generation, as `KeyHistory::compact` does.
+                let last_delete: std::collections::HashMap<Vec<u8>, usize> = front
+                    .events
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.kind == EventKind::Delete)
+                    .map(|(i, e)| (e.kv.key.clone(), i))
+                    .collect();
+                let mut i = 0;
+                front.events.retain(|e| {
+                    i += 1;
+                    e.kind == EventKind::Put
+                        && last_delete.get(&e.kv.key).is_none_or(|&d| d < i - 1)
+                });
+                // Their previous values lie below the compact revision; etcd
+                // cannot read them either (and a snapshot cannot hold them).
+                for e in &mut front.events {
+                    e.prev = None;
+                }
                 if front.events.is_empty() {
                     self.log.pop_front();
                 }
@@ -334,6 +368,7 @@ impl Mvcc {
             }
         }
         self.compact = rev;
+        self.compacted = true;
         Ok(())
     }
 
@@ -349,7 +384,7 @@ impl Mvcc {
         let skip = (from.max(first) - first) as usize;
         let (a, b) = self.log.as_slices();
         let start = skip.min(self.log.len());
-        let end = (start + max_revs).min(self.log.len());
+        let end = start.saturating_add(max_revs).min(self.log.len());
         if end <= a.len() {
             Ok(&a[start..end])
         } else if start >= a.len() {
@@ -409,7 +444,10 @@ impl Mvcc {
             let mut prev: Option<&HistEntry> = None;
             for e in &hist.entries {
                 size += entry_size(e);
-                if e.rev.main > snap.compact {
+                // The live puts of the compact revision itself stay
+                // replayable (as `compact` keeps them), without prev.
+                let at_compact = e.rev.main == snap.compact;
+                if e.rev.main > snap.compact || (at_compact && !e.tombstone) {
                     all.push((
                         e.rev,
                         Event {
@@ -419,7 +457,9 @@ impl Mvcc {
                                 EventKind::Put
                             },
                             kv: e.kv.clone(),
-                            prev: prev.filter(|p| !p.tombstone).map(|p| p.kv.clone()),
+                            prev: prev
+                                .filter(|p| !p.tombstone && !at_compact)
+                                .map(|p| p.kv.clone()),
                         },
                     ));
                 }
@@ -442,6 +482,7 @@ impl Mvcc {
             log,
             current: snap.current,
             compact: snap.compact,
+            compacted: snap.compact > 0,
             size,
         }
     }

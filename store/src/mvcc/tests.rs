@@ -1,1 +1,547 @@
+//! MVCC tests: a model-based property test against a naive reference that
+//! stores the full key space of every revision, plus unit tests for the
+//! edge cases of etcd's revision semantics.
 
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// One key's value in the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MKv {
+    value: Vec<u8>,
+    create: i64,
+    modr: i64,
+    version: i64,
+    lease: i64,
+}
+
+/// One change in the model: key, Some(kv) for a put / None for a delete, prev.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MEvent {
+    key: Vec<u8>,
+    put: Option<MKv>,
+    prev: Option<MKv>,
+}
+
+/// The reference: every revision's complete key space and change list.
+struct Model {
+    /// `states[r]` is the key space at revision `r` (index 0 unused).
+    states: Vec<BTreeMap<Vec<u8>, MKv>>,
+    /// Changes made by each revision (empty for revision 1).
+    changes: Vec<Vec<MEvent>>,
+    compact: i64,
+    /// Whether any compaction succeeded (a compaction at 0 counts).
+    compacted: bool,
+}
+
+/// A change inside one write request.
+#[derive(Debug, Clone)]
+enum Change {
+    Put(Vec<u8>, Vec<u8>, i64),
+    Del(KeyRange),
+}
+
+impl Model {
+    fn new() -> Self {
+        Model {
+            states: vec![BTreeMap::new(), BTreeMap::new()],
+            changes: vec![Vec::new(), Vec::new()],
+            compact: 0,
+            compacted: false,
+        }
+    }
+
+    fn current(&self) -> i64 {
+        (self.states.len() - 1) as i64
+    }
+
+    fn at(&self, rev: i64) -> &BTreeMap<Vec<u8>, MKv> {
+        &self.states[rev as usize]
+    }
+
+    /// Apply one write request; a request that changes nothing does not
+    /// create a revision.
+    fn write(&mut self, changes: &[Change]) {
+        let main = self.current() + 1;
+        let mut state = self.at(main - 1).clone();
+        let mut events = Vec::new();
+        for c in changes {
+            match c {
+                Change::Put(k, v, lease) => {
+                    let prev = state.get(k).cloned();
+                    let kv = MKv {
+                        value: v.clone(),
+                        create: prev.as_ref().map_or(main, |p| p.create),
+                        modr: main,
+                        version: prev.as_ref().map_or(1, |p| p.version + 1),
+                        lease: *lease,
+                    };
+                    state.insert(k.clone(), kv.clone());
+                    events.push(MEvent {
+                        key: k.clone(),
+                        put: Some(kv),
+                        prev,
+                    });
+                }
+                Change::Del(r) => {
+                    let victims: Vec<Vec<u8>> =
+                        state.keys().filter(|k| r.contains(k)).cloned().collect();
+                    for k in victims {
+                        let prev = state.remove(&k);
+                        events.push(MEvent {
+                            key: k,
+                            put: None,
+                            prev,
+                        });
+                    }
+                }
+            }
+        }
+        if !events.is_empty() {
+            self.states.push(state);
+            self.changes.push(events);
+        }
+    }
+
+    /// The events a watcher starting at `from` (>= compact) must see, per
+    /// revision. At the compact revision itself only its puts survive, and
+    /// without prev (it lies below the compact revision, as in etcd).
+    fn events_from(&self, from: i64) -> Vec<(i64, Vec<MEvent>)> {
+        let mut out = Vec::new();
+        for rev in from.max(1)..=self.current() {
+            let evs: Vec<MEvent> = if rev == self.compact {
+                self.changes[rev as usize]
+                    .iter()
+                    .filter(|e| e.put.is_some())
+                    .map(|e| MEvent {
+                        prev: None,
+                        ..e.clone()
+                    })
+                    .collect()
+            } else {
+                self.changes[rev as usize].clone()
+            };
+            if !evs.is_empty() {
+                out.push((rev, evs));
+            }
+        }
+        out
+    }
+}
+
+fn to_mkv(kv: &KeyValue) -> MKv {
+    MKv {
+        value: kv.value.clone(),
+        create: kv.create_revision,
+        modr: kv.mod_revision,
+        version: kv.version,
+        lease: kv.lease,
+    }
+}
+
+fn apply(m: &mut Mvcc, changes: &[Change]) {
+    let mut t = m.write();
+    for c in changes {
+        match c {
+            Change::Put(k, v, lease) => {
+                t.put(k, v.clone(), *lease);
+            }
+            Change::Del(r) => {
+                t.delete_range(r);
+            }
+        }
+    }
+    t.commit();
+}
+
+/// All events from `from`, paging with `page` revisions per call.
+fn collect_events(m: &Mvcc, from: i64, page: usize) -> Result<Vec<(i64, Vec<MEvent>)>, MvccError> {
+    let mut out = Vec::new();
+    let mut next = from;
+    loop {
+        let revs = m.events_from(next, page)?;
+        if revs.is_empty() {
+            break;
+        }
+        assert!(revs.len() <= page, "events_from returned more than asked");
+        for re in revs {
+            assert!(re.main >= next, "events_from went backwards");
+            let evs = re
+                .events
+                .iter()
+                .map(|e| {
+                    let put = match e.kind {
+                        EventKind::Put => Some(to_mkv(&e.kv)),
+                        EventKind::Delete => {
+                            assert_eq!(e.kv.mod_revision, re.main, "tombstone mod_revision");
+                            assert!(e.kv.value.is_empty() && e.kv.version == 0);
+                            None
+                        }
+                    };
+                    MEvent {
+                        key: e.kv.key.clone(),
+                        put,
+                        prev: e.prev.as_deref().map(to_mkv),
+                    }
+                })
+                .collect();
+            out.push((re.main, evs));
+        }
+        next = revs.last().expect("non-empty").main + 1;
+    }
+    Ok(out)
+}
+
+/// Keys the generated operations use ("" and "\xff" only as range bounds).
+const KEYS: &[&[u8]] = &[b"a", b"aa", b"ab", b"b", b"b\x00", b"c", b"d"];
+/// Extra probe keys for reads (missing keys and bounds).
+const PROBES: &[&[u8]] = &[
+    b"", b"a", b"aa", b"ab", b"b", b"b\x00", b"bz", b"c", b"d", b"e",
+];
+
+fn ranges() -> Vec<KeyRange> {
+    let mut v = Vec::new();
+    for s in PROBES {
+        v.push(KeyRange::new(s, b""));
+        v.push(KeyRange::new(s, b"\0"));
+        for e in PROBES {
+            if !e.is_empty() {
+                v.push(KeyRange::new(s, e));
+            }
+        }
+    }
+    v
+}
+
+/// Check `m` against the model completely.
+fn check(m: &Mvcc, model: &Model, ranges: &[KeyRange]) {
+    let cur = model.current();
+    let compact = model.compact;
+    assert_eq!(m.current_rev(), cur, "current revision");
+    assert_eq!(m.compact_rev(), compact, "compact revision");
+    if compact > 0 {
+        assert_eq!(m.first_rev(), compact, "first revision");
+    }
+    assert_eq!(m.live_keys(), model.at(cur).len(), "live keys");
+
+    // Out-of-window reads.
+    assert_eq!(
+        m.range(&ranges[0], cur + 1, 0, false).err(),
+        Some(MvccError::FutureRev)
+    );
+    if compact > 1 {
+        assert_eq!(
+            m.range(&ranges[0], compact - 1, 0, false).err(),
+            Some(MvccError::Compacted)
+        );
+        assert_eq!(
+            m.range(&ranges[0], 1, 0, false).err(),
+            Some(MvccError::Compacted)
+        );
+    }
+
+    // Every readable revision (0 = current).
+    for rev in std::iter::once(0).chain(compact.max(1)..=cur) {
+        let state = model.at(if rev == 0 { cur } else { rev });
+        for r in ranges {
+            let want: Vec<(&Vec<u8>, &MKv)> = state.iter().filter(|(k, _)| r.contains(k)).collect();
+            for limit in [0usize, 1, 2] {
+                let got = m
+                    .range(r, rev, limit, false)
+                    .unwrap_or_else(|e| panic!("range {r:?} at {rev}: {e}"));
+                assert_eq!(got.rev, cur, "header revision");
+                assert_eq!(got.count, want.len(), "count of {r:?} at {rev}");
+                let n = if limit == 0 {
+                    want.len()
+                } else {
+                    limit.min(want.len())
+                };
+                let got_kvs: Vec<(Vec<u8>, MKv)> = got
+                    .kvs
+                    .iter()
+                    .map(|kv| (kv.key.clone(), to_mkv(kv)))
+                    .collect();
+                let want_kvs: Vec<(Vec<u8>, MKv)> = want[..n]
+                    .iter()
+                    .map(|(k, v)| ((*k).clone(), (*v).clone()))
+                    .collect();
+                assert_eq!(got_kvs, want_kvs, "range {r:?} at {rev} limit {limit}");
+            }
+            let c = m.range(r, rev, 1, true).expect("count_only");
+            assert_eq!(c.count, want.len());
+            assert!(c.kvs.is_empty(), "count_only returned kvs");
+        }
+    }
+
+    // prev_of: the value visible just before `rev`, for revisions whose
+    // predecessor is still readable.
+    for rev in (compact + 1).max(2)..=cur + 1 {
+        for k in KEYS {
+            let got = m.prev_of(k, rev).map(|kv| to_mkv(&kv));
+            let want = model.at(rev - 1).get(*k).cloned();
+            assert_eq!(got, want, "prev_of({k:?}, {rev})");
+        }
+    }
+
+    // Watch history.
+    if compact > 0 {
+        assert_eq!(
+            m.events_from(compact - 1, 10).err(),
+            Some(MvccError::Compacted),
+            "events below the compact revision"
+        );
+    }
+    for from in compact.max(1)..=cur + 1 {
+        let want = model.events_from(from);
+        for page in [1usize, 3, usize::MAX] {
+            let got = collect_events(m, from, page).expect("events_from");
+            assert_eq!(got, want, "events_from({from}, {page})");
+        }
+    }
+}
+
+/// Check that a snapshot round trip yields an identical store.
+fn check_roundtrip(m: &Mvcc, model: &Model, ranges: &[KeyRange]) {
+    let back = Mvcc::from_snapshot(m.snapshot());
+    check(&back, model, ranges);
+    assert_eq!(back.size_bytes(), m.size_bytes(), "size after round trip");
+    for rev in std::iter::once(0).chain(model.compact.max(1)..=model.current()) {
+        assert_eq!(back.hash_kv(rev), m.hash_kv(rev), "hash_kv({rev})");
+    }
+    let from = model.compact.max(1);
+    assert_eq!(
+        collect_events(&back, from, usize::MAX),
+        collect_events(m, from, usize::MAX)
+    );
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(usize, u8, bool),
+    Delete(usize),
+    DeleteRange(usize, Option<usize>),
+    /// (key index, Some(value) = put / None = delete); duplicates removed.
+    Txn(Vec<(usize, Option<u8>)>),
+    /// Offset from the current revision (may be invalid either way).
+    Compact(i64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let k = 0..KEYS.len();
+    let p = 0..PROBES.len();
+    prop_oneof![
+        6 => (k.clone(), any::<u8>(), any::<bool>()).prop_map(|(k, v, l)| Op::Put(k, v, l)),
+        2 => k.clone().prop_map(Op::Delete),
+        1 => (p.clone(), proptest::option::of(p)).prop_map(|(s, e)| Op::DeleteRange(s, e)),
+        2 => proptest::collection::vec((k, proptest::option::of(any::<u8>())), 1..5).prop_map(Op::Txn),
+        2 => (-12i64..3).prop_map(Op::Compact),
+    ]
+}
+
+fn run(ops: Vec<Op>) {
+    let ranges = ranges();
+    let mut m = Mvcc::new();
+    let mut model = Model::new();
+    check(&m, &model, &ranges);
+    for (i, op) in ops.into_iter().enumerate() {
+        match op {
+            Op::Put(k, v, l) => {
+                let c = [Change::Put(
+                    KEYS[k].to_vec(),
+                    vec![v],
+                    if l { 7 } else { 0 },
+                )];
+                apply(&mut m, &c);
+                model.write(&c);
+            }
+            Op::Delete(k) => {
+                let c = [Change::Del(KeyRange::new(KEYS[k], b""))];
+                apply(&mut m, &c);
+                model.write(&c);
+            }
+            Op::DeleteRange(s, e) => {
+                let end: &[u8] = e.map_or(&b"\0"[..], |e| PROBES[e]);
+                let end = if end.is_empty() { b"\0" } else { end };
+                let c = [Change::Del(KeyRange::new(PROBES[s], end))];
+                apply(&mut m, &c);
+                model.write(&c);
+            }
+            Op::Txn(ops) => {
+                let mut seen = std::collections::BTreeSet::new();
+                let c: Vec<Change> = ops
+                    .into_iter()
+                    .filter(|(k, _)| seen.insert(*k))
+                    .map(|(k, v)| match v {
+                        Some(v) => Change::Put(KEYS[k].to_vec(), vec![v, b'x'], 0),
+                        None => Change::Del(KeyRange::new(KEYS[k], b"")),
+                    })
+                    .collect();
+                apply(&mut m, &c);
+                model.write(&c);
+            }
+            Op::Compact(off) => {
+                let rev = model.current() + off;
+                let got = m.compact(rev);
+                // etcd's compactMainRev starts at -1: compacting at 0 works once.
+                let first_rev = if model.compacted { model.compact } else { -1 };
+                if rev <= first_rev {
+                    assert_eq!(got, Err(MvccError::Compacted), "compact({rev})");
+                } else if rev > model.current() {
+                    assert_eq!(got, Err(MvccError::FutureRev), "compact({rev})");
+                } else {
+                    assert_eq!(got, Ok(()), "compact({rev})");
+                    model.compact = rev;
+                    model.compacted = true;
+                }
+            }
+        }
+        check(&m, &model, &ranges);
+        if i % 3 == 2 {
+            check_roundtrip(&m, &model, &ranges);
+        }
+    }
+    check_roundtrip(&m, &model, &ranges);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mvcc_matches_model(ops in proptest::collection::vec(op(), 1..36)) {
+        run(ops);
+    }
+}
+
+fn put(m: &mut Mvcc, k: &[u8], v: &[u8]) -> i64 {
+    let mut t = m.write();
+    t.put(k, v.to_vec(), 0);
+    t.commit()
+}
+
+fn del(m: &mut Mvcc, k: &[u8]) -> i64 {
+    let mut t = m.write();
+    t.delete_range(&KeyRange::new(k, b""));
+    t.commit()
+}
+
+fn get(m: &Mvcc, k: &[u8], rev: i64) -> Option<Arc<KeyValue>> {
+    m.range(&KeyRange::new(k, b""), rev, 0, false)
+        .unwrap()
+        .kvs
+        .into_iter()
+        .next()
+}
+
+#[test]
+fn delete_of_missing_key_does_not_bump_revision() {
+    let mut m = Mvcc::new();
+    assert_eq!(put(&mut m, b"a", b"1"), 2);
+    assert_eq!(del(&mut m, b"zz"), 2);
+    let mut t = m.write();
+    assert!(t.delete_range(&KeyRange::new(b"b", b"\0")).is_empty());
+    assert!(!t.has_changes());
+    assert_eq!(t.commit(), 2);
+    assert_eq!(m.current_rev(), 2);
+    assert!(m.events_from(3, 10).unwrap().is_empty());
+}
+
+#[test]
+fn recreate_after_delete_starts_new_generation() {
+    let mut m = Mvcc::new();
+    put(&mut m, b"k", b"1"); // 2
+    put(&mut m, b"k", b"2"); // 3
+    let kv = get(&m, b"k", 0).unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    assert_eq!(del(&mut m, b"k"), 4);
+    assert!(get(&m, b"k", 0).is_none());
+    put(&mut m, b"k", b"3"); // 5
+    let kv = get(&m, b"k", 0).unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+    // The old generation is still readable at its revisions.
+    assert_eq!(get(&m, b"k", 3).unwrap().version, 2);
+    assert!(get(&m, b"k", 4).is_none());
+    // The re-create's put event has no prev (the key did not exist).
+    let evs = m.events_from(5, 1).unwrap();
+    assert!(evs[0].events[0].prev.is_none());
+}
+
+#[test]
+fn compaction_keeps_live_version_at_compact_revision() {
+    let mut m = Mvcc::new();
+    put(&mut m, b"k", b"1"); // 2
+    put(&mut m, b"k", b"2"); // 3
+    put(&mut m, b"other", b"x"); // 4
+    m.compact(4).unwrap();
+    // k's version 2 (written at 3) is the live one at 4 and must survive.
+    let kv = get(&m, b"k", 4).unwrap();
+    assert_eq!(
+        (kv.value.as_slice(), kv.mod_revision, kv.version),
+        (&b"2"[..], 3, 2)
+    );
+    assert_eq!(
+        m.range(&KeyRange::new(b"k", b""), 3, 0, false).err(),
+        Some(MvccError::Compacted)
+    );
+    // Only one entry of k remains.
+    let h = m.index.get(&b"k"[..]).unwrap();
+    assert_eq!(h.entries.len(), 1);
+    // The put at the compact revision itself is still replayable, without prev.
+    let evs = m.events_from(4, 10).unwrap();
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0].main, 4);
+    assert!(evs[0].events[0].prev.is_none());
+    assert_eq!(m.compact(4), Err(MvccError::Compacted));
+    assert_eq!(m.compact(5), Err(MvccError::FutureRev));
+}
+
+#[test]
+fn compact_at_zero_succeeds_once_on_a_fresh_store() {
+    // etcd: compactMainRev starts at -1.
+    let mut m = Mvcc::new();
+    assert_eq!(m.first_rev(), -1);
+    assert_eq!(m.compact(-1), Err(MvccError::Compacted));
+    assert_eq!(m.compact(0), Ok(()));
+    assert_eq!(m.first_rev(), 0);
+    assert_eq!(m.compact(0), Err(MvccError::Compacted));
+    assert_eq!(m.compact(2), Err(MvccError::FutureRev));
+}
+
+#[test]
+fn tombstone_at_compact_revision_is_dropped() {
+    let mut m = Mvcc::new();
+    put(&mut m, b"k", b"1"); // 2
+    put(&mut m, b"j", b"1"); // 3
+    assert_eq!(del(&mut m, b"k"), 4);
+    m.compact(4).unwrap();
+    assert!(
+        m.index.get(&b"k"[..]).is_none(),
+        "fully deleted key must leave the index"
+    );
+    assert!(get(&m, b"k", 4).is_none());
+    assert_eq!(get(&m, b"j", 4).unwrap().mod_revision, 3);
+    // The delete at the compact revision is not replayable.
+    assert!(m.events_from(4, 10).unwrap().is_empty());
+    // A later re-create starts a fresh generation.
+    put(&mut m, b"k", b"2"); // 5
+    let kv = get(&m, b"k", 0).unwrap();
+    assert_eq!((kv.create_revision, kv.version), (5, 1));
+    let back = Mvcc::from_snapshot(m.snapshot());
+    assert_eq!(back.hash_kv(0), m.hash_kv(0));
+    assert_eq!(back.size_bytes(), m.size_bytes());
+}
+
+#[test]
+fn tombstone_below_compact_revision_with_later_generation() {
+    let mut m = Mvcc::new();
+    put(&mut m, b"k", b"1"); // 2
+    del(&mut m, b"k"); // 3
+    put(&mut m, b"k", b"2"); // 4
+    put(&mut m, b"x", b"2"); // 5
+    m.compact(5).unwrap();
+    let h = m.index.get(&b"k"[..]).unwrap();
+    assert_eq!(h.entries.len(), 1);
+    assert_eq!(get(&m, b"k", 5).unwrap().create_revision, 4);
+}

@@ -9,14 +9,25 @@
 //!
 //! Recent entry terms are cached in memory so that raft's frequent `term()`
 //! calls do not read log files.
+//!
+//! On open, raft-engine drops a damaged tail of the newest log file
+//! (`TolerateTailCorruption`). That is right for a write torn by a crash, which
+//! was never acknowledged, but raft-engine cuts at the FIRST damaged record,
+//! so one flipped byte in the middle of the file would silently discard every
+//! acknowledged entry after it. [`GuardedFs`] lets such a cut happen only when
+//! nothing but zeros follows the damaged record; otherwise opening fails and
+//! the file is left untouched (a CRC mismatch on the raft log is fatal).
 
 use std::collections::VecDeque;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
+use raft_engine::env::{DefaultFileSystem, FileSystem, Handle, Permission};
 use raft_engine::{Engine, LogBatch, MessageExt};
 
 /// The single raft group's id inside raft-engine.
@@ -25,6 +36,106 @@ const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
 const KEY_TRUNCATED: &[u8] = b"truncated";
 const MAX_CACHED_TERMS: usize = 1 << 17;
+
+/// raft-engine's default file system, except that while the log is being
+/// recovered it refuses to cut a file anywhere but at a torn tail.
+pub struct GuardedFs {
+    recovering: Arc<AtomicBool>,
+}
+
+type Fd = <DefaultFileSystem as FileSystem>::Handle;
+
+/// A log file handle of [`GuardedFs`].
+pub struct GuardedFd {
+    fd: Arc<Fd>,
+    path: PathBuf,
+    recovering: Arc<AtomicBool>,
+}
+
+impl Handle for GuardedFd {
+    fn truncate(&self, offset: usize) -> io::Result<()> {
+        if self.recovering.load(Ordering::Acquire) {
+            check_torn_tail(&self.path, offset)?;
+        }
+        Handle::truncate(&*self.fd, offset)
+    }
+    fn file_size(&self) -> io::Result<usize> {
+        Handle::file_size(&*self.fd)
+    }
+    fn sync(&self) -> io::Result<()> {
+        Handle::sync(&*self.fd)
+    }
+}
+
+impl GuardedFs {
+    fn wrap(&self, path: &Path, fd: Fd) -> GuardedFd {
+        GuardedFd {
+            fd: Arc::new(fd),
+            path: path.to_path_buf(),
+            recovering: self.recovering.clone(),
+        }
+    }
+}
+
+impl FileSystem for GuardedFs {
+    type Handle = GuardedFd;
+    type Reader = <DefaultFileSystem as FileSystem>::Reader;
+    type Writer = <DefaultFileSystem as FileSystem>::Writer;
+
+    fn create<P: AsRef<Path>>(&self, path: P) -> io::Result<GuardedFd> {
+        Ok(self.wrap(path.as_ref(), DefaultFileSystem.create(path.as_ref())?))
+    }
+    fn open<P: AsRef<Path>>(&self, path: P, perm: Permission) -> io::Result<GuardedFd> {
+        Ok(self.wrap(path.as_ref(), DefaultFileSystem.open(path.as_ref(), perm)?))
+    }
+    fn delete<P: AsRef<Path>>(&self, path: P) -> io::Result<()> {
+        DefaultFileSystem.delete(path)
+    }
+    fn rename<P: AsRef<Path>>(&self, src: P, dst: P) -> io::Result<()> {
+        DefaultFileSystem.rename(src, dst)
+    }
+    fn new_reader(&self, h: Arc<GuardedFd>) -> io::Result<Self::Reader> {
+        DefaultFileSystem.new_reader(h.fd.clone())
+    }
+    fn new_writer(&self, h: Arc<GuardedFd>) -> io::Result<Self::Writer> {
+        DefaultFileSystem.new_writer(h.fd.clone())
+    }
+}
+
+/// Bytes a raft-engine file header may take (69 in format v2).
+const FILE_HEADER_MAX: usize = 128;
+/// raft-engine's log batch header: u64 BE `len << 8 | compression`, u64 BE item offset.
+const BATCH_HEADER: usize = 16;
+
+/// Allow recovery to cut `path` at `offset` only if the damaged record there
+/// is the last thing in the file (a write torn by a crash: nothing but the
+/// zeros raft-engine preallocates follows it). Otherwise acknowledged
+/// entries after the damage would be dropped silently: fail instead.
+fn check_torn_tail(path: &Path, offset: usize) -> io::Result<()> {
+    let data = std::fs::read(path)?;
+    let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let record_end = if offset == 0 {
+        FILE_HEADER_MAX
+    } else {
+        let len = data.get(offset..offset + BATCH_HEADER).and_then(|h| {
+            let len = (u64::from_be_bytes(h[..8].try_into().ok()?) >> 8) as usize;
+            let items = u64::from_be_bytes(h[8..].try_into().ok()?) as usize;
+            (len >= BATCH_HEADER && (BATCH_HEADER..=len).contains(&items)).then_some(len)
+        });
+        // A header that does not parse may itself be torn.
+        offset.saturating_add(len.unwrap_or(BATCH_HEADER))
+    };
+    if end <= record_end {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "raft log file {} is corrupt at offset {offset}, and {} bytes of further log records follow \
+         the damaged one: this is not a write torn by a crash; refusing to discard acknowledged \
+         entries (restore this member's data dir from a backup)",
+        path.display(),
+        end - record_end
+    )))
+}
 
 /// raft-engine's view of our entry type.
 #[derive(Clone)]
@@ -51,7 +162,7 @@ struct Inner {
 /// Persistent raft log storage.
 #[derive(Clone)]
 pub struct RaftStorage {
-    engine: Arc<Engine>,
+    engine: Arc<Engine<GuardedFs>>,
     inner: Arc<RwLock<Inner>>,
     sync: bool,
 }
@@ -67,7 +178,14 @@ impl RaftStorage {
             dir: dir.to_string_lossy().into_owned(),
             ..Default::default()
         };
-        let engine = Arc::new(Engine::open(cfg)?);
+        // Without fsync (--unsafe-no-fsync) any unsynced suffix may be
+        // damaged after a power loss: let raft-engine cut as it likes.
+        let recovering = Arc::new(AtomicBool::new(sync));
+        let fs = Arc::new(GuardedFs {
+            recovering: recovering.clone(),
+        });
+        let engine = Arc::new(Engine::open_with_file_system(cfg, fs)?);
+        recovering.store(false, Ordering::Release);
         let hard_state: HardState = engine
             .get_message(REGION, KEY_HARD_STATE)?
             .unwrap_or_default();
@@ -252,7 +370,7 @@ impl RaftStorage {
     }
 
     /// Bytes of the raft log on disk (approximate, from the file sizes).
-    pub fn engine(&self) -> &Arc<Engine> {
+    pub fn engine(&self) -> &Arc<Engine<GuardedFs>> {
         &self.engine
     }
 

@@ -4,3 +4,4 @@
 mod harness;
 mod offline;
 mod smoke;
+mod crash;
