@@ -52,6 +52,14 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
     rt.block_on(async move {
         let node = store::node::Node::start(cfg)?;
         node.spawn_background();
+        // Like etcd (whose client listeners wait on ReadyNotify), serve
+        // clients only once this member is ready: a leader is known and
+        // everything committed so far is applied. Otherwise the first
+        // requests would see "no leader" / "not leader" and a leaderless Status.
+        while let Err(e) = node.linearizable().await {
+            tracing::info!(error = %e, "waiting for a leader before serving clients");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         let handles = store::server::serve(node.clone()).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

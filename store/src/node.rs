@@ -207,6 +207,7 @@ impl Node {
             applied_tx,
             cfg: apply_cfg,
             lessor: lessor.clone(),
+            status: status.clone(),
             snap: SnapshotPolicy {
                 dir: snaps.clone(),
                 count: cfg.snapshot_count,
@@ -262,28 +263,17 @@ impl Node {
 
     async fn lease_loop(self: Arc<Self>) {
         let mut t = tokio::time::interval(Duration::from_millis(500));
-        let mut led_term = 0u64;
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = t.tick() => {}
             }
+            // New leadership gives every lease a fresh TTL when the apply
+            // thread applies the leader's first entry of its term, as in
+            // etcd (`raft::apply`); refreshing here, later and unordered
+            // with grants, would drop the timers of leases granted meanwhile.
             if !self.status.is_leader() {
-                led_term = 0;
                 continue;
-            }
-            let term = self.status.term();
-            if term != led_term {
-                // New leadership: every lease gets a fresh TTL, as in etcd.
-                let leases: Vec<(i64, i64, i64)> = self
-                    .state
-                    .read()
-                    .leases
-                    .iter()
-                    .map(|(id, l)| (*id, l.ttl, l.remaining_ttl))
-                    .collect();
-                self.lessor.refresh_all(leases.into_iter());
-                led_term = term;
             }
             for id in self.lessor.take_expired(Duration::from_secs(3)) {
                 let n = self.clone();

@@ -22,6 +22,7 @@ use crate::request::{ApplyResult, InternalRequest, Op};
 use crate::snapshot::SnapDir;
 
 use super::storage::RaftStorage;
+use super::RaftStatus;
 
 /// Work for the apply thread.
 pub enum ApplyTask {
@@ -102,6 +103,8 @@ pub struct ApplyLoop {
     pub cfg: ApplyConfig,
     /// Lease expiry clock.
     pub lessor: Arc<Lessor>,
+    /// Raft status (whether this member leads).
+    pub status: Arc<RaftStatus>,
     /// Snapshot policy.
     pub snap: SnapshotPolicy,
 }
@@ -117,9 +120,20 @@ pub fn run_apply(l: ApplyLoop) {
         let ApplyTask::Entries(entries) = task;
         let mut results = Vec::with_capacity(entries.len());
         let mut lease_events = Vec::new();
+        let mut promote = false;
         let applied = {
             let mut sm = l.state.write();
             for e in entries {
+                if e.get_entry_type() == EntryType::EntryNormal
+                    && e.data.is_empty()
+                    && l.status.is_leader()
+                {
+                    // etcd promotes its lessor when the leader applies the
+                    // empty entry of its term; leases granted or renewed
+                    // later in the term keep their own timers.
+                    lease_events.clear();
+                    promote = true;
+                }
                 if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
                     match InternalRequest::decode(e.data.as_ref()) {
                         Ok(req) => {
@@ -153,6 +167,15 @@ pub fn run_apply(l: ApplyLoop) {
                 sm.applied_term = e.term;
             }
             METRICS.proposals_applied.inc_by(results.len() as u64);
+            if promote {
+                // Every lease gets a fresh TTL, under the state lock so that
+                // no grant or revoke can interleave with the refresh.
+                l.lessor.refresh_all(
+                    sm.leases
+                        .iter()
+                        .map(|(id, ls)| (*id, ls.ttl, ls.remaining_ttl)),
+                );
+            }
             Applied {
                 index: sm.applied_index,
                 rev: sm.mvcc.current_rev(),

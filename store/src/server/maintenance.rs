@@ -19,6 +19,11 @@ use crate::request::{ApplyResult, Op};
 /// Bytes per Snapshot stream message.
 const SNAPSHOT_CHUNK: usize = 64 * 1024;
 
+/// Fixed overhead reported on top of the key space in `db_size`: a store
+/// is never empty (member, cluster and raft metadata), and etcd's backend
+/// starts at several pages, so clients never see 0 (tools divide by it).
+const DB_BASE_BYTES: i64 = 16 * 1024;
+
 /// The Maintenance service.
 pub struct MaintenanceService {
     node: Arc<Node>,
@@ -82,7 +87,11 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                 .iter()
                 .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
                 .collect();
-            (sm.mvcc.size_bytes(), sm.applied_index, errors)
+            (
+                sm.mvcc.size_bytes() + DB_BASE_BYTES,
+                sm.applied_index,
+                errors,
+            )
         };
         let st = &self.node.status;
         Ok(Response::new(pb::StatusResponse {
@@ -143,7 +152,8 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         Ok(Response::new(pb::HashKvResponse {
             header: Some(self.node.header(cur)),
             hash,
-            compact_revision: compact,
+            // etcd reports -1 until the first compaction.
+            compact_revision: if compact == 0 { -1 } else { compact },
             hash_revision: hash_rev,
         }))
     }

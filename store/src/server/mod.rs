@@ -127,7 +127,23 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandl
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {u}"))?;
-        tracing::info!(url = %u, addr = %listener.local_addr()?, "serving client traffic");
+        let local = listener.local_addr()?;
+        if u.port() == Some(0) {
+            // An advertised URL defaulted from a port-0 listen URL must name
+            // the port actually bound, or MemberList sends clients to port 0.
+            let listen = u.as_str().trim_end_matches('/');
+            let mut bound = u.clone();
+            let _ = bound.set_port(Some(local.port()));
+            let bound = bound.as_str().trim_end_matches('/').to_string();
+            for m in node.members.write().iter_mut() {
+                if m.id == node.member_id {
+                    for cu in m.client_urls.iter_mut().filter(|cu| *cu == listen) {
+                        *cu = bound.clone();
+                    }
+                }
+            }
+        }
+        tracing::info!(url = %u, addr = %local, "serving client traffic");
         let routes = tonic::service::Routes::new(
             KvServer::new(kv::KvService::new(node.clone()))
                 .max_decoding_message_size(max_recv)

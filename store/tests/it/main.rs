@@ -1,7 +1,11 @@
 //! Integration tests: real `strata` processes driven by the `etcd-client`
 //! crate (and real etcd for the differential tests).
 
+mod crash;
 mod harness;
 mod offline;
 mod smoke;
-mod crash;
+mod kv;
+mod lease;
+mod maintenance;
+mod watch;
