@@ -106,6 +106,9 @@ pub fn check_txn(r: &pb::TxnRequest, max_txn_ops: usize) -> Result<()> {
     Ok(())
 }
 
+/// etcd's checkTxnRequest: a nested txn may only use the op budget its
+/// parent left (`max_txn_ops - opc`), and an empty request op is rejected
+/// with "key not found".
 fn check_txn_ops(r: &pb::TxnRequest, max_txn_ops: i64) -> Result<()> {
     let opc = r.compare.len().max(r.success.len()).max(r.failure.len()) as i64;
     if opc > max_txn_ops {
@@ -119,8 +122,8 @@ fn check_txn_ops(r: &pb::TxnRequest, max_txn_ops: i64) -> Result<()> {
             Some(request_op::Request::RequestRange(x)) => check_range(x)?,
             Some(request_op::Request::RequestPut(x)) => check_put(x)?,
             Some(request_op::Request::RequestDeleteRange(x)) => check_delete(x)?,
-            Some(request_op::Request::RequestTxn(x)) => check_txn_ops(x, max_txn_ops)?,
-            None => {}
+            Some(request_op::Request::RequestTxn(x)) => check_txn_ops(x, max_txn_ops - opc)?,
+            None => return Err(Error::KeyNotFound),
         }
     }
     Ok(())
@@ -316,14 +319,16 @@ fn compare_kv(c: &pb::Compare, kv: &KeyValue) -> bool {
             Some(TargetUnion::Lease(v)) => v,
             _ => 0,
         }),
-        Err(_) => return false,
+        // etcd's compareKV: an unknown target leaves the result "equal" ...
+        Err(_) => std::cmp::Ordering::Equal,
     };
     match CompareResult::try_from(c.result) {
         Ok(CompareResult::Equal) => ord.is_eq(),
         Ok(CompareResult::Greater) => ord.is_gt(),
         Ok(CompareResult::Less) => ord.is_lt(),
         Ok(CompareResult::NotEqual) => ord.is_ne(),
-        Err(_) => false,
+        // ... and an unknown result holds.
+        Err(_) => true,
     }
 }
 
@@ -354,59 +359,109 @@ fn compare_to_path<V: ReadView + ?Sized>(view: &V, r: &pb::TxnRequest, path: &mu
     }
 }
 
-/// Checks etcd runs on the chosen branches before executing a txn.
-fn check_requests<V: ReadView + ?Sized>(
-    view: &V,
-    leases: &Leases,
-    current: i64,
-    compact: i64,
-    r: &pb::TxnRequest,
-    path: &[bool],
-    pos: &mut usize,
-) -> Result<()> {
-    let ok = path[*pos];
-    *pos += 1;
-    let ops = if ok { &r.success } else { &r.failure };
-    for op in ops {
-        match &op.request {
-            Some(request_op::Request::RequestTxn(t)) => {
-                check_requests(view, leases, current, compact, t, path, pos)?
-            }
-            Some(request_op::Request::RequestRange(q)) => {
-                if q.revision > current {
-                    return Err(Error::FutureRev);
-                }
-                if q.revision > 0 && q.revision < compact {
-                    return Err(Error::Compacted);
-                }
-            }
-            Some(request_op::Request::RequestPut(p)) => {
-                if p.ignore_value || p.ignore_lease {
-                    let rr = view.range(&KeyRange::new(&p.key, &[]), 0, 0, false)?;
-                    if rr.kvs.is_empty() {
-                        return Err(Error::KeyNotFound);
-                    }
-                }
-                if p.lease != 0 && !leases.contains(p.lease) {
-                    return Err(Error::LeaseNotFound);
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+/// Which of etcd's two txn check passes runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CheckPass {
+    /// checkRequestPut (write txns only).
+    Puts,
+    /// checkRequestRange.
+    Ranges,
 }
 
-/// Execute a read-only txn against a read view.
+/// The checks etcd runs on the chosen branches before executing a txn:
+/// first every put of the whole tree (for write txns), then every range, so
+/// a put error wins over a range error wherever they sit. `first_rev` is
+/// etcd's compactMainRev (-1 before any compaction): a nonzero range
+/// revision below it is compacted, negative revisions included.
+struct TxnChecker<'a, V: ?Sized> {
+    view: &'a V,
+    leases: &'a Leases,
+    current: i64,
+    first_rev: i64,
+    path: &'a [bool],
+    pos: usize,
+    pass: CheckPass,
+    /// Ranges deleted so far in execution order (puts pass).
+    deleted: Vec<KeyRange>,
+}
+
+impl<V: ReadView + ?Sized> TxnChecker<'_, V> {
+    fn run(&mut self, pass: CheckPass, r: &pb::TxnRequest) -> Result<()> {
+        self.pass = pass;
+        self.pos = 0;
+        self.deleted.clear();
+        self.check(r)
+    }
+
+    fn check(&mut self, r: &pb::TxnRequest) -> Result<()> {
+        let ok = self.path[self.pos];
+        self.pos += 1;
+        let ops = if ok { &r.success } else { &r.failure };
+        for op in ops {
+            match &op.request {
+                Some(request_op::Request::RequestTxn(t)) => self.check(t)?,
+                Some(request_op::Request::RequestRange(q)) if self.pass == CheckPass::Ranges => {
+                    if q.revision == 0 {
+                        continue;
+                    }
+                    if q.revision > self.current {
+                        return Err(Error::FutureRev);
+                    }
+                    if q.revision < self.first_rev {
+                        return Err(Error::Compacted);
+                    }
+                }
+                Some(request_op::Request::RequestDeleteRange(d))
+                    if self.pass == CheckPass::Puts =>
+                {
+                    self.deleted.push(KeyRange::new(&d.key, &d.range_end));
+                }
+                Some(request_op::Request::RequestPut(p)) if self.pass == CheckPass::Puts => {
+                    if p.ignore_value || p.ignore_lease {
+                        let rr = self.view.range(&KeyRange::new(&p.key, &[]), 0, 0, false)?;
+                        // etcd checks only the state before the txn and then
+                        // panics applying the put when an earlier delete of
+                        // the txn removed the key (possible with a from-key
+                        // delete, which its overlap check misses). Answer
+                        // the error its put would have returned instead,
+                        // before anything is written.
+                        if rr.kvs.is_empty() || self.deleted.iter().any(|d| d.contains(&p.key)) {
+                            return Err(Error::KeyNotFound);
+                        }
+                    }
+                    if p.lease != 0 && !self.leases.contains(p.lease) {
+                        return Err(Error::LeaseNotFound);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Execute a read-only txn against a read view; `first_rev` is
+/// [`Mvcc::first_rev`].
 pub fn txn_read<V: ReadView + ?Sized>(
     view: &V,
     current: i64,
-    compact: i64,
+    first_rev: i64,
     r: &pb::TxnRequest,
 ) -> Result<pb::TxnResponse> {
     let mut path = Vec::new();
     compare_to_path(view, r, &mut path);
-    check_requests(view, &Leases::default(), current, compact, r, &path, &mut 0)?;
+    let leases = Leases::default();
+    TxnChecker {
+        view,
+        leases: &leases,
+        current,
+        first_rev,
+        path: &path,
+        pos: 0,
+        pass: CheckPass::Ranges,
+        deleted: Vec::new(),
+    }
+    .run(CheckPass::Ranges, r)?;
     let mut pos = 0;
     let mut resp = exec_read_txn(view, r, &path, &mut pos)?;
     resp.header = header(current);
@@ -525,8 +580,18 @@ pub fn txn_write(
 ) -> Result<pb::TxnResponse> {
     let mut path = Vec::new();
     compare_to_path(&*txn, r, &mut path);
-    let (current, compact) = (txn.read_rev(), txn.store().compact_rev());
-    check_requests(&*txn, leases, current, compact, r, &path, &mut 0)?;
+    let mut checker = TxnChecker {
+        view: &*txn,
+        leases,
+        current: txn.read_rev(),
+        first_rev: txn.store().first_rev(),
+        path: &path,
+        pos: 0,
+        pass: CheckPass::Puts,
+        deleted: Vec::new(),
+    };
+    checker.run(CheckPass::Puts, r)?;
+    checker.run(CheckPass::Ranges, r)?;
     let mut pos = 0;
     let mut resp = exec_write_txn(txn, leases, r, &path, &mut pos)?;
     resp.header = header(txn.read_rev());

@@ -86,7 +86,7 @@ impl pb::kv_server::Kv for KvService {
             }
             let mut resp = {
                 let sm = self.node.state.read();
-                ops::txn_read(&sm.mvcc, sm.mvcc.current_rev(), sm.mvcc.compact_rev(), &r)?
+                ops::txn_read(&sm.mvcc, sm.mvcc.current_rev(), sm.mvcc.first_rev(), &r)?
             };
             self.node.fill(&mut resp.header);
             return Ok(Response::new(resp));

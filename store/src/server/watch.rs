@@ -208,7 +208,7 @@ impl StreamState {
                                         } as i32,
                                         kv: Some(mvccpb::KeyValue::clone(&ev.kv)),
                                         prev_kv: if w.prev_kv {
-                                            ev.prev.as_ref().map(|p| mvccpb::KeyValue::clone(p))
+                                            prev_kv(&sm.mvcc, ev.kind, &ev.kv)
                                         } else {
                                             None
                                         },
@@ -235,8 +235,10 @@ impl StreamState {
             for (id, compact) in compacted {
                 self.watchers.remove(&id);
                 METRICS.watchers.dec();
+                // etcd stamps this response with revision 0 (the mvcc
+                // WatchResponse carries only the compact revision).
                 self.send(pb::WatchResponse {
-                    header: self.header(cur),
+                    header: self.header(0),
                     watch_id: id,
                     canceled: true,
                     compact_revision: compact,
@@ -354,6 +356,26 @@ impl StreamState {
         let _ = r;
         METRICS.watchers.sub(self.watchers.len() as i64);
     }
+}
+
+/// An event's `prev_kv` exactly as etcd computes it when sending: none for a
+/// create, otherwise the key as of `mod_revision - 1` if that revision is not
+/// compacted. (Not the value the write replaced: when nested txns put and
+/// then delete a key in one revision, the delete's prev_kv is the value
+/// before that revision.)
+fn prev_kv(
+    mvcc: &crate::mvcc::Mvcc,
+    kind: EventKind,
+    kv: &mvccpb::KeyValue,
+) -> Option<mvccpb::KeyValue> {
+    if kind == EventKind::Put && kv.create_revision == kv.mod_revision {
+        return None;
+    }
+    if kv.mod_revision - 1 < mvcc.compact_rev() {
+        return None;
+    }
+    mvcc.prev_of(&kv.key, kv.mod_revision)
+        .map(|p| mvccpb::KeyValue::clone(&p))
 }
 
 /// Whether the client asked streams to fail without a leader (clientv3's WithRequireLeader).

@@ -2,10 +2,11 @@
 //! crate (and real etcd for the differential tests).
 
 mod crash;
+mod differential;
 mod harness;
-mod offline;
-mod smoke;
 mod kv;
 mod lease;
 mod maintenance;
+mod offline;
+mod smoke;
 mod watch;
