@@ -70,7 +70,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use proto::etcdserverpb::{
@@ -86,7 +86,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 
-use crate::harness::{etcd_bin, free_port, Etcd, Strata};
+use crate::harness::{etcd_bin, Etcd, Strata};
 
 /// Response details in which etcd 3.4 differs from 3.5 for the requests
 /// generated here. Strata follows 3.5; [`known_difference`] masks these when
@@ -186,73 +186,6 @@ fn etcd_version_of(bin: &Path) -> String {
         .unwrap_or("unknown")
         .trim()
         .to_string()
-}
-
-/// A real etcd process: either the harness's default (`etcd_bin()`) or a
-/// specific binary (the 3.4 test pins /usr/bin/etcd without touching the
-/// process environment, which other tests read concurrently).
-enum EtcdProc {
-    Harness(Etcd),
-    Pinned {
-        child: Child,
-        endpoint: String,
-        _tmp: tempfile::TempDir,
-    },
-}
-
-impl EtcdProc {
-    fn start(bin: Option<&Path>, extra: &[&str]) -> EtcdProc {
-        let Some(bin) = bin else {
-            return EtcdProc::Harness(Etcd::start(extra));
-        };
-        let tmp = tempfile::tempdir().unwrap();
-        let (cp, pp) = (free_port(), free_port());
-        let c = format!("http://127.0.0.1:{cp}");
-        let p = format!("http://127.0.0.1:{pp}");
-        let child = Command::new(bin)
-            .args([
-                "--name",
-                "s1",
-                "--data-dir",
-                &tmp.path().join("d").to_string_lossy(),
-                "--listen-client-urls",
-                &c,
-                "--advertise-client-urls",
-                &c,
-                "--listen-peer-urls",
-                &p,
-                "--initial-advertise-peer-urls",
-                &p,
-                "--initial-cluster",
-                &format!("s1={p}"),
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn etcd");
-        EtcdProc::Pinned {
-            child,
-            endpoint: c,
-            _tmp: tmp,
-        }
-    }
-
-    fn endpoint(&self) -> &str {
-        match self {
-            EtcdProc::Harness(e) => &e.endpoint,
-            EtcdProc::Pinned { endpoint, .. } => endpoint,
-        }
-    }
-}
-
-impl Drop for EtcdProc {
-    fn drop(&mut self) {
-        if let EtcdProc::Pinned { child, .. } = self {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 // ---------------------------------------------------------------- ops
@@ -1260,7 +1193,10 @@ async fn run_seed(label: &str, bin: Option<PathBuf>, seed: u64, source: Source) 
         let flags: Vec<String> = etcd_flags.iter().map(|s| s.to_string()).collect();
         tokio::task::spawn_blocking(move || {
             let f: Vec<&str> = flags.iter().map(|s| s.as_str()).collect();
-            EtcdProc::start(bin.as_deref(), &f)
+            match bin.as_deref() {
+                Some(b) => Etcd::start_bin(b, &f),
+                None => Etcd::start(&f),
+            }
         })
         .await
         .unwrap()
@@ -1268,7 +1204,7 @@ async fn run_seed(label: &str, bin: Option<PathBuf>, seed: u64, source: Source) 
     let strata = tokio::task::spawn_blocking(|| Strata::start(&["--unsafe-no-fsync"]))
         .await
         .unwrap();
-    let (e, s) = tokio::join!(connect(etcd.endpoint()), connect(&strata.endpoint));
+    let (e, s) = tokio::join!(connect(&etcd.endpoint), connect(&strata.endpoint));
 
     let mut g = Gen::new(seed);
     let mut history: Vec<(Op, Resp)> = Vec::new();

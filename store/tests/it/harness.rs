@@ -211,12 +211,18 @@ pub fn etcd_bin() -> PathBuf {
 }
 
 impl Etcd {
+    /// Start the default etcd ([`etcd_bin`]).
     pub fn start(extra: &[&str]) -> Etcd {
+        Etcd::start_bin(&etcd_bin(), extra)
+    }
+
+    /// Start a specific etcd binary.
+    pub fn start_bin(bin: &Path, extra: &[&str]) -> Etcd {
         let tmp = tempfile::tempdir().unwrap();
         let (cp, pp) = (free_port(), free_port());
         let c = format!("http://127.0.0.1:{cp}");
         let p = format!("http://127.0.0.1:{pp}");
-        let child = Command::new(etcd_bin())
+        let child = Command::new(bin)
             .args([
                 "--name",
                 "s1",
