@@ -193,6 +193,9 @@ pub struct Mvcc {
     /// succeeds once). Not persisted: restored as `compact > 0`.
     compacted: bool,
     size: i64,
+    /// Number of keys that currently exist (kept incrementally: metrics and
+    /// status read it often, and counting would scan the whole index).
+    live: usize,
 }
 
 impl Mvcc {
@@ -231,7 +234,7 @@ impl Mvcc {
 
     /// Number of keys that currently exist.
     pub fn live_keys(&self) -> usize {
-        self.index.values().filter(|h| h.latest().is_some()).count()
+        self.live
     }
 
     /// Check a read revision the way etcd does: 0 means current.
@@ -440,7 +443,9 @@ impl Mvcc {
     pub fn from_snapshot(snap: MvccSnapshot) -> Self {
         let mut all: Vec<(Revision, Event)> = Vec::new();
         let mut size = 0;
+        let mut live = 0;
         for (_, hist) in snap.index.iter() {
+            live += hist.latest().is_some() as usize;
             let mut prev: Option<&HistEntry> = None;
             for e in &hist.entries {
                 size += entry_size(e);
@@ -483,6 +488,7 @@ impl Mvcc {
             current: snap.current,
             compact: snap.compact,
             compacted: snap.compact > 0,
+            live,
             size,
         }
     }
@@ -571,6 +577,7 @@ impl WriteTxn<'_> {
             tombstone: false,
         };
         self.mvcc.size += entry_size(&entry);
+        self.mvcc.live += prev.is_none() as usize;
         let k = Bytes::copy_from_slice(key);
         let hist = self.mvcc.index.entry(k).or_default();
         Arc::make_mut(hist).entries.push(entry);
@@ -606,6 +613,7 @@ impl WriteTxn<'_> {
                 tombstone: true,
             };
             self.mvcc.size += entry_size(&entry);
+            self.mvcc.live -= 1;
             let hist = self
                 .mvcc
                 .index
