@@ -4,7 +4,8 @@
 //! resulting `FileDescriptorSet` is fed to `tonic-prost-build`, which emits
 //! prost messages plus tonic clients and servers, one file per package
 //! (`mvccpb.rs`, `authpb.rs`, `etcdserverpb.rs`, `v3lockpb.rs`,
-//! `v3electionpb.rs`) in `OUT_DIR`.
+//! `v3electionpb.rs`, and Strata's own peer transport `raftpb.rs`) in
+//! `OUT_DIR`.
 
 use std::path::Path;
 
@@ -16,6 +17,7 @@ const PROTOS: &[&str] = &[
     "etcdserverpb/rpc.proto",
     "v3lockpb/v3lock.proto",
     "v3electionpb/v3election.proto",
+    "raftpb/raft.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -25,6 +25,11 @@ pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
+/// Strata's peer transport (raft messages between members); not etcd API.
+pub mod raftpb {
+    tonic::include_proto!("raftpb");
+}
+
 /// The Lock service.
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");

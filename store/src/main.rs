@@ -52,6 +52,7 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
     rt.block_on(async move {
         let node = store::node::Node::start(cfg)?;
         node.spawn_background();
+        let peer_handles = store::server::serve_peers(node.clone()).await?;
         // Like etcd (whose client listeners wait on ReadyNotify), serve
         // clients only once this member is ready: a leader is known and
         // everything committed so far is applied. Otherwise the first
@@ -68,7 +69,7 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
         node.stop();
-        for h in handles {
+        for h in handles.into_iter().chain(peer_handles) {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), h).await;
         }
         Ok(())

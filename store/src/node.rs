@@ -25,6 +25,7 @@ use crate::membership::{self, Member};
 use crate::metrics::METRICS;
 use crate::raft::apply::{run_apply, Applied, ApplyLoop, SnapshotPolicy, Waiters};
 use crate::raft::storage::RaftStorage;
+use crate::raft::transport::{PeerService, Transport};
 use crate::raft::{run_raft, RaftLoop, RaftMsg, RaftStatus};
 use crate::request::{ApplyResult, InternalRequest, Op};
 use crate::snapshot::SnapDir;
@@ -88,13 +89,6 @@ impl Node {
             .find(|m| m.name == cfg.name)
             .cloned()
             .context("local member missing from --initial-cluster")?;
-        if members.len() > 1 {
-            bail!(
-                "--initial-cluster lists {} members; this build runs single-member clusters only \
-                 (multi-member clusters are not supported yet)",
-                members.len()
-            );
-        }
         let cluster_id = membership::cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>());
         let member_dir = cfg.data_dir.join("member");
         std::fs::create_dir_all(&member_dir)
@@ -189,7 +183,18 @@ impl Node {
         let waiters = Arc::new(Waiters::default());
         let status = Arc::new(RaftStatus::default());
         let w2 = waiters.clone();
+        let transport = Transport::start(
+            me.id,
+            cluster_id,
+            members
+                .iter()
+                .map(|m| (m.id, m.peer_urls.clone()))
+                .collect(),
+            raft_tx.clone(),
+            &tokio::runtime::Handle::current(),
+        );
         let rl = RaftLoop {
+            transport,
             raw,
             rx: raft_rx,
             apply_tx,
@@ -218,12 +223,19 @@ impl Node {
         std::thread::Builder::new()
             .name("apply".into())
             .spawn(move || run_apply(al))?;
-        let mut me = me;
-        me.client_urls = cfg.advertise_client_urls.clone();
+        let members: Vec<Member> = members
+            .into_iter()
+            .map(|mut m| {
+                if m.id == me.id {
+                    m.client_urls = cfg.advertise_client_urls.clone();
+                }
+                m
+            })
+            .collect();
         let node = Arc::new(Node {
             member_id: me.id,
             cluster_id,
-            members: RwLock::new(vec![me]),
+            members: RwLock::new(members),
             state,
             status,
             applied: applied_rx,
@@ -352,6 +364,11 @@ impl Node {
                 Err(_) => Err(Error::Timeout),
             };
         }
+    }
+
+    /// The receiving side of the peer transport, for the peer listener.
+    pub fn peer_service(&self) -> PeerService {
+        PeerService::new(self.cluster_id, self.raft_tx.clone())
     }
 
     /// Ask raft to hand leadership to `to`.

@@ -12,6 +12,7 @@
 
 pub mod apply;
 pub mod storage;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +40,10 @@ pub enum RaftMsg {
     ReadIndex(oneshot::Sender<Result<u64>>),
     /// Transfer leadership to a member.
     TransferLeader(u64),
+    /// A raft message from a peer.
+    Step(raft::eraftpb::Message),
+    /// A peer could not be reached.
+    Unreachable(u64),
 }
 
 /// Raft status shared with the rest of the node (lock-free reads).
@@ -88,6 +93,8 @@ pub struct RaftLoop {
     pub tick: Duration,
     /// Fails a proposal's waiter.
     pub fail: FailFn,
+    /// Outbound messages to peers.
+    pub transport: Arc<transport::Transport>,
 }
 
 /// Upper bound of messages drained per loop turn, to bound latency.
@@ -131,6 +138,12 @@ pub fn run_raft(mut l: RaftLoop) {
                 }
                 RaftMsg::ReadIndex(tx) => pending_reads.push(tx),
                 RaftMsg::TransferLeader(to) => l.raw.transfer_leader(to),
+                RaftMsg::Step(m) => {
+                    if let Err(e) = l.raw.step(m) {
+                        tracing::debug!(error = %e, "dropped raft message");
+                    }
+                }
+                RaftMsg::Unreachable(id) => l.raw.report_unreachable(id),
             }
         }
         if Instant::now() >= next_tick {
@@ -147,9 +160,9 @@ pub fn run_raft(mut l: RaftLoop) {
             continue;
         }
         let mut ready = l.raw.ready();
-        // Single-member groups have no peers; messages for peers are
-        // carried by the peer transport in multi-member clusters.
-        let _ = ready.take_messages();
+        // Messages that need no local persistence go out first, so peers
+        // work in parallel with our fsync.
+        l.transport.send(ready.take_messages());
         if let Some(ss) = ready.ss() {
             l.status.leader.store(ss.leader_id, Ordering::Release);
             l.status
@@ -188,13 +201,13 @@ pub fn run_raft(mut l: RaftLoop) {
             l.status.term.store(hs.term, Ordering::Release);
             l.status.commit.store(hs.commit, Ordering::Release);
         }
-        let _ = ready.take_persisted_messages();
+        l.transport.send(ready.take_persisted_messages());
         let mut light = l.raw.advance(ready);
         if let Some(c) = light.commit_index() {
             l.raw.mut_store().set_commit(c);
             l.status.commit.store(c, Ordering::Release);
         }
-        let _ = light.take_messages();
+        l.transport.send(light.take_messages());
         let committed = light.take_committed_entries();
         dispatch_committed(&mut l, committed);
         l.raw.advance_apply();

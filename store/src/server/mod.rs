@@ -132,6 +132,36 @@ fn incoming(
     })
 }
 
+/// Serve the peer transport on every `--listen-peer-urls` URL. A
+/// single-member cluster has no peers and binds nothing (so several
+/// single-member stores can share a machine with default peer URLs).
+pub async fn serve_peers(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut handles = Vec::new();
+    if node.members.read().len() < 2 {
+        return Ok(handles);
+    }
+    for u in &node.cfg.listen_peer_urls {
+        let addr = listen_addr(u)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for peers on {u}"))?;
+        tracing::info!(url = %u, "serving peer traffic");
+        let svc = proto::raftpb::raft_server::RaftServer::new(node.peer_service())
+            .max_decoding_message_size(usize::MAX);
+        let shutdown = node.shutdown.clone();
+        handles.push(tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "peer listener failed");
+            }
+        }));
+    }
+    Ok(handles)
+}
+
 /// Serve every client URL until the node shuts down. Listeners are bound
 /// before this returns, so callers may announce readiness afterwards.
 pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {

@@ -52,9 +52,14 @@ impl Strata {
     /// Like `start_in`, but returns the log text instead of panicking when
     /// the process exits before serving.
     pub fn try_start_in(data_dir: &Path, extra: &[&str]) -> Result<Strata, String> {
+        Strata::try_start_named(data_dir, "s1", extra)
+    }
+
+    /// Like `try_start_in` with a member name other than `s1`.
+    pub fn try_start_named(data_dir: &Path, name: &str, extra: &[&str]) -> Result<Strata, String> {
         let mut args: Vec<String> = vec![
             "--name".into(),
-            "s1".into(),
+            name.into(),
             "--data-dir".into(),
             data_dir.to_string_lossy().into(),
             "--listen-client-urls".into(),
@@ -147,7 +152,9 @@ impl Strata {
         let extra: Vec<String> = self.args[6..].to_vec();
         let extra: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
         let tmp = self._tmp.take();
-        let mut s = Strata::start_in(&self.data_dir.clone(), &extra);
+        let name = self.args[1].clone();
+        let mut s = Strata::try_start_named(&self.data_dir.clone(), &name, &extra)
+            .unwrap_or_else(|e| panic!("strata did not restart: {e}"));
         s._tmp = tmp;
         *self = s;
     }
