@@ -4,6 +4,7 @@
 //! they need: [`Node::propose`] (replicated write), [`Node::linearizable`]
 //! (ReadIndex barrier) and read access to the state machine.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,6 +13,7 @@ use anyhow::{bail, Context};
 use parking_lot::RwLock;
 use prost::Message;
 use proto::etcdserverpb as pb;
+use proto::raftpb::raft_client::RaftClient;
 use raft::eraftpb::ConfState;
 use raft::RawNode;
 use tokio::sync::{oneshot, watch};
@@ -76,6 +78,8 @@ pub struct Node {
     raft_tx: flume::Sender<RaftMsg>,
     waiters: Arc<Waiters>,
     ids: IdGen,
+    /// Peer clients to the current leader, for forwarded KeepAlives.
+    leader_clients: parking_lot::Mutex<HashMap<u64, RaftClient<tonic::transport::Channel>>>,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
 }
@@ -245,6 +249,7 @@ impl Node {
             raft_tx,
             waiters,
             ids: IdGen::new(rcfg.id),
+            leader_clients: parking_lot::Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             cfg,
         });
@@ -367,8 +372,74 @@ impl Node {
     }
 
     /// The receiving side of the peer transport, for the peer listener.
-    pub fn peer_service(&self) -> PeerService {
-        PeerService::new(self.cluster_id, self.raft_tx.clone())
+    pub fn peer_service(self: &Arc<Self>) -> PeerService {
+        let n = self.clone();
+        PeerService::new(
+            self.cluster_id,
+            self.raft_tx.clone(),
+            Arc::new(move |id| n.renew_local(id)),
+        )
+    }
+
+    /// Renew a lease on this member, which must lead. TTL 0 means the lease
+    /// does not exist (etcd answers KeepAlive that way).
+    pub fn renew_local(&self, id: i64) -> Result<i64> {
+        if !self.status.is_leader() {
+            return Err(if self.status.leader() == 0 {
+                Error::NoLeader
+            } else {
+                Error::NotLeader
+            });
+        }
+        if !self.state.read().leases.contains(id) {
+            return Ok(0);
+        }
+        Ok(self.lessor.renew(id).unwrap_or(0))
+    }
+
+    /// Renew a lease: locally on the leader, otherwise forwarded to the
+    /// leader over the peer transport (followers accept KeepAlive too).
+    pub async fn renew_lease(&self, id: i64) -> Result<i64> {
+        let leader = self.status.leader();
+        if leader == 0 || leader == self.member_id {
+            return self.renew_local(id);
+        }
+        let urls = self
+            .members
+            .read()
+            .iter()
+            .find(|m| m.id == leader)
+            .map(|m| m.peer_urls.clone())
+            .unwrap_or_default();
+        let Some(url) = urls.first() else {
+            return Err(Error::NoLeader);
+        };
+        let client = {
+            let mut clients = self.leader_clients.lock();
+            match clients.get(&leader) {
+                Some(c) => c.clone(),
+                None => {
+                    let ep = tonic::transport::Endpoint::from_shared(url.clone())
+                        .map_err(|e| Error::Internal(e.to_string()))?
+                        .connect_timeout(Duration::from_secs(1));
+                    let c = RaftClient::new(ep.connect_lazy());
+                    clients.insert(leader, c.clone());
+                    c
+                }
+            }
+        };
+        let mut client = client;
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            client.lease_renew(proto::raftpb::LeaseRenewRequest { id }),
+        )
+        .await
+        {
+            Ok(Ok(r)) => Ok(r.into_inner().ttl),
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound => Err(Error::LeaseNotFound),
+            Ok(Err(_)) => Err(Error::LeaderChanged),
+            Err(_) => Err(Error::Timeout),
+        }
     }
 
     /// Ask raft to hand leadership to `to`.

@@ -14,7 +14,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::raftpb::{raft_client::RaftClient, raft_server, RaftBatch, SendResponse};
+use proto::raftpb::{
+    raft_client::RaftClient, raft_server, LeaseRenewRequest, LeaseRenewResponse, RaftBatch,
+    SendResponse,
+};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tonic::{Request, Response, Status, Streaming};
@@ -148,18 +151,23 @@ async fn peer_loop(
     }
 }
 
+/// Renews a lease on this member (the leader) for a forwarded KeepAlive.
+pub type RenewFn = Arc<dyn Fn(i64) -> Result<i64, crate::error::Error> + Send + Sync>;
+
 /// The receiving side of the peer transport.
 pub struct PeerService {
     cluster_id: u64,
     raft_tx: flume::Sender<RaftMsg>,
+    renew: RenewFn,
 }
 
 impl PeerService {
-    /// A peer service feeding `raft_tx`.
-    pub fn new(cluster_id: u64, raft_tx: flume::Sender<RaftMsg>) -> Self {
+    /// A peer service feeding `raft_tx`; `renew` answers forwarded KeepAlives.
+    pub fn new(cluster_id: u64, raft_tx: flume::Sender<RaftMsg>, renew: RenewFn) -> Self {
         PeerService {
             cluster_id,
             raft_tx,
+            renew,
         }
     }
 }
@@ -194,5 +202,13 @@ impl raft_server::Raft for PeerService {
             }
         }
         Ok(Response::new(SendResponse {}))
+    }
+
+    async fn lease_renew(
+        &self,
+        req: Request<LeaseRenewRequest>,
+    ) -> Result<Response<LeaseRenewResponse>, Status> {
+        let ttl = (self.renew)(req.into_inner().id)?;
+        Ok(Response::new(LeaseRenewResponse { ttl }))
     }
 }

@@ -26,21 +26,6 @@ impl LeaseService {
     }
 }
 
-/// Renew a lease on this (leader) member; TTL 0 means "not found", as etcd answers.
-fn renew(node: &Node, id: i64) -> Result<i64, Error> {
-    if !node.status.is_leader() {
-        return Err(if node.status.leader() == 0 {
-            Error::NoLeader
-        } else {
-            Error::NotLeader
-        });
-    }
-    if !node.state.read().leases.contains(id) {
-        return Ok(0);
-    }
-    Ok(node.lessor.renew(id).unwrap_or(0))
-}
-
 #[tonic::async_trait]
 impl pb::lease_server::Lease for LeaseService {
     async fn lease_grant(
@@ -94,7 +79,7 @@ impl pb::lease_server::Lease for LeaseService {
                     m = inbound.message() => m,
                 };
                 let Ok(Some(k)) = m else { return };
-                let resp = match renew(&node, k.id) {
+                let resp = match node.renew_lease(k.id).await {
                     Ok(ttl) => Ok(pb::LeaseKeepAliveResponse {
                         header: Some(node.header(node.current_rev())),
                         id: k.id,

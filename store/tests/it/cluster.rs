@@ -304,3 +304,56 @@ async fn member_with_wrong_token_is_refused() {
     let _ = bad.kill();
     let _ = bad.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_keepalive_through_a_follower_reaches_the_leader() {
+    let c = Cluster::start(3);
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut f = c.client(follower).await;
+    let lease = f.lease_grant(2, None).await.unwrap();
+    let id = lease.id();
+    f.put(
+        "leased",
+        "v",
+        Some(etcd_client::PutOptions::new().with_lease(id)),
+    )
+    .await
+    .unwrap();
+    let (mut keeper, mut responses) = f.lease_keep_alive(id).await.unwrap();
+    // Keep it alive through the follower for longer than its TTL.
+    for _ in 0..8 {
+        keeper.keep_alive().await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), responses.message())
+            .await
+            .expect("keepalive response")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.id(), id);
+        assert!(
+            r.ttl() > 0,
+            "the follower forwarded the renewal to the leader"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let got = f.get("leased", None).await.unwrap();
+    assert_eq!(got.kvs().len(), 1, "the kept-alive lease did not expire");
+    // An unknown lease answers TTL 0 through a follower too (etcd-client
+    // turns a first answer of TTL 0 into "lease not found").
+    let e = f
+        .lease_keep_alive(0x7777)
+        .await
+        .err()
+        .expect("unknown lease");
+    assert!(e.to_string().contains("lease not found"), "{e}");
+    // Without keepalives the leader expires it and every member sees the key go.
+    drop(keeper);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if f.get("leased", None).await.unwrap().kvs().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lease never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
