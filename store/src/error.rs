@@ -71,6 +71,9 @@ pub enum Error {
     /// MoveLeader target is not a voting member.
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    /// MoveLeader did not complete in time.
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    TimeoutLeaderTransfer,
     /// Member not found.
     #[error("etcdserver: member not found")]
     MemberNotFound,
@@ -99,7 +102,9 @@ impl Error {
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             LeaseExist | NotLeader | BadLeaderTransferee => Code::FailedPrecondition,
-            NoLeader | LeaderChanged | Stopped | Timeout => Code::Unavailable,
+            NoLeader | LeaderChanged | Stopped | Timeout | TimeoutLeaderTransfer => {
+                Code::Unavailable
+            }
             Corrupt => Code::DataLoss,
             Unimplemented(_) => Code::Unimplemented,
             Internal(_) => Code::Internal,

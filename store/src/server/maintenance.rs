@@ -244,6 +244,14 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         }
         if r.target_id != self.node.member_id {
             self.node.transfer_leader(r.target_id)?;
+            // Like etcd, answer once the transferee leads (or give up).
+            let deadline = tokio::time::Instant::now() + 2 * self.node.cfg.election_timeout;
+            while self.node.status.leader() != r.target_id {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(Error::TimeoutLeaderTransfer.into());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
         }
         Ok(Response::new(pb::MoveLeaderResponse {
             header: Some(self.node.header(self.node.current_rev())),

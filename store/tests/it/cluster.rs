@@ -356,3 +356,31 @@ async fn lease_keepalive_through_a_follower_reaches_the_leader() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn move_leader_hands_leadership_to_the_target() {
+    let c = Cluster::start(3);
+    let leader = c.leader().await;
+    let target = (leader + 2) % 3;
+    let target_id = {
+        let mut t = c.client(target).await;
+        t.status().await.unwrap().header().unwrap().member_id()
+    };
+    // Only the leader can move leadership.
+    let mut not_leader = c.client((leader + 1) % 3).await;
+    let e = not_leader.move_leader(target_id).await.unwrap_err();
+    assert!(e.to_string().contains("etcdserver: not leader"), "{e}");
+    let mut l = c.client(leader).await;
+    let e = l.move_leader(0xdead).await.unwrap_err();
+    assert!(
+        e.to_string().contains("etcdserver: bad leader transferee"),
+        "{e}"
+    );
+    l.move_leader(target_id).await.unwrap();
+    assert_eq!(c.leader().await, target, "leadership moved");
+    let mut t = c.client(target).await;
+    let st = t.status().await.unwrap();
+    assert_eq!(st.leader(), target_id);
+    // The cluster keeps serving writes through the old leader.
+    l.put("after-move", "1", None).await.unwrap();
+}
