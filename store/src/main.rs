@@ -62,6 +62,7 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         let handles = store::server::serve(node.clone()).await?;
+        tokio::spawn(node.clone().publish());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}

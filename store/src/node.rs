@@ -309,6 +309,37 @@ impl Node {
         }
     }
 
+    /// Publish this member's name and client URLs through raft (etcd's
+    /// publish), retrying until it applies or the node stops.
+    pub async fn publish(self: Arc<Self>) {
+        let me = self
+            .members
+            .read()
+            .iter()
+            .find(|m| m.id == self.member_id)
+            .cloned();
+        let Some(me) = me else { return };
+        let attr = pb::Member {
+            id: me.id,
+            name: me.name.clone(),
+            client_ur_ls: me.client_urls.clone(),
+            ..Default::default()
+        };
+        loop {
+            if self.state.read().member_attrs.get(&me.id) == Some(&attr) {
+                return;
+            }
+            match self.propose(Op::MemberAttr(attr.clone())).await {
+                Ok(_) => return,
+                Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
     /// A fresh unique id (request ids, server-chosen lease ids).
     pub fn next_id(&self) -> u64 {
         self.ids.next()

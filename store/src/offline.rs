@@ -117,6 +117,7 @@ pub fn restore(file: &Path, o: &RestoreOpts) -> anyhow::Result<()> {
     sm.voters = voters.clone();
     sm.learners.clear();
     sm.alarms.clear();
+    sm.member_attrs.clear();
     let member_dir = o.data_dir.join("member");
     std::fs::create_dir_all(&member_dir)?;
     let wal = o.wal_dir.clone().unwrap_or_else(|| member_dir.join("wal"));

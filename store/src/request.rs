@@ -15,7 +15,7 @@ pub struct InternalRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// The operation.
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub op: Option<Op>,
 }
 
@@ -46,6 +46,10 @@ pub enum Op {
     /// Lease remaining-TTL checkpoint.
     #[prost(message, tag = "9")]
     LeaseCheckpoint(pb::LeaseCheckpointRequest),
+    /// A member publishes its name and client URLs (etcd's publish), so
+    /// every member's MemberList can show them.
+    #[prost(message, tag = "10")]
+    MemberAttr(pb::Member),
 }
 
 /// The result of applying one operation, handed back to its waiter.

@@ -60,6 +60,8 @@ struct Meta {
     learners: Vec<u64>,
     #[prost(message, repeated, tag = "7")]
     alarms: Vec<AlarmMember>,
+    #[prost(message, repeated, tag = "8")]
+    member_attrs: Vec<proto::etcdserverpb::Member>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -150,6 +152,8 @@ pub struct SnapshotView {
     pub voters: Vec<u64>,
     /// Learners.
     pub learners: Vec<u64>,
+    /// Published member attributes.
+    pub member_attrs: Vec<proto::etcdserverpb::Member>,
 }
 
 impl StateMachine {
@@ -163,6 +167,7 @@ impl StateMachine {
             applied_term: self.applied_term,
             voters: self.voters.clone(),
             learners: self.learners.clone(),
+            member_attrs: self.member_attrs.values().cloned().collect(),
         }
     }
 }
@@ -205,6 +210,7 @@ pub fn write_to<W: Write>(view: &SnapshotView, w: W) -> io::Result<u64> {
         voters: view.voters.clone(),
         learners: view.learners.clone(),
         alarms: view.alarms.clone(),
+        member_attrs: view.member_attrs.clone(),
     }))?;
     let mut batch = Vec::with_capacity(KEYS_PER_RECORD);
     for (k, hist) in view.mvcc.index.iter() {
@@ -301,6 +307,7 @@ pub fn read_from<R: Read>(r: R) -> Result<StateMachine, SnapError> {
                 sm.voters = m.voters;
                 sm.learners = m.learners;
                 sm.alarms = m.alarms;
+                sm.member_attrs = m.member_attrs.into_iter().map(|a| (a.id, a)).collect();
                 current = m.current;
                 compact = m.compact;
             }

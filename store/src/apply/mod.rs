@@ -38,6 +38,8 @@ pub struct StateMachine {
     pub voters: Vec<u64>,
     /// Learners as of `applied_index`.
     pub learners: Vec<u64>,
+    /// Published member attributes (name, client URLs) by member ID.
+    pub member_attrs: std::collections::BTreeMap<u64, pb::Member>,
 }
 
 impl Default for StateMachine {
@@ -50,6 +52,7 @@ impl Default for StateMachine {
             applied_term: 0,
             voters: Vec::new(),
             learners: Vec::new(),
+            member_attrs: Default::default(),
         }
     }
 }
@@ -162,6 +165,10 @@ impl StateMachine {
                 Ok(ApplyResult::Empty)
             }
             Op::Alarm(a) => Ok(ApplyResult::Alarm(self.apply_alarm(&a))),
+            Op::MemberAttr(m) => {
+                self.member_attrs.insert(m.id, m);
+                Ok(ApplyResult::Empty)
+            }
         }
     }
 

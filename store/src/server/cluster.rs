@@ -62,17 +62,31 @@ impl pb::cluster_server::Cluster for ClusterService {
         if req.get_ref().linearizable {
             self.node.linearizable().await?;
         }
+        // Client URLs of other members are known once they have published
+        // them through raft; until then they are empty, as in etcd's
+        // "unstarted" members.
+        let published = self.node.state.read().member_attrs.clone();
         let members = self
             .node
             .members
             .read()
             .iter()
-            .map(|m| pb::Member {
-                id: m.id,
-                name: m.name.clone(),
-                peer_ur_ls: m.peer_urls.clone(),
-                client_ur_ls: m.client_urls.clone(),
-                is_learner: m.is_learner,
+            .map(|m| {
+                let client_urls = if m.id == self.node.member_id {
+                    m.client_urls.clone()
+                } else {
+                    published
+                        .get(&m.id)
+                        .map(|a| a.client_ur_ls.clone())
+                        .unwrap_or_default()
+                };
+                pb::Member {
+                    id: m.id,
+                    name: m.name.clone(),
+                    peer_ur_ls: m.peer_urls.clone(),
+                    client_ur_ls: client_urls,
+                    is_learner: m.is_learner,
+                }
             })
             .collect();
         Ok(Response::new(pb::MemberListResponse {

@@ -165,8 +165,35 @@ async fn three_members_replicate_and_serve_from_any_member() {
         hashes.windows(2).all(|w| w[0] == w[1]),
         "HashKV differs: {hashes:?}"
     );
-    let members = f.member_list().await.unwrap();
-    assert_eq!(members.members().len(), 3);
+    // Every member publishes its client URLs through raft, so any member
+    // lists all of them.
+    let endpoints: Vec<String> = c
+        .nodes
+        .iter()
+        .flatten()
+        .map(|n| n.endpoint.clone())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let members = f.member_list().await.unwrap();
+        assert_eq!(members.members().len(), 3);
+        let mut urls: Vec<String> = members
+            .members()
+            .iter()
+            .flat_map(|m| m.client_urls().to_vec())
+            .collect();
+        urls.sort();
+        let mut want = endpoints.clone();
+        want.sort();
+        if urls == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "client URLs never published: {urls:?} vs {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
