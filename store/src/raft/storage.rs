@@ -369,11 +369,6 @@ impl RaftStorage {
         }
     }
 
-    /// Bytes of the raft log on disk (approximate, from the file sizes).
-    pub fn engine(&self) -> &Arc<Engine<GuardedFs>> {
-        &self.engine
-    }
-
     /// Initialise an empty log as if it had been compacted at `(index, term)`
     /// with the given membership: used when restoring a snapshot into a new
     /// data dir, so raft starts right after the snapshot.
