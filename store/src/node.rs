@@ -391,6 +391,14 @@ impl Node {
                 Ok(Err(_)) => return Err(Error::Stopped),
                 // A leader change invalidates the round: ask again with a fresh context.
                 Ok(Ok(Err(Error::LeaderChanged))) => continue,
+                // No leader yet: wait for an election, bounded by the deadline.
+                Ok(Ok(Err(Error::NoLeader))) => {
+                    if tokio::time::Instant::now() + Duration::from_millis(20) >= deadline {
+                        return Err(Error::NoLeader);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
                 Ok(Ok(r)) => r?,
             };
             let mut rx = self.applied.clone();
@@ -504,6 +512,7 @@ impl Node {
     /// Stop: fail waiters and signal tasks.
     pub fn stop(&self) {
         self.shutdown.cancel();
+        let _ = self.raft_tx.try_send(RaftMsg::Stop);
         self.waiters.fail_all(Error::Stopped);
     }
 }

@@ -44,6 +44,8 @@ pub enum RaftMsg {
     Step(raft::eraftpb::Message),
     /// A peer could not be reached.
     Unreachable(u64),
+    /// Stop the raft loop (shutdown): no more messages to peers.
+    Stop,
 }
 
 /// Raft status shared with the rest of the node (lock-free reads).
@@ -97,17 +99,26 @@ pub struct RaftLoop {
     pub transport: Arc<transport::Transport>,
 }
 
+/// A caller waiting for a read index.
+type ReadWaiter = oneshot::Sender<Result<u64>>;
+
 /// Upper bound of messages drained per loop turn, to bound latency.
 const MAX_DRAIN: usize = 8192;
 
 /// Run the raft loop until the message channel closes.
 pub fn run_raft(mut l: RaftLoop) {
     let mut next_tick = Instant::now() + l.tick;
-    let mut pending_reads: Vec<oneshot::Sender<Result<u64>>> = Vec::new();
-    let mut inflight_reads: HashMap<Vec<u8>, Vec<oneshot::Sender<Result<u64>>>> = HashMap::new();
+    let mut pending_reads: Vec<ReadWaiter> = Vec::new();
+    // ReadIndex rounds in flight: context → (issued at, waiters).
+    let mut inflight_reads: HashMap<Vec<u8>, (Instant, Vec<ReadWaiter>)> = HashMap::new();
+    // raft-rs drops a ReadIndex silently (e.g. a leader that has not yet
+    // committed an entry of its term); rounds unanswered this long are
+    // re-issued with a fresh context.
+    let read_retry = (l.tick * 3).max(Duration::from_millis(150));
     let mut read_seq: u64 = 0;
     let mut last_leader = 0u64;
-    loop {
+    let mut stop = false;
+    while !stop {
         let timeout = next_tick.saturating_duration_since(Instant::now());
         let mut msgs = Vec::new();
         match l.rx.recv_timeout(timeout) {
@@ -144,17 +155,36 @@ pub fn run_raft(mut l: RaftLoop) {
                     }
                 }
                 RaftMsg::Unreachable(id) => l.raw.report_unreachable(id),
+                RaftMsg::Stop => stop = true,
             }
         }
         if Instant::now() >= next_tick {
             l.raw.tick();
             next_tick = Instant::now() + l.tick;
         }
+        let now = Instant::now();
+        let stale: Vec<Vec<u8>> = inflight_reads
+            .iter()
+            .filter(|(_, (at, _))| now.duration_since(*at) >= read_retry)
+            .map(|(ctx, _)| ctx.clone())
+            .collect();
+        for ctx in stale {
+            if let Some((_, txs)) = inflight_reads.remove(&ctx) {
+                pending_reads.extend(txs);
+            }
+        }
+        if !pending_reads.is_empty() && l.raw.raft.leader_id == 0 {
+            // raft-rs silently drops a ReadIndex without a known leader;
+            // answer now so callers retry instead of waiting for a timeout.
+            for tx in pending_reads.drain(..) {
+                let _ = tx.send(Err(Error::NoLeader));
+            }
+        }
         if !pending_reads.is_empty() {
             read_seq += 1;
             let ctx = read_seq.to_be_bytes().to_vec();
             l.raw.read_index(ctx.clone());
-            inflight_reads.insert(ctx, std::mem::take(&mut pending_reads));
+            inflight_reads.insert(ctx, (now, std::mem::take(&mut pending_reads)));
         }
         if !l.raw.has_ready() {
             continue;
@@ -174,7 +204,7 @@ pub fn run_raft(mut l: RaftLoop) {
                 }
                 // Reads waiting on the old leader's ReadIndex must be retried
                 // by their callers with a fresh index.
-                for (_, txs) in inflight_reads.drain() {
+                for (_, (_, txs)) in inflight_reads.drain() {
                     for tx in txs {
                         let _ = tx.send(Err(Error::LeaderChanged));
                     }
@@ -184,7 +214,7 @@ pub fn run_raft(mut l: RaftLoop) {
             METRICS.has_leader.set((ss.leader_id != 0) as i64);
         }
         for rs in ready.take_read_states() {
-            if let Some(txs) = inflight_reads.remove(&rs.request_ctx) {
+            if let Some((_, txs)) = inflight_reads.remove(&rs.request_ctx) {
                 for tx in txs {
                     let _ = tx.send(Ok(rs.index));
                 }
@@ -215,7 +245,7 @@ pub fn run_raft(mut l: RaftLoop) {
             .last_index
             .store(l.raw.raft.raft_log.last_index(), Ordering::Release);
     }
-    for (_, txs) in inflight_reads.drain() {
+    for (_, (_, txs)) in inflight_reads.drain() {
         for tx in txs {
             let _ = tx.send(Err(Error::Stopped));
         }
@@ -252,5 +282,62 @@ fn dispatch_committed(l: &mut RaftLoop, entries: Vec<raft::eraftpb::Entry>) {
     METRICS.proposals_committed.inc_by(n as u64);
     if l.apply_tx.send(apply::ApplyTask::Entries(entries)).is_err() {
         tracing::error!("apply thread is gone; stopping");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::ConfState;
+
+    /// A member of a 3-voter group whose peers never answer: no leader.
+    fn leaderless_loop(
+        dir: &std::path::Path,
+        rt: &tokio::runtime::Runtime,
+    ) -> flume::Sender<RaftMsg> {
+        let storage = RaftStorage::open(dir, false).unwrap();
+        storage.set_conf_state(ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        });
+        let cfg = raft::Config {
+            id: 1,
+            election_tick: 10,
+            heartbeat_tick: 1,
+            ..Default::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&cfg, storage, &logger).unwrap();
+        let (tx, rx) = flume::bounded(16);
+        let (apply_tx, _apply_rx) = flume::bounded(16);
+        let transport = transport::Transport::start(1, 7, vec![], tx.clone(), rt.handle());
+        let l = RaftLoop {
+            raw,
+            rx,
+            apply_tx,
+            status: Arc::new(RaftStatus::default()),
+            tick: Duration::from_millis(100),
+            fail: Box::new(|_, _| {}),
+            transport,
+        };
+        std::thread::spawn(move || run_raft(l));
+        tx
+    }
+
+    #[test]
+    fn read_index_without_a_leader_fails_fast_instead_of_hanging() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let tx = leaderless_loop(dir.path(), &rt);
+        let (rtx, rrx) = oneshot::channel();
+        tx.send(RaftMsg::ReadIndex(rtx)).unwrap();
+        // raft-rs drops a ReadIndex without a leader; the loop must answer
+        // it itself (the bound only guards against a hang).
+        let got = rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), rrx).await });
+        assert!(
+            matches!(got, Ok(Ok(Err(Error::NoLeader)))),
+            "expected NoLeader, got {got:?}"
+        );
+        tx.send(RaftMsg::Stop).unwrap();
     }
 }

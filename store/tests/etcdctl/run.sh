@@ -9,6 +9,11 @@
 #
 # Env:
 #   ETCDCTL           etcdctl to use (default: etcdctl 3.4 at /usr/bin/etcdctl)
+#   MEMBERS=3         start a static 3-member cluster instead of one server.
+#                     Each check then reads via one member, writes (put, del,
+#                     txn, compaction, lease grant/revoke/keep-alive) via
+#                     another and watches on the third, rotating per check;
+#                     endpoint.status/hashkv and member.list query all three.
 #   STRATA_KEEP_TMP=1 keep the temp dir (server log, data dir) for debugging
 #   VERBOSE=1         print each check's log even when it passes
 #
@@ -36,6 +41,8 @@ for t in "$SERVER" "$ETCDCTL"; do
   command -v "$t" >/dev/null 2>&1 || { echo "not found/executable: $t" >&2; exit 2; }
 done
 command -v jq >/dev/null || { echo "jq is required (scripts/install-peers.sh)" >&2; exit 2; }
+MEMBERS="${MEMBERS:-1}"
+case "$MEMBERS" in 1|3) ;; *) echo "MEMBERS must be 1 or 3, got: $MEMBERS" >&2; exit 2 ;; esac
 
 # etcdctl 3.4 refuses --endpoints together with ETCDCTL_ENDPOINTS; drop all.
 for v in $(compgen -e | grep '^ETCDCTL_' || true); do unset "$v"; done
@@ -43,6 +50,7 @@ for v in $(compgen -e | grep '^ETCDCTL_' || true); do unset "$v"; done
 T0=${EPOCHREALTIME/./}
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/strata-etcdctl.XXXXXX")"
 SRV_PID=""
+SRV_PIDS=()   # all server PIDs (3-member mode)
 export TMP
 
 cleanup() {
@@ -57,6 +65,7 @@ cleanup() {
     kill -KILL "$SRV_PID" 2>/dev/null || true
     wait "$SRV_PID" 2>/dev/null || true
   fi
+  stop_members
   if [ "${STRATA_KEEP_TMP:-0}" = 1 ]; then
     echo "kept temp dir: $TMP" >&2
   else
@@ -64,36 +73,67 @@ cleanup() {
   fi
   exit "$rc"
 }
+stop_members() { # TERM all members started in 3-member mode, then KILL stragglers
+  local p
+  [ ${#SRV_PIDS[@]} -gt 0 ] || return 0
+  for p in "${SRV_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    local alive=0
+    for p in "${SRV_PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 1 ] || break
+    sleep 0.1
+  done
+  for p in "${SRV_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  SRV_PIDS=()
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_ports() { # prints two free 127.0.0.1 TCP ports
+free_ports() { # free_ports [n]: prints n (default two) free 127.0.0.1 TCP ports
+  local n="${1:-2}"
   if command -v python3 >/dev/null; then
-    python3 - <<'EOF'
-import socket
+    python3 - "$n" <<'EOF'
+import socket, sys
 ss = []
-for _ in range(2):
+for _ in range(int(sys.argv[1])):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); ss.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in ss))
 EOF
   else
-    local a b
+    local a i ok
     while :; do
-      a=$((20000 + RANDOM % 30000)); b=$((a + 1))
-      (exec 3<>"/dev/tcp/127.0.0.1/$a") 2>/dev/null && continue
-      (exec 3<>"/dev/tcp/127.0.0.1/$b") 2>/dev/null && continue
-      echo "$a $b"; return
+      a=$((20000 + RANDOM % 30000)); ok=1
+      for ((i = 0; i < n; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$((a + i))") 2>/dev/null && { ok=0; break; }
+      done
+      [ $ok = 1 ] || continue
+      for ((i = 0; i < n; i++)); do printf '%s%s' "$((a + i))" "$([ $i -lt $((n - 1)) ] && echo ' ')"; done
+      echo; return
     done
   fi
 }
 
+# Endpoints: EP (reads, admin), EPW (writes), EPB (background watches). With
+# one member they are all the same; with MEMBERS=3 run_check rotates them so
+# that each check uses three different members.
 # etcdctl against our server, always time-bounded.
-ctl() { timeout -k 2 15 "$ETCDCTL" --endpoints="$EP" --dial-timeout=2s --command-timeout=5s "$@"; }
+ctl() {
+  local ep="$EP"
+  case "${1:-}" in
+    put|del|txn|compaction) ep="$EPW" ;;
+    lease) case "${2:-}" in grant|revoke|keep-alive) ep="$EPW" ;; esac ;;
+  esac
+  timeout -k 2 15 "$ETCDCTL" --endpoints="$ep" --dial-timeout=2s --command-timeout=5s "$@"
+}
+# etcdctl against every member at once (3-member mode)
+ctl_all() { timeout -k 2 15 "$ETCDCTL" --endpoints="$ALL_EPS" --dial-timeout=2s --command-timeout=5s "$@"; }
+# etcdctl against one given endpoint
+ctl_at() { local ep="$1"; shift; timeout -k 2 15 "$ETCDCTL" --endpoints="$ep" --dial-timeout=2s --command-timeout=5s "$@"; }
 # long-running etcdctl (watch) in the background; sets BG_PID to etcdctl's own
 # PID (not a subshell's, so killing it leaves no orphan) and records it for cleanup.
 ctl_bg() { # ctl_bg <outfile> <args...>
   local out="$1"; shift
-  "$ETCDCTL" --endpoints="$EP" --dial-timeout=2s "$@" >"$out" 2>"$out.err" &
+  "$ETCDCTL" --endpoints="$EPB" --dial-timeout=2s "$@" >"$out" 2>"$out.err" &
   BG_PID=$!
   echo "$BG_PID" >>"$TMP/bg.pids"
 }
@@ -126,25 +166,77 @@ start_server() {
   return 2
 }
 
+# 3-member mode: members s1..s3, a shared --initial-cluster and token.
+# Ready = a put succeeds through every member (so each one can serve).
+start_members() {
+  local ports i
+  read -r -a ports < <(free_ports 6)
+  EPS=(); CLIENT_URLS=(); PEER_URLS=(); SRV_PIDS=()
+  local cluster=""
+  for i in 0 1 2; do
+    EPS[i]="127.0.0.1:${ports[2*i]}"
+    CLIENT_URLS[i]="http://127.0.0.1:${ports[2*i]}"
+    PEER_URLS[i]="http://127.0.0.1:${ports[2*i+1]}"
+    cluster+="${cluster:+,}s$((i + 1))=${PEER_URLS[i]}"
+  done
+  ALL_EPS="${EPS[0]},${EPS[1]},${EPS[2]}"
+  for i in 0 1 2; do
+    rm -rf "$TMP/d$((i + 1))"
+    "$SERVER" --name "s$((i + 1))" --data-dir "$TMP/d$((i + 1))" \
+      --listen-client-urls "${CLIENT_URLS[i]}" --advertise-client-urls "${CLIENT_URLS[i]}" \
+      --listen-peer-urls "${PEER_URLS[i]}" --initial-advertise-peer-urls "${PEER_URLS[i]}" \
+      --initial-cluster "$cluster" --initial-cluster-token strata-etcdctl-3 \
+      >"$TMP/server.s$((i + 1)).log" 2>&1 &
+    SRV_PIDS[i]=$!
+  done
+  local deadline=$((SECONDS + 30)) ok=(0 0 0) p
+  while [ $SECONDS -lt $deadline ]; do
+    sleep 0.2
+    for p in "${SRV_PIDS[@]}"; do
+      kill -0 "$p" 2>/dev/null || { stop_members; return 1; }
+    done
+    for i in 0 1 2; do
+      [ "${ok[i]}" = 1 ] && continue
+      "$ETCDCTL" --endpoints="${EPS[i]}" --dial-timeout=1s --command-timeout=2s put strata-ready-probe "s$((i + 1))" >/dev/null 2>&1 && ok[i]=1
+    done
+    [ "${ok[*]}" = "1 1 1" ] && return 0
+  done
+  return 2
+}
+
 started=0
 for attempt in 1 2 3; do
-  start_server; rc=$?
+  if [ "$MEMBERS" = 3 ]; then start_members; else start_server; fi; rc=$?
   if [ $rc -eq 0 ]; then started=1; break; fi
   if [ $rc -eq 2 ]; then break; fi  # alive but never healthy: don't retry
   echo "server exited during startup (attempt $attempt)" >&2
   # a taken port is the only reason worth a retry
-  grep -qi 'address already in use' "$TMP/server.log" || break
+  cat "$TMP"/server*.log 2>/dev/null | grep -qi 'address already in use' || break
 done
+server_logs() { # server_logs <lines>: tail of every server log
+  local f
+  if [ "$MEMBERS" = 1 ]; then tail -n "$1" "$TMP/server.log"; return; fi
+  for f in "$TMP"/server.s*.log; do echo "== $(basename "$f")"; tail -n "$1" "$f"; done
+}
 if [ $started -ne 1 ]; then
   if [ $rc -eq 2 ]; then
-    echo "FAIL startup: server not healthy within 20s ($SERVER)" >&2
+    echo "FAIL startup: server not healthy within $([ "$MEMBERS" = 3 ] && echo 30 || echo 20)s ($SERVER)" >&2
   else
     echo "FAIL startup: server exited before becoming healthy ($SERVER)" >&2
   fi
-  echo "---- server log (tail) ----" >&2; tail -n 40 "$TMP/server.log" >&2
+  echo "---- server log (tail) ----" >&2; server_logs 40 >&2
   exit 1
 fi
-echo "server: $SERVER (pid $SRV_PID) client=$CLIENT_URL peer=$PEER_URL"
+if [ "$MEMBERS" = 3 ]; then
+  for i in 0 1 2; do
+    echo "member s$((i + 1)): $SERVER (pid ${SRV_PIDS[i]}) client=${CLIENT_URLS[i]} peer=${PEER_URLS[i]}"
+  done
+  EP="${EPS[0]}"
+else
+  echo "server: $SERVER (pid $SRV_PID) client=$CLIENT_URL peer=$PEER_URL"
+  EPS=("$EP"); ALL_EPS="$EP"
+fi
+EPW="$EP"; EPB="$EP"
 echo "etcdctl: $ETCDCTL ($("$ETCDCTL" version 2>/dev/null | head -n1))"
 
 # ---------------------------------------------------------------- assertion helpers
@@ -188,19 +280,33 @@ wait_for() { # wait_for <secs> <cmd...>: poll until cmd succeeds (returns 0 eith
 }
 
 server_responsive() {
+  if [ "$MEMBERS" = 3 ]; then
+    local i
+    for i in 0 1 2; do
+      kill -0 "${SRV_PIDS[i]}" 2>/dev/null &&
+        timeout -k 1 5 "$ETCDCTL" --endpoints="${EPS[i]}" --dial-timeout=1s --command-timeout=2s get strata-ready-probe >/dev/null 2>&1 ||
+        return 1
+    done
+    return 0
+  fi
   kill -0 "$SRV_PID" 2>/dev/null &&
     timeout -k 1 5 "$ETCDCTL" --endpoints="$EP" --dial-timeout=1s --command-timeout=2s get strata-ready-probe >/dev/null 2>&1
 }
 
-PASSES=0; FAILS=0; SKIPS=0; FAILED_NAMES=(); ABORTED=0
+PASSES=0; FAILS=0; SKIPS=0; FAILED_NAMES=(); ABORTED=0; CHECK_NO=0
 run_check() { # run_check <name> <function>
   local name="$1" fn="$2" rc log="$TMP/check.$1.log" t0 ms
   if [ $ABORTED = 1 ]; then # fail fast instead of timing out on every call
     FAILS=$((FAILS + 1)); FAILED_NAMES+=("$name"); echo "FAIL $name (not run: server dead/unresponsive)"
     return
   fi
+  if [ "$MEMBERS" = 3 ]; then # rotate: read / write / watch via three different members
+    EP="${EPS[CHECK_NO % 3]}"; EPW="${EPS[(CHECK_NO + 1) % 3]}"; EPB="${EPS[(CHECK_NO + 2) % 3]}"
+    CHECK_NO=$((CHECK_NO + 1))
+    echo "endpoints: read/admin=$EP write=$EPW watch=$EPB" >"$log.eps"
+  fi
   t0=${EPOCHREALTIME/./}
-  ( set -e; "$fn" ) >"$log" 2>&1
+  ( set -e; [ -f "$log.eps" ] && cat "$log.eps"; "$fn" ) >"$log" 2>&1
   rc=$?
   ms=$(( (${EPOCHREALTIME/./} - t0) / 1000 ))
   if [ $rc -eq 0 ]; then
@@ -469,6 +575,7 @@ c_compaction() {
 }
 
 c_endpoint_status() {
+  [ "$MEMBERS" = 3 ] && { c_endpoint_status3; return; }
   local out cur
   cur="$(rev_now)"
   out="$(ctl endpoint status -w json)"
@@ -492,6 +599,7 @@ c_endpoint_status() {
 }
 
 c_endpoint_hashkv() {
+  [ "$MEMBERS" = 3 ] && { c_endpoint_hashkv3; return; }
   local h1 h2 h3 out
   out="$(ctl endpoint hashkv)"
   matches "hashkv text" "$out" "^$EP, [0-9]+$"
@@ -504,6 +612,7 @@ c_endpoint_hashkv() {
 }
 
 c_member_list() {
+  [ "$MEMBERS" = 3 ] && { c_member_list3; return; }
   local out raw id
   out="$(ctl member list -w json)"
   eq "member count" "$(jq -r '.members|length' <<<"$out")" 1
@@ -519,6 +628,87 @@ c_member_list() {
   eq "member list text" "${txt#*, }" "started, s1, $PEER_URL, $CLIENT_URL, false"
   local st; st="$(ctl endpoint status -w json | grep -o '"member_id":[0-9]*' | head -n1 | cut -d: -f2)"
   eq "member id == status member_id" "$raw" "$st"
+}
+
+# ---- 3-member variants (only the expectations that depend on the member count)
+read_each() { # a linearizable read through every member (each has applied everything committed)
+  local e; for e in "${EPS[@]}"; do ctl_at "$e" get strata-probe-nonexistent >/dev/null; done
+}
+
+c_endpoint_status3() {
+  local out cur n
+  ctl put st/k v >/dev/null   # via EPW
+  cur="$(rev_now)"
+  read_each
+  out="$(ctl_all endpoint status -w json)"
+  eq "status entries" "$(jq -r 'length' <<<"$out")" 3
+  eq "status endpoints" "$(jq -r '[.[].Endpoint]|sort|join(",")' <<<"$out")" "$(tr ' ' '\n' <<<"${EPS[*]}" | sort | paste -sd,)"
+  eq "status header.revision (all)" "$(jq -r '[.[].Status.header.revision]|join(",")' <<<"$out")" "$cur,$cur,$cur"
+  eq "status versions non-empty" "$(jq -r '[.[].Status.version // ""|select(. != "")]|length' <<<"$out")" 3
+  eq "status raftTerm > 0 (all)" "$(jq -r '[.[].Status.raftTerm|select(. > 0)]|length' <<<"$out")" 3
+  eq "status dbSize > 0 (all)" "$(jq -r '[.[].Status.dbSize|select(. > 0)]|length' <<<"$out")" 3
+  # member_id / leader as raw digits (jq would round 64-bit ids), in entry order
+  local mids leaders
+  mids="$(grep -o '"member_id":[0-9]*' <<<"$out" | cut -d: -f2)"
+  leaders="$(grep -o '"leader":[0-9]*' <<<"$out" | cut -d: -f2)"
+  eq "distinct member_ids" "$(sort -u <<<"$mids" | grep -vc '^0*$')" 3
+  eq "all members agree on the leader" "$(sort -u <<<"$leaders" | wc -l)" 1
+  n="$(paste -d' ' <(echo "$mids") <(echo "$leaders") | awk '$1 == $2' | wc -l)"
+  eq "exactly one member reports itself leader (json)" "$n" 1
+  # text table: endpoint, id, version, size, is_leader, is_learner, ...
+  out="$(ctl_all endpoint status)"
+  eq "status text lines" "$(wc -l <<<"$out")" 3
+  eq "exactly one is_leader=true (text)" "$(grep -cE '^[^,]+, [^,]+, [^,]+, [^,]+, true, false, ' <<<"$out")" 1
+  eq "two is_leader=false (text)" "$(grep -cE '^[^,]+, [^,]+, [^,]+, [^,]+, false, false, ' <<<"$out")" 2
+}
+
+c_endpoint_hashkv3() {
+  local out h1 h2
+  read_each
+  out="$(ctl_all endpoint hashkv -w json)"
+  eq "hashkv entries" "$(jq -r 'length' <<<"$out")" 3
+  eq "hashkv same on all members" "$(jq -r '[.[].HashKV.hash]|unique|length' <<<"$out")" 1
+  h1="$(jq -r '.[0].HashKV.hash' <<<"$out")"
+  out="$(ctl_all endpoint hashkv)"
+  eq "hashkv text lines" "$(grep -cE '^[^,]+, [0-9]+$' <<<"$out")" 3
+  eq "hashkv text same hash" "$(sed 's/.*, //' <<<"$out" | sort -u)" "$h1"
+  ctl put hk/k v >/dev/null   # via EPW
+  read_each
+  out="$(ctl_all endpoint hashkv -w json)"
+  eq "hashkv same on all members after a write" "$(jq -r '[.[].HashKV.hash]|unique|length' <<<"$out")" 1
+  h2="$(jq -r '.[0].HashKV.hash' <<<"$out")"
+  [ "$h2" != "$h1" ] || fail "hashkv unchanged after a write ($h1)"
+}
+
+c_member_list3() {
+  local out want i
+  # client URLs are published shortly after startup
+  members_published() {
+    [ "$(ctl member list -w json 2>/dev/null | jq -r '[.members[]|select((.clientURLs // [])|length > 0)]|length')" = 3 ]
+  }
+  wait_for 10 members_published
+  out="$(ctl member list -w json)"
+  eq "member count" "$(jq -r '.members|length' <<<"$out")" 3
+  want=""
+  for i in 0 1 2; do want+="s$((i + 1)) ${PEER_URLS[i]} ${CLIENT_URLS[i]}"$'\n'; done
+  eq "members (name peerURLs clientURLs)" \
+    "$(jq -r '.members[]|"\(.name) \(.peerURLs|join(",")) \((.clientURLs // [])|join(","))"' <<<"$out" | sort)" "${want%$'\n'}"
+  # member IDs (raw digits) == the member_ids the three endpoints report
+  local ids sts
+  ids="$(grep -o '"ID":[0-9]*' <<<"$out" | cut -d: -f2 | sort)"
+  sts="$(ctl_all endpoint status -w json | grep -o '"member_id":[0-9]*' | cut -d: -f2 | sort)"
+  eq "member ids == status member_ids" "$ids" "$sts"
+  # text: "<hex id>, started, sN, <peer>, <client>, false"; tolerate zero-padded ids
+  local txt l got="" wantt=""
+  txt="$(ctl member list)"
+  while IFS= read -r l; do got+="$(hexnorm "${l%%,*}"), ${l#*, }"$'\n'; done <<<"$txt"
+  for i in 0 1 2; do
+    local raw # raw digits straight from etcdctl's JSON (jq would round them)
+    raw="$(grep -o "\"ID\":[0-9]*,\"name\":\"s$((i + 1))\"" <<<"$out" | cut -d: -f2 | cut -d, -f1)"
+    [ -n "$raw" ] || fail "no ID for s$((i + 1)) in: $out"
+    wantt+="$(printf '%x' "$raw"), started, s$((i + 1)), ${PEER_URLS[i]}, ${CLIENT_URLS[i]}, false"$'\n'
+  done
+  eq "member list text" "$(sort <<<"$got")" "$(sort <<<"$wantt")"
 }
 
 c_snapshot() {
@@ -583,11 +773,17 @@ run_check snapshot.save         c_snapshot
 run_check defrag                c_defrag
 run_check alarm.list            c_alarm_list
 
-if ! kill -0 "$SRV_PID" 2>/dev/null; then
+if [ "$MEMBERS" = 3 ]; then
+  for i in 0 1 2; do
+    if ! kill -0 "${SRV_PIDS[i]}" 2>/dev/null; then
+      FAILS=$((FAILS + 1)); FAILED_NAMES+=("server.alive.s$((i + 1))"); echo "FAIL server.alive: member s$((i + 1)) exited during the run"
+    fi
+  done
+elif ! kill -0 "$SRV_PID" 2>/dev/null; then
   FAILS=$((FAILS + 1)); FAILED_NAMES+=("server.alive"); echo "FAIL server.alive: server exited during the run"
 fi
 if [ $FAILS -gt 0 ]; then
-  echo "---- server log (tail) ----"; tail -n 30 "$TMP/server.log"
+  echo "---- server log (tail) ----"; server_logs 30
   echo "failed: ${FAILED_NAMES[*]}"
 fi
 printf '%d passed, %d failed, %d skipped\n' "$PASSES" "$FAILS" "$SKIPS"
