@@ -277,3 +277,17 @@ impl Drop for Etcd {
         let _ = self.child.wait();
     }
 }
+
+/// Assert that an etcd-client call failed with exactly this gRPC code and message.
+pub fn assert_err<T: std::fmt::Debug>(
+    r: Result<T, etcd_client::Error>,
+    code: tonic::Code,
+    msg: &str,
+) {
+    match r {
+        Err(etcd_client::Error::GRpcStatus(s)) => {
+            assert_eq!((s.code(), s.message()), (code, msg), "status: {s:?}")
+        }
+        other => panic!("expected {code:?} {msg:?}, got {other:?}"),
+    }
+}

@@ -11,18 +11,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use crate::harness::Strata;
+use crate::harness::{assert_err, Strata};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn assert_err<T: std::fmt::Debug>(r: Result<T, etcd_client::Error>, code: Code, msg: &str) {
-    match r {
-        Err(etcd_client::Error::GRpcStatus(s)) => {
-            assert_eq!((s.code(), s.message()), (code, msg), "status: {s:?}")
-        }
-        other => panic!("expected {code:?} {msg:?}, got {other:?}"),
-    }
-}
 
 async fn current_rev(c: &mut etcd_client::Client) -> i64 {
     c.get("\0", None)

@@ -9,18 +9,9 @@ use etcd_client::{
 use sha2::{Digest, Sha256};
 use tonic::Code;
 
-use crate::harness::Strata;
+use crate::harness::{assert_err, Strata};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn assert_err<T: std::fmt::Debug>(r: Result<T, etcd_client::Error>, code: Code, msg: &str) {
-    match r {
-        Err(etcd_client::Error::GRpcStatus(s)) => {
-            assert_eq!((s.code(), s.message()), (code, msg), "status: {s:?}")
-        }
-        other => panic!("expected {code:?} {msg:?}, got {other:?}"),
-    }
-}
 
 /// Parse "X.Y.Z[-suffix]" into (X, Y, Z).
 fn semver(v: &str) -> (u64, u64, u64) {
