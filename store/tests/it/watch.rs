@@ -311,18 +311,14 @@ async fn start_revision_replays_history_with_prev_kv() {
     assert_eq!(evs.len(), 4, "{evs:?}");
     let kv = |e: &mvccpb::Event| e.kv.clone().unwrap();
     let t = |e: &mvccpb::Event| e.r#type;
+    // (value, create_revision, mod_revision, version) of an event's kv.
+    let summary = |e: &mvccpb::Event| {
+        let k = kv(e);
+        (k.value, k.create_revision, k.mod_revision, k.version)
+    };
     // PUT v1: a create, no prev_kv.
     assert_eq!(t(&evs[0]), EventType::Put as i32);
-    let k0 = kv(&evs[0]);
-    assert_eq!(
-        (
-            k0.value.as_slice(),
-            k0.create_revision,
-            k0.mod_revision,
-            k0.version
-        ),
-        (&b"v1"[..], 2, 2, 1)
-    );
+    assert_eq!(summary(&evs[0]), (b"v1".to_vec(), 2, 2, 1));
     assert!(evs[0].prev_kv.is_none());
     // PUT v2 with prev v1.
     let k1 = kv(&evs[1]);
@@ -351,16 +347,7 @@ async fn start_revision_replays_history_with_prev_kv() {
         (&b"v2"[..], 3, 2)
     );
     // PUT v3: a new generation.
-    let k3 = kv(&evs[3]);
-    assert_eq!(
-        (
-            k3.value.as_slice(),
-            k3.create_revision,
-            k3.mod_revision,
-            k3.version
-        ),
-        (&b"v3"[..], 5, 5, 1)
-    );
+    assert_eq!(summary(&evs[3]), (b"v3".to_vec(), 5, 5, 1));
     assert!(evs[3].prev_kv.is_none());
 
     let got = by_watcher(&rs);
