@@ -74,7 +74,7 @@ const FLAGS: &[(&str, &str, Ty, Kind, &str)] = &[
     ("discovery-proxy", "", Value, Ignored, "HTTP proxy to use for traffic to discovery service."),
     ("discovery-srv", "", Value, Ignored, "DNS srv domain used to bootstrap the cluster."),
     ("discovery-srv-name", "", Value, Ignored, "Suffix to the dns srv name queried when bootstrapping."),
-    ("strict-reconfig-check", "true", Bool, Ignored, "Reject reconfiguration requests that would cause quorum loss."),
+    ("strict-reconfig-check", "true", Bool, Used, "Reject reconfiguration requests that would cause quorum loss."),
     ("pre-vote", "true", Bool, Used, "Enable the raft Pre-Vote algorithm to prevent disruption when a node rejoins."),
     ("auto-compaction-retention", "0", Value, Ignored, "Auto compaction retention length. 0 means disable auto compaction."),
     ("auto-compaction-mode", "periodic", Value, Ignored, "Interpret 'auto-compaction-retention' one of: periodic|revision."),
@@ -148,8 +148,8 @@ const FLAGS: &[(&str, &str, Ty, Kind, &str)] = &[
     ("experimental-distributed-tracing-service-name", "etcd", Value, Ignored, "Configures service name for distributed tracing."),
     ("experimental-distributed-tracing-instance-id", "", Value, Ignored, "Configures service instance ID for distributed tracing."),
     ("experimental-distributed-tracing-sampling-rate", "0", Value, Ignored, "Number of samples to collect per million spans."),
-    ("experimental-max-learners", "1", Value, Ignored, "Sets the maximum number of learners that can be available in the cluster membership."),
-    ("max-learners", "1", Value, Ignored, "Sets the maximum number of learners that can be available in the cluster membership."),
+    ("experimental-max-learners", "1", Value, Used, "Sets the maximum number of learners that can be available in the cluster membership."),
+    ("max-learners", "1", Value, Used, "Sets the maximum number of learners that can be available in the cluster membership."),
     ("experimental-stop-grpc-service-on-defrag", "false", Bool, Ignored, "Enable etcd gRPC service to stop serving client requests on defragmentation."),
     ("experimental-memory-mlock", "false", Bool, Ignored, "Enable to enforce etcd pages to stay in RAM."),
     ("memory-mlock", "false", Bool, Ignored, "Enable to enforce etcd pages to stay in RAM."),
@@ -215,6 +215,10 @@ pub struct Config {
     pub unsafe_no_fsync: bool,
     /// Version reported as the etcd server version.
     pub emulated_etcd_version: String,
+    /// Refuse membership changes that could cost the quorum.
+    pub strict_reconfig_check: bool,
+    /// Most learners the cluster may have.
+    pub max_learners: usize,
     /// Accepted flags that have no effect, for the startup warning.
     pub ignored: Vec<String>,
 }
@@ -462,6 +466,15 @@ fn from_matches(m: &clap::ArgMatches) -> Result<Config, String> {
         log_format: s("log-format"),
         unsafe_no_fsync: b("unsafe-no-fsync"),
         emulated_etcd_version: ver,
+        strict_reconfig_check: b("strict-reconfig-check"),
+        max_learners: parse_num(
+            &if explicit("max-learners") || !explicit("experimental-max-learners") {
+                s("max-learners")
+            } else {
+                s("experimental-max-learners")
+            },
+            "max-learners",
+        )?,
         ignored,
         name,
     })

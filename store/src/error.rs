@@ -74,9 +74,36 @@ pub enum Error {
     /// MoveLeader did not complete in time.
     #[error("etcdserver: request timed out, leader transfer took too long")]
     TimeoutLeaderTransfer,
-    /// Member not found.
+    /// Member not found (or already removed).
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    /// MemberAdd with an ID that is taken.
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
+    /// MemberAdd/MemberUpdate with peer URLs another member uses.
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    /// Peer URLs that do not parse.
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    /// The change would leave too few started members for a quorum.
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    MemberNotEnoughStarted,
+    /// MemberPromote of a voter.
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    /// MemberPromote of a learner that lags the leader.
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    /// MemberAdd of a learner beyond `--max-learners`.
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    /// A request a learner does not serve.
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    /// Another membership change has not been applied yet.
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
     /// The cluster is corrupt.
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
@@ -101,10 +128,23 @@ impl Error {
             | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExist | NotLeader | BadLeaderTransferee => Code::FailedPrecondition,
-            NoLeader | LeaderChanged | Stopped | Timeout | TimeoutLeaderTransfer => {
-                Code::Unavailable
-            }
+            LeaseExist
+            | NotLeader
+            | BadLeaderTransferee
+            | MemberExist
+            | PeerUrlExist
+            | MemberNotEnoughStarted
+            | MemberNotLearner
+            | LearnerNotReady
+            | TooManyLearners => Code::FailedPrecondition,
+            MemberBadUrls => Code::InvalidArgument,
+            NoLeader
+            | LeaderChanged
+            | Stopped
+            | Timeout
+            | TimeoutLeaderTransfer
+            | NotSupportedForLearner
+            | Unhealthy => Code::Unavailable,
             Corrupt => Code::DataLoss,
             Unimplemented(_) => Code::Unimplemented,
             Internal(_) => Code::Internal,

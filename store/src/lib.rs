@@ -12,6 +12,7 @@
 //! - [`lessor`]: the leader's lease-expiry clock.
 //! - [`snapshot`]: CRC-checked state-machine snapshot files.
 //! - [`membership`]: etcd-compatible member and cluster IDs.
+//! - [`reconfig`]: MemberAdd/Remove/Update/Promote (validation, conf changes).
 //! - [`offline`]: `strata snapshot status|restore` (etcdutl-style tools).
 //! - [`metrics`], [`logging`], [`error`].
 
@@ -26,6 +27,7 @@ pub mod mvcc;
 pub mod node;
 pub mod offline;
 pub mod raft;
+pub mod reconfig;
 pub mod request;
 pub mod server;
 pub mod snapshot;

@@ -50,7 +50,7 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let node = store::node::Node::start(cfg)?;
+        let node = store::node::Node::start(cfg).await?;
         node.spawn_background();
         let peer_handles = store::server::serve_peers(node.clone()).await?;
         // Like etcd (whose client listeners wait on ReadyNotify), serve
@@ -58,20 +58,28 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
         // everything committed so far is applied. Otherwise the first
         // requests would see "no leader" / "not leader" and a leaderless Status.
         while let Err(e) = node.linearizable().await {
+            if node.removed.is_cancelled() {
+                anyhow::bail!("{}", store::raft::transport::REMOVED_MSG);
+            }
             tracing::info!(error = %e, "waiting for a leader before serving clients");
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         let handles = store::server::serve(node.clone()).await?;
         tokio::spawn(node.clone().publish());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        let removed = tokio::select! {
+            _ = tokio::signal::ctrl_c() => false,
+            _ = term.recv() => false,
+            _ = node.removed.cancelled() => true,
+        };
         tracing::info!("shutting down");
         node.stop();
         for h in handles.into_iter().chain(peer_handles) {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), h).await;
+        }
+        if removed {
+            // etcd exits the same way once it learns it was removed.
+            anyhow::bail!("{}", store::raft::transport::REMOVED_MSG);
         }
         Ok(())
     })

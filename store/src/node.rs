@@ -27,7 +27,7 @@ use crate::membership::{self, Member};
 use crate::metrics::METRICS;
 use crate::raft::apply::{run_apply, Applied, ApplyLoop, SnapshotPolicy, Waiters};
 use crate::raft::storage::RaftStorage;
-use crate::raft::transport::{PeerService, Transport};
+use crate::raft::transport::{PeerService, Received, Transport};
 use crate::raft::{run_raft, RaftLoop, RaftMsg, RaftStatus};
 use crate::request::{ApplyResult, InternalRequest, Op};
 use crate::snapshot::SnapDir;
@@ -61,8 +61,8 @@ pub struct Node {
     pub member_id: u64,
     /// The cluster ID.
     pub cluster_id: u64,
-    /// Cluster members.
-    pub members: RwLock<Vec<Member>>,
+    /// This member's client URLs (as bound: port 0 is resolved).
+    pub local_client_urls: RwLock<Vec<String>>,
     /// The replicated state machine.
     pub state: Arc<RwLock<StateMachine>>,
     /// Raft status.
@@ -75,38 +75,157 @@ pub struct Node {
     pub storage: RaftStorage,
     /// Snapshot files.
     pub snaps: Arc<SnapDir>,
-    raft_tx: flume::Sender<RaftMsg>,
-    waiters: Arc<Waiters>,
+    pub(crate) raft_tx: flume::Sender<RaftMsg>,
+    pub(crate) waiters: Arc<Waiters>,
     ids: IdGen,
     /// Peer clients to the current leader, for forwarded KeepAlives.
     leader_clients: parking_lot::Mutex<HashMap<u64, RaftClient<tonic::transport::Channel>>>,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
+    /// Cancelled when this member has been removed from the cluster.
+    pub removed: CancellationToken,
+    pub(crate) transport: Arc<Transport>,
+    received: Received,
+    /// One membership change at a time from this member.
+    pub(crate) conf_lock: tokio::sync::Mutex<()>,
+}
+
+/// How this member came to be: its identity and the peers it starts with.
+struct Identity {
+    member_id: u64,
+    cluster_id: u64,
+    /// Peers known before the member table is loaded (bootstrap or join).
+    members: Vec<pb::Member>,
+}
+
+/// Ask the members in `--initial-cluster` for the cluster (etcd's
+/// `--initial-cluster-state existing`): its ID, and this member's ID, found
+/// by its peer URLs among the members someone added with MemberAdd.
+async fn discover(cfg: &Config) -> anyhow::Result<Identity> {
+    let mut mine: Vec<String> = cfg
+        .initial_advertise_peer_urls
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .collect();
+    mine.sort();
+    let mut errors = Vec::new();
+    for (name, urls) in &cfg.initial_cluster {
+        if *name == cfg.name {
+            continue;
+        }
+        for url in urls {
+            let ep = match tonic::transport::Endpoint::from_shared(url.clone()) {
+                Ok(e) => e.connect_timeout(Duration::from_secs(2)),
+                Err(e) => {
+                    errors.push(format!("{url}: {e}"));
+                    continue;
+                }
+            };
+            let r = async {
+                let mut c = RaftClient::new(ep.connect().await?);
+                Ok::<_, anyhow::Error>(
+                    c.members(proto::raftpb::MembersRequest {})
+                        .await?
+                        .into_inner(),
+                )
+            };
+            match tokio::time::timeout(Duration::from_secs(5), r).await {
+                Ok(Ok(resp)) => {
+                    let me = resp.members.iter().find(|m| {
+                        let mut u: Vec<String> = m
+                            .peer_ur_ls
+                            .iter()
+                            .map(|u| u.trim_end_matches('/').to_string())
+                            .collect();
+                        u.sort();
+                        u == mine
+                    });
+                    let Some(me) = me else {
+                        bail!(
+                            "error validating peerURLs: member with peer URLs {} is not in the cluster \
+                             reported by {url} (add it first with `etcdctl member add`)",
+                            mine.join(",")
+                        );
+                    };
+                    return Ok(Identity {
+                        member_id: me.id,
+                        cluster_id: resp.cluster_id,
+                        members: resp.members.clone(),
+                    });
+                }
+                Ok(Err(e)) => errors.push(format!("{url}: {e}")),
+                Err(_) => errors.push(format!("{url}: timed out")),
+            }
+        }
+    }
+    bail!(
+        "cannot fetch the cluster's members from any peer in --initial-cluster \
+         (--initial-cluster-state existing): {}",
+        errors.join("; ")
+    )
+}
+
+/// The bootstrap entries of a new cluster, as etcd writes them: one
+/// committed AddNode per initial member at term 1, carrying the member.
+fn bootstrap_entries(members: &[Member]) -> Vec<raft::eraftpb::Entry> {
+    members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let req = InternalRequest {
+                id: 0,
+                op: Some(Op::MemberAdd(pb::Member {
+                    id: m.id,
+                    name: m.name.clone(),
+                    peer_ur_ls: m.peer_urls.clone(),
+                    ..Default::default()
+                })),
+            };
+            let mut single = raft::eraftpb::ConfChangeSingle::default();
+            single.set_change_type(raft::eraftpb::ConfChangeType::AddNode);
+            single.node_id = m.id;
+            let mut cc = raft::eraftpb::ConfChangeV2::default();
+            cc.mut_changes().push(single);
+            cc.context = req.encode_to_vec().into();
+            let mut e = raft::eraftpb::Entry::default();
+            e.set_entry_type(raft::eraftpb::EntryType::EntryConfChangeV2);
+            e.term = 1;
+            e.index = i as u64 + 1;
+            e.data = protobuf::Message::write_to_bytes(&cc)
+                .expect("invariant: ConfChangeV2 encodes")
+                .into();
+            e
+        })
+        .collect()
 }
 
 impl Node {
-    /// Recover from `cfg.data_dir` (or bootstrap a new member) and start.
-    pub fn start(cfg: Config) -> anyhow::Result<Arc<Node>> {
-        let members = membership::initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
-        let me = members
-            .iter()
-            .find(|m| m.name == cfg.name)
-            .cloned()
-            .context("local member missing from --initial-cluster")?;
-        let cluster_id = membership::cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>());
+    /// Recover from `cfg.data_dir` (or bootstrap or join a cluster) and start.
+    pub async fn start(cfg: Config) -> anyhow::Result<Arc<Node>> {
         let member_dir = cfg.data_dir.join("member");
         std::fs::create_dir_all(&member_dir)
             .with_context(|| format!("cannot create data dir {}", member_dir.display()))?;
         let storage = RaftStorage::open(&cfg.wal_dir, !cfg.unsafe_no_fsync)
             .with_context(|| format!("cannot open raft log in {}", cfg.wal_dir.display()))?;
         let snaps = Arc::new(SnapDir::open(member_dir.join("snap"), cfg.max_snapshots)?);
+        // A snapshot received from the leader whose install reached the raft
+        // log but not the rename (a crash in between) is the newest state.
+        for (idx, p) in snaps.received()? {
+            if idx == storage.first_log_index() - 1 && idx > 0 {
+                tracing::warn!(index = idx, "finishing the install of a received snapshot");
+                snaps.promote_received(idx, !cfg.unsafe_no_fsync)?;
+            } else {
+                let _ = std::fs::remove_file(p);
+            }
+        }
         let mut sm = snaps
             .load_newest(|p, e| {
                 tracing::error!(path = %p.display(), error = %e, "skipping corrupt snapshot file")
             })
             .context("no usable state-machine snapshot")?
             .unwrap_or_default();
-        if storage.is_empty() {
+        let initial = membership::initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
+        let id = if storage.is_empty() {
             if sm.applied_index != 0 {
                 bail!(
                     "snapshot at index {} exists but the raft log in {} is empty: refusing to start \
@@ -115,12 +234,46 @@ impl Node {
                     cfg.wal_dir.display()
                 );
             }
-            let cs = ConfState {
-                voters: members.iter().map(|m| m.id).collect(),
-                ..Default::default()
+            let id = if cfg.initial_cluster_state == "existing" {
+                let id = discover(&cfg).await?;
+                tracing::info!(member = %format!("{:x}", id.member_id), cluster = %format!("{:x}", id.cluster_id),
+                    "joining existing cluster");
+                id
+            } else {
+                let me = initial
+                    .iter()
+                    .find(|m| m.name == cfg.name)
+                    .context("local member missing from --initial-cluster")?;
+                let cluster_id =
+                    membership::cluster_id(&initial.iter().map(|m| m.id).collect::<Vec<_>>());
+                let entries = bootstrap_entries(&initial);
+                let hs = raft::eraftpb::HardState {
+                    term: 1,
+                    commit: entries.len() as u64,
+                    ..Default::default()
+                };
+                storage.append(&entries, Some(&hs));
+                storage.set_conf_state(ConfState {
+                    voters: initial.iter().map(|m| m.id).collect(),
+                    ..Default::default()
+                });
+                tracing::info!(member = %format!("{:x}", me.id), cluster = %format!("{cluster_id:x}"), "bootstrapped new cluster");
+                Identity {
+                    member_id: me.id,
+                    cluster_id,
+                    members: initial
+                        .iter()
+                        .map(|m| pb::Member {
+                            id: m.id,
+                            name: m.name.clone(),
+                            peer_ur_ls: m.peer_urls.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }
             };
-            storage.set_conf_state(cs);
-            tracing::info!(member = %format!("{:x}", me.id), cluster = %format!("{cluster_id:x}"), "bootstrapped new cluster");
+            storage.set_identity(id.member_id, id.cluster_id);
+            id
         } else {
             let first = storage.first_log_index();
             if sm.applied_index + 1 < first {
@@ -143,15 +296,39 @@ impl Node {
                 hs.commit = sm.applied_index;
                 storage.append(&[], Some(&hs));
             }
-        }
-        sm.voters = storage.conf_state().voters;
-        sm.learners = storage.conf_state().learners;
+            // Raft starts from the membership as of the snapshot and replays
+            // the membership changes after it, as the state machine does.
+            if sm.applied_index > 0 && !sm.conf_state.voters.is_empty() {
+                storage.set_conf_state(sm.conf_state.clone());
+            }
+            let (member_id, cluster_id) = match storage.identity() {
+                Some(ids) => ids,
+                None => {
+                    let me = initial
+                        .iter()
+                        .find(|m| m.name == cfg.name)
+                        .context("local member missing from --initial-cluster")?;
+                    let cid =
+                        membership::cluster_id(&initial.iter().map(|m| m.id).collect::<Vec<_>>());
+                    storage.set_identity(me.id, cid);
+                    (me.id, cid)
+                }
+            };
+            if sm.removed.contains(&member_id) {
+                bail!("{}", crate::raft::transport::REMOVED_MSG);
+            }
+            Identity {
+                member_id,
+                cluster_id,
+                members: sm.member_list(),
+            }
+        };
         let applied_index = sm.applied_index;
         let heartbeat_ms = cfg.heartbeat_interval.as_millis().max(1) as u64;
         let election_tick =
             (cfg.election_timeout.as_millis() as u64 / heartbeat_ms).max(2) as usize;
         let rcfg = raft::Config {
-            id: me.id,
+            id: id.member_id,
             election_tick,
             heartbeat_tick: 1,
             applied: applied_index,
@@ -163,7 +340,8 @@ impl Node {
         };
         let logger = slog::Logger::root(crate::logging::SlogToTracing, slog::o!());
         let mut raw = RawNode::new(&rcfg, storage.clone(), &logger).context("raft init")?;
-        if members.len() == 1 {
+        let cs = storage.conf_state();
+        if cs.voters == [id.member_id] && cs.learners.is_empty() {
             // A single voter need not wait an election timeout.
             raw.campaign().context("raft campaign")?;
         }
@@ -175,40 +353,54 @@ impl Node {
                 .iter()
                 .map(|(id, l)| (*id, l.ttl, l.remaining_ttl)),
         );
-        let initial = Applied {
+        let initial_applied = Applied {
             index: sm.applied_index,
             rev: sm.mvcc.current_rev(),
             compact: sm.mvcc.compact_rev(),
         };
+        if sm.members.is_empty() {
+            // Until the bootstrap entries apply, show the members we know.
+            sm.members = id.members.iter().map(|m| (m.id, m.clone())).collect();
+        }
         let state = Arc::new(RwLock::new(sm));
-        let (applied_tx, applied_rx) = watch::channel(initial);
+        let st2 = state.clone();
+        storage.set_snapshot_source(Arc::new(move || st2.read().view()));
+        let (applied_tx, applied_rx) = watch::channel(initial_applied);
         let (raft_tx, raft_rx) = flume::bounded(65536);
         let (apply_tx, apply_rx) = flume::bounded(1024);
         let waiters = Arc::new(Waiters::default());
         let status = Arc::new(RaftStatus::default());
         let w2 = waiters.clone();
         let transport = Transport::start(
-            me.id,
-            cluster_id,
-            members
+            id.member_id,
+            id.cluster_id,
+            id.members
                 .iter()
-                .map(|m| (m.id, m.peer_urls.clone()))
+                .map(|m| (m.id, m.peer_ur_ls.clone()))
                 .collect(),
             raft_tx.clone(),
+            storage.clone(),
             &tokio::runtime::Handle::current(),
         );
         let rl = RaftLoop {
-            transport,
+            transport: transport.clone(),
             raw,
             rx: raft_rx,
             apply_tx,
             status: status.clone(),
             tick: cfg.heartbeat_interval,
             fail: Box::new(move |id, e| w2.complete(id, Err(e))),
+            snaps: snaps.clone(),
+            sync: !cfg.unsafe_no_fsync,
         };
         std::thread::Builder::new()
             .name("raft".into())
             .spawn(move || run_raft(rl))?;
+        let received: Received = Default::default();
+        let me = id.member_id;
+        let t2 = transport.clone();
+        let removed = CancellationToken::new();
+        let removed2 = removed.clone();
         let al = ApplyLoop {
             rx: apply_rx,
             state: state.clone(),
@@ -223,23 +415,33 @@ impl Node {
                 sync: !cfg.unsafe_no_fsync,
                 storage: storage.clone(),
             },
+            received: received.clone(),
+            on_members: Box::new(move |sm| {
+                t2.sync_peers(
+                    &sm.members
+                        .values()
+                        .map(|m| (m.id, m.peer_ur_ls.clone()))
+                        .collect::<Vec<_>>(),
+                );
+                if sm.removed.contains(&me) {
+                    removed2.cancel();
+                }
+            }),
         };
         std::thread::Builder::new()
             .name("apply".into())
             .spawn(move || run_apply(al))?;
-        let members: Vec<Member> = members
-            .into_iter()
-            .map(|mut m| {
-                if m.id == me.id {
-                    m.client_urls = cfg.advertise_client_urls.clone();
-                }
-                m
-            })
-            .collect();
+        let t3 = transport.clone();
+        let removed3 = removed.clone();
+        tokio::spawn(async move {
+            // A peer told us we were removed while we were away.
+            t3.removed.cancelled().await;
+            removed3.cancel();
+        });
         let node = Arc::new(Node {
-            member_id: me.id,
-            cluster_id,
-            members: RwLock::new(members),
+            member_id: id.member_id,
+            cluster_id: id.cluster_id,
+            local_client_urls: RwLock::new(cfg.advertise_client_urls.clone()),
             state,
             status,
             applied: applied_rx,
@@ -248,9 +450,13 @@ impl Node {
             snaps,
             raft_tx,
             waiters,
-            ids: IdGen::new(rcfg.id),
+            ids: IdGen::new(id.member_id),
             leader_clients: parking_lot::Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
+            removed,
+            transport,
+            received,
+            conf_lock: tokio::sync::Mutex::new(()),
             cfg,
         });
         Ok(node)
@@ -312,21 +518,20 @@ impl Node {
     /// Publish this member's name and client URLs through raft (etcd's
     /// publish), retrying until it applies or the node stops.
     pub async fn publish(self: Arc<Self>) {
-        let me = self
-            .members
-            .read()
-            .iter()
-            .find(|m| m.id == self.member_id)
-            .cloned();
-        let Some(me) = me else { return };
         let attr = pb::Member {
-            id: me.id,
-            name: me.name.clone(),
-            client_ur_ls: me.client_urls.clone(),
+            id: self.member_id,
+            name: self.cfg.name.clone(),
+            client_ur_ls: self.local_client_urls.read().clone(),
             ..Default::default()
         };
         loop {
-            if self.state.read().member_attrs.get(&me.id) == Some(&attr) {
+            let published = self
+                .state
+                .read()
+                .members
+                .get(&self.member_id)
+                .is_some_and(|m| m.name == attr.name && m.client_ur_ls == attr.client_ur_ls);
+            if published {
                 return;
             }
             match self.propose(Op::MemberAttr(attr.clone())).await {
@@ -338,6 +543,29 @@ impl Node {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
+    }
+
+    /// The member table, with this member's client URLs as bound.
+    pub fn members(&self) -> Vec<pb::Member> {
+        let mut v = self.state.read().member_list();
+        for m in v.iter_mut() {
+            if m.id == self.member_id {
+                m.client_ur_ls = self.local_client_urls.read().clone();
+                if m.name.is_empty() {
+                    m.name = self.cfg.name.clone();
+                }
+            }
+        }
+        v
+    }
+
+    /// Whether this member is a raft learner.
+    pub fn is_learner(&self) -> bool {
+        self.state
+            .read()
+            .conf_state
+            .learners
+            .contains(&self.member_id)
     }
 
     /// A fresh unique id (request ids, server-chosen lease ids).
@@ -412,12 +640,37 @@ impl Node {
 
     /// The receiving side of the peer transport, for the peer listener.
     pub fn peer_service(self: &Arc<Self>) -> PeerService {
-        let n = self.clone();
         PeerService::new(
             self.cluster_id,
             self.raft_tx.clone(),
-            Arc::new(move |id| n.renew_local(id)),
+            Arc::new(crate::reconfig::NodePeer(self.clone())),
+            self.snaps.clone(),
+            self.received.clone(),
         )
+    }
+
+    /// A (cached, lazily connected) peer client to member `id`.
+    pub(crate) fn peer_client(&self, id: u64) -> Result<RaftClient<tonic::transport::Channel>> {
+        let urls = self
+            .state
+            .read()
+            .members
+            .get(&id)
+            .map(|m| m.peer_ur_ls.clone())
+            .unwrap_or_default();
+        let Some(url) = urls.first() else {
+            return Err(Error::NoLeader);
+        };
+        let mut clients = self.leader_clients.lock();
+        if let Some(c) = clients.get(&id) {
+            return Ok(c.clone());
+        }
+        let ep = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .connect_timeout(Duration::from_secs(1));
+        let c = RaftClient::new(ep.connect_lazy());
+        clients.insert(id, c.clone());
+        Ok(c)
     }
 
     /// Renew a lease on this member, which must lead. TTL 0 means the lease
@@ -443,30 +696,7 @@ impl Node {
         if leader == 0 || leader == self.member_id {
             return self.renew_local(id);
         }
-        let urls = self
-            .members
-            .read()
-            .iter()
-            .find(|m| m.id == leader)
-            .map(|m| m.peer_urls.clone())
-            .unwrap_or_default();
-        let Some(url) = urls.first() else {
-            return Err(Error::NoLeader);
-        };
-        let client = {
-            let mut clients = self.leader_clients.lock();
-            match clients.get(&leader) {
-                Some(c) => c.clone(),
-                None => {
-                    let ep = tonic::transport::Endpoint::from_shared(url.clone())
-                        .map_err(|e| Error::Internal(e.to_string()))?
-                        .connect_timeout(Duration::from_secs(1));
-                    let c = RaftClient::new(ep.connect_lazy());
-                    clients.insert(leader, c.clone());
-                    c
-                }
-            }
-        };
+        let client = self.peer_client(leader)?;
         let mut client = client;
         match tokio::time::timeout(
             Duration::from_secs(2),

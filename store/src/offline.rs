@@ -114,10 +114,26 @@ pub fn restore(file: &Path, o: &RestoreOpts) -> anyhow::Result<()> {
     // The new cluster's log starts right after the restored state.
     sm.applied_index = 1;
     sm.applied_term = 1;
-    sm.voters = voters.clone();
-    sm.learners.clear();
+    sm.conf_state = ConfState {
+        voters: voters.clone(),
+        ..Default::default()
+    };
     sm.alarms.clear();
-    sm.member_attrs.clear();
+    sm.removed.clear();
+    sm.members = members
+        .iter()
+        .map(|m| {
+            (
+                m.id,
+                proto::etcdserverpb::Member {
+                    id: m.id,
+                    name: m.name.clone(),
+                    peer_ur_ls: m.peer_urls.clone(),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
     let member_dir = o.data_dir.join("member");
     std::fs::create_dir_all(&member_dir)?;
     let wal = o.wal_dir.clone().unwrap_or_else(|| member_dir.join("wal"));

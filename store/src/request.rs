@@ -5,6 +5,8 @@
 //! the entry is applied, never by position) plus one state-machine operation.
 //! Everything nondeterministic (lease IDs, timestamps) is decided by the
 //! proposer and carried here, so apply is a pure function of the log.
+//! Membership changes travel as raft ConfChangeV2 entries whose `context` is
+//! an encoded [`InternalRequest`] (MemberAdd/MemberRemove/MemberPromote).
 
 use proto::etcdserverpb as pb;
 
@@ -15,7 +17,7 @@ pub struct InternalRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// The operation.
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
     pub op: Option<Op>,
 }
 
@@ -50,6 +52,19 @@ pub enum Op {
     /// every member's MemberList can show them.
     #[prost(message, tag = "10")]
     MemberAttr(pb::Member),
+    /// Add a member (voter or learner): carried in the context of a raft
+    /// ConfChangeV2 entry, never as a normal entry.
+    #[prost(message, tag = "11")]
+    MemberAdd(pb::Member),
+    /// Remove a member (ConfChangeV2 context); only `id` is set.
+    #[prost(message, tag = "12")]
+    MemberRemove(pb::Member),
+    /// Promote a learner to voter (ConfChangeV2 context); only `id` is set.
+    #[prost(message, tag = "13")]
+    MemberPromote(pb::Member),
+    /// Change a member's peer URLs (a normal entry: raft membership is unchanged).
+    #[prost(message, tag = "14")]
+    MemberUpdate(pb::Member),
 }
 
 /// The result of applying one operation, handed back to its waiter.
@@ -69,6 +84,8 @@ pub enum ApplyResult {
     LeaseRevoke(pb::LeaseRevokeResponse),
     /// Alarm response.
     Alarm(pb::AlarmResponse),
+    /// A membership change: the member list after it.
+    Members(Vec<pb::Member>),
     /// Operations with no client-visible response.
     Empty,
 }

@@ -60,8 +60,17 @@ struct Meta {
     learners: Vec<u64>,
     #[prost(message, repeated, tag = "7")]
     alarms: Vec<AlarmMember>,
+    /// The member table.
     #[prost(message, repeated, tag = "8")]
-    member_attrs: Vec<proto::etcdserverpb::Member>,
+    members: Vec<proto::etcdserverpb::Member>,
+    #[prost(uint64, repeated, tag = "9")]
+    voters_outgoing: Vec<u64>,
+    #[prost(uint64, repeated, tag = "10")]
+    learners_next: Vec<u64>,
+    #[prost(bool, tag = "11")]
+    auto_leave: bool,
+    #[prost(uint64, repeated, tag = "12")]
+    removed: Vec<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -148,12 +157,12 @@ pub struct SnapshotView {
     pub applied_index: u64,
     /// Applied term.
     pub applied_term: u64,
-    /// Voters.
-    pub voters: Vec<u64>,
-    /// Learners.
-    pub learners: Vec<u64>,
-    /// Published member attributes.
-    pub member_attrs: Vec<proto::etcdserverpb::Member>,
+    /// Raft membership at `applied_index`.
+    pub conf_state: raft::eraftpb::ConfState,
+    /// The member table.
+    pub members: Vec<proto::etcdserverpb::Member>,
+    /// Removed member IDs.
+    pub removed: Vec<u64>,
 }
 
 impl StateMachine {
@@ -165,9 +174,9 @@ impl StateMachine {
             alarms: self.alarms.clone(),
             applied_index: self.applied_index,
             applied_term: self.applied_term,
-            voters: self.voters.clone(),
-            learners: self.learners.clone(),
-            member_attrs: self.member_attrs.values().cloned().collect(),
+            conf_state: self.conf_state.clone(),
+            members: self.member_list(),
+            removed: self.removed.iter().copied().collect(),
         }
     }
 }
@@ -207,10 +216,14 @@ pub fn write_to<W: Write>(view: &SnapshotView, w: W) -> io::Result<u64> {
         applied_term: view.applied_term,
         current: view.mvcc.current,
         compact: view.mvcc.compact,
-        voters: view.voters.clone(),
-        learners: view.learners.clone(),
+        voters: view.conf_state.voters.clone(),
+        learners: view.conf_state.learners.clone(),
         alarms: view.alarms.clone(),
-        member_attrs: view.member_attrs.clone(),
+        members: view.members.clone(),
+        voters_outgoing: view.conf_state.voters_outgoing.clone(),
+        learners_next: view.conf_state.learners_next.clone(),
+        auto_leave: view.conf_state.auto_leave,
+        removed: view.removed.clone(),
     }))?;
     let mut batch = Vec::with_capacity(KEYS_PER_RECORD);
     for (k, hist) in view.mvcc.index.iter() {
@@ -304,10 +317,17 @@ pub fn read_from<R: Read>(r: R) -> Result<StateMachine, SnapError> {
                 saw_meta = true;
                 sm.applied_index = m.applied_index;
                 sm.applied_term = m.applied_term;
-                sm.voters = m.voters;
-                sm.learners = m.learners;
+                sm.conf_state = raft::eraftpb::ConfState {
+                    voters: m.voters,
+                    learners: m.learners,
+                    voters_outgoing: m.voters_outgoing,
+                    learners_next: m.learners_next,
+                    auto_leave: m.auto_leave,
+                    ..Default::default()
+                };
                 sm.alarms = m.alarms;
-                sm.member_attrs = m.member_attrs.into_iter().map(|a| (a.id, a)).collect();
+                sm.members = m.members.into_iter().map(|a| (a.id, a)).collect();
+                sm.removed = m.removed.into_iter().collect();
                 current = m.current;
                 compact = m.compact;
             }
@@ -398,6 +418,49 @@ impl SnapDir {
         Ok(v)
     }
 
+    /// Where a snapshot received from the leader is written until raft has
+    /// installed it (see [`SnapDir::promote_received`]).
+    pub fn recv_path(&self, index: u64) -> PathBuf {
+        self.dir.join(format!("{index:016x}.snap.recv"))
+    }
+
+    /// Received snapshot files not yet installed, by index.
+    pub fn received(&self) -> io::Result<Vec<(u64, PathBuf)>> {
+        let mut v = Vec::new();
+        for e in fs::read_dir(&self.dir)? {
+            let p = e?.path();
+            let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if let Some(hex) = name.strip_suffix(".snap.recv") {
+                if let Ok(idx) = u64::from_str_radix(hex, 16) {
+                    v.push((idx, p));
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    /// Make a received snapshot the newest regular snapshot file (durably).
+    pub fn promote_received(&self, index: u64, sync: bool) -> io::Result<()> {
+        let to = self.dir.join(format!("{index:016x}.snap"));
+        fs::rename(self.recv_path(index), &to)?;
+        if sync {
+            fsync_dir(&self.dir)?;
+        }
+        self.purge()
+    }
+
+    /// Load and verify the snapshot file at `index`.
+    pub fn load(&self, index: u64) -> Result<StateMachine, SnapError> {
+        let p = self.dir.join(format!("{index:016x}.snap"));
+        let sm = read_from(fs::File::open(&p)?)?;
+        if sm.applied_index != index {
+            return Err(corrupt("applied index does not match the file name"));
+        }
+        Ok(sm)
+    }
+
     /// Durably write a snapshot file; returns (path, bytes).
     pub fn save(&self, view: &SnapshotView, sync: bool) -> io::Result<(PathBuf, u64)> {
         let name = format!("{:016x}.snap", view.applied_index);
@@ -479,7 +542,17 @@ mod tests {
         sm.mvcc.compact(1000).unwrap();
         sm.applied_index = 42;
         sm.applied_term = 3;
-        sm.voters = vec![1];
+        sm.conf_state.voters = vec![1];
+        sm.members.insert(
+            1,
+            proto::etcdserverpb::Member {
+                id: 1,
+                name: "one".into(),
+                peer_ur_ls: vec!["http://p".into()],
+                ..Default::default()
+            },
+        );
+        sm.removed.insert(9);
         sm
     }
 
@@ -490,7 +563,9 @@ mod tests {
         write_to(&sm.view(), &mut buf).unwrap();
         let back = read_from(buf.as_slice()).unwrap();
         assert_eq!(back.applied_index, 42);
-        assert_eq!(back.voters, vec![1]);
+        assert_eq!(back.conf_state.voters, vec![1]);
+        assert_eq!(back.members, sm.members);
+        assert_eq!(back.removed, sm.removed);
         assert_eq!(back.mvcc.current_rev(), sm.mvcc.current_rev());
         assert_eq!(back.mvcc.compact_rev(), 1000);
         assert_eq!(back.leases, sm.leases);

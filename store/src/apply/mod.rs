@@ -10,6 +10,7 @@
 
 pub mod kv;
 pub mod lease;
+pub mod membership;
 
 use proto::etcdserverpb::{self as pb, alarm_request::AlarmAction};
 
@@ -34,12 +35,12 @@ pub struct StateMachine {
     pub applied_index: u64,
     /// Term of the last applied raft entry.
     pub applied_term: u64,
-    /// Voters and learners as of `applied_index`.
-    pub voters: Vec<u64>,
-    /// Learners as of `applied_index`.
-    pub learners: Vec<u64>,
-    /// Published member attributes (name, client URLs) by member ID.
-    pub member_attrs: std::collections::BTreeMap<u64, pb::Member>,
+    /// Raft membership (voters, learners) as of `applied_index`.
+    pub conf_state: raft::eraftpb::ConfState,
+    /// The member table by ID: name, peer and client URLs, learner flag.
+    pub members: std::collections::BTreeMap<u64, pb::Member>,
+    /// IDs of removed members (refused if they come back).
+    pub removed: std::collections::BTreeSet<u64>,
 }
 
 impl Default for StateMachine {
@@ -50,9 +51,9 @@ impl Default for StateMachine {
             alarms: Vec::new(),
             applied_index: 0,
             applied_term: 0,
-            voters: Vec::new(),
-            learners: Vec::new(),
-            member_attrs: Default::default(),
+            conf_state: Default::default(),
+            members: Default::default(),
+            removed: Default::default(),
         }
     }
 }
@@ -166,9 +167,13 @@ impl StateMachine {
             }
             Op::Alarm(a) => Ok(ApplyResult::Alarm(self.apply_alarm(&a))),
             Op::MemberAttr(m) => {
-                self.member_attrs.insert(m.id, m);
+                self.publish_member(m);
                 Ok(ApplyResult::Empty)
             }
+            Op::MemberUpdate(m) => self.update_member(m),
+            Op::MemberAdd(_) | Op::MemberRemove(_) | Op::MemberPromote(_) => Err(Error::Internal(
+                "membership change outside a conf-change entry".into(),
+            )),
         }
     }
 

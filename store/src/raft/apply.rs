@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
-use raft::eraftpb::{Entry, EntryType};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType};
 use tokio::sync::{oneshot, watch};
 
 use crate::apply::{ApplyConfig, StateMachine};
@@ -26,8 +26,12 @@ use super::RaftStatus;
 
 /// Work for the apply thread.
 pub enum ApplyTask {
-    /// Committed entries, in order.
-    Entries(Vec<Entry>),
+    /// Committed entries, in order, with raft's configuration after each
+    /// membership-change entry (by index; `None` if raft refused it).
+    Entries(Vec<Entry>, HashMap<u64, Option<ConfState>>),
+    /// Replace the state machine by the snapshot at this index (received
+    /// from the leader and installed in the raft log).
+    Snapshot(u64),
 }
 
 /// What has been applied so far.
@@ -107,6 +111,40 @@ pub struct ApplyLoop {
     pub status: Arc<RaftStatus>,
     /// Snapshot policy.
     pub snap: SnapshotPolicy,
+    /// Snapshots received from the leader, already verified and decoded.
+    pub received: super::transport::Received,
+    /// Told about every change of the member table.
+    pub on_members: Box<dyn Fn(&StateMachine) + Send>,
+}
+
+/// Decode the request carried in a membership-change entry.
+fn conf_change_request(e: &Entry) -> Option<InternalRequest> {
+    let data: &[u8] = e.data.as_ref();
+    let context = match e.get_entry_type() {
+        EntryType::EntryConfChangeV2 => {
+            let mut cc = ConfChangeV2::default();
+            protobuf::Message::merge_from_bytes(&mut cc, data).ok()?;
+            cc.context
+        }
+        EntryType::EntryConfChange => {
+            let mut cc = raft::eraftpb::ConfChange::default();
+            protobuf::Message::merge_from_bytes(&mut cc, data).ok()?;
+            cc.context
+        }
+        _ => return None,
+    };
+    InternalRequest::decode(context.as_ref()).ok()
+}
+
+/// Load the snapshot the raft thread installed at `index`.
+fn load_received(l: &ApplyLoop, index: u64) -> StateMachine {
+    if let Some(sm) = l.received.lock().remove(&index) {
+        return sm;
+    }
+    match l.snap.dir.load(index) {
+        Ok(sm) => sm,
+        Err(e) => panic!("the snapshot installed at index {index} cannot be loaded: {e}"),
+    }
 }
 
 /// Run until the task channel closes.
@@ -117,12 +155,43 @@ pub fn run_apply(l: ApplyLoop) {
     let mut last_snap = l.state.read().applied_index;
     let snapshotting = Arc::new(std::sync::atomic::AtomicBool::new(false));
     while let Ok(task) = l.rx.recv() {
-        let ApplyTask::Entries(entries) = task;
+        let (entries, confs) = match task {
+            ApplyTask::Entries(e, c) => (e, c),
+            ApplyTask::Snapshot(index) => {
+                let sm = load_received(&l, index);
+                l.received.lock().retain(|i, _| *i > index);
+                let applied = Applied {
+                    index: sm.applied_index,
+                    rev: sm.mvcc.current_rev(),
+                    compact: sm.mvcc.compact_rev(),
+                };
+                l.lessor.refresh_all(
+                    sm.leases
+                        .iter()
+                        .map(|(id, ls)| (*id, ls.ttl, ls.remaining_ttl)),
+                );
+                {
+                    let mut st = l.state.write();
+                    *st = sm;
+                    (l.on_members)(&st);
+                }
+                last_snap = index;
+                tracing::info!(
+                    index,
+                    rev = applied.rev,
+                    "state machine replaced by the leader's snapshot"
+                );
+                l.applied_tx.send_replace(applied);
+                continue;
+            }
+        };
+        let mut members_changed = false;
         let mut results = Vec::with_capacity(entries.len());
         let mut lease_events = Vec::new();
         let mut promote = false;
         let applied = {
             let mut sm = l.state.write();
+            let mut last_op: Option<Op> = None;
             for e in entries {
                 if e.get_entry_type() == EntryType::EntryNormal
                     && e.data.is_empty()
@@ -138,6 +207,10 @@ pub fn run_apply(l: ApplyLoop) {
                     match InternalRequest::decode(e.data.as_ref()) {
                         Ok(req) => {
                             if let Some(op) = req.op {
+                                last_op = match &op {
+                                    Op::MemberUpdate(_) | Op::MemberAttr(_) => Some(op.clone()),
+                                    _ => None,
+                                };
                                 let lease_ev = match &op {
                                     Op::LeaseGrant(g) => Some((g.id, true)),
                                     Op::LeaseRevoke(r) => Some((r.id, false)),
@@ -160,8 +233,23 @@ pub fn run_apply(l: ApplyLoop) {
                         ),
                     }
                 } else if e.get_entry_type() != EntryType::EntryNormal {
-                    sm.voters = l.snap.storage.conf_state().voters;
-                    sm.learners = l.snap.storage.conf_state().learners;
+                    let cs = confs.get(&e.index).cloned().flatten();
+                    match conf_change_request(&e) {
+                        Some(InternalRequest { id, op: Some(op) }) => {
+                            let r = sm.apply_conf_change(op, cs);
+                            results.push((id, r));
+                        }
+                        // A change without a request (none of ours): follow raft.
+                        _ => {
+                            if let Some(cs) = cs {
+                                sm.set_conf_state(cs);
+                            }
+                        }
+                    }
+                    members_changed = true;
+                }
+                if let Some(Op::MemberUpdate(_) | Op::MemberAttr(_)) = last_op.take() {
+                    members_changed = true;
                 }
                 sm.applied_index = e.index;
                 sm.applied_term = e.term;
@@ -175,6 +263,9 @@ pub fn run_apply(l: ApplyLoop) {
                         .iter()
                         .map(|(id, ls)| (*id, ls.ttl, ls.remaining_ttl)),
                 );
+            }
+            if members_changed {
+                (l.on_members)(&sm);
             }
             Applied {
                 index: sm.applied_index,

@@ -38,6 +38,19 @@ pub enum RaftMsg {
     },
     /// Ask for a linearizable read index.
     ReadIndex(oneshot::Sender<Result<u64>>),
+    /// Propose a membership change (its context is an encoded
+    /// [`InternalRequest`](crate::request::InternalRequest)).
+    ProposeConfChange {
+        /// The request id.
+        id: u64,
+        /// The change.
+        cc: ConfChangeV2,
+    },
+    /// The leader's view of each member's replicated index (None if this
+    /// member does not lead).
+    Progress(oneshot::Sender<Option<HashMap<u64, u64>>>),
+    /// How streaming a snapshot to a member ended (true = delivered).
+    SnapshotStatus(u64, bool),
     /// Transfer leadership to a member.
     TransferLeader(u64),
     /// A raft message from a peer.
@@ -97,6 +110,10 @@ pub struct RaftLoop {
     pub fail: FailFn,
     /// Outbound messages to peers.
     pub transport: Arc<transport::Transport>,
+    /// Snapshot files (received snapshots are made regular on install).
+    pub snaps: Arc<crate::snapshot::SnapDir>,
+    /// fsync snapshot renames.
+    pub sync: bool,
 }
 
 /// A caller waiting for a read index.
@@ -146,6 +163,45 @@ pub fn run_raft(mut l: RaftLoop) {
                     } else {
                         METRICS.proposals_pending.inc();
                     }
+                }
+                RaftMsg::ProposeConfChange { id, cc } => {
+                    // raft-rs turns a second pending change into an empty
+                    // entry silently; refuse it here instead.
+                    let r = if l.raw.raft.has_pending_conf() {
+                        Err(Error::Unhealthy)
+                    } else if l.raw.raft.leader_id == 0 {
+                        Err(Error::NoLeader)
+                    } else {
+                        l.raw
+                            .propose_conf_change(vec![], cc)
+                            .map_err(|e| Error::Internal(format!("proposal dropped: {e}")))
+                    };
+                    match r {
+                        Ok(()) => METRICS.proposals_pending.inc(),
+                        Err(e) => {
+                            METRICS.proposals_failed.inc();
+                            (l.fail)(id, e);
+                        }
+                    }
+                }
+                RaftMsg::Progress(tx) => {
+                    let p = (l.raw.raft.state == StateRole::Leader).then(|| {
+                        l.raw
+                            .raft
+                            .prs()
+                            .iter()
+                            .map(|(id, pr)| (*id, pr.matched))
+                            .collect()
+                    });
+                    let _ = tx.send(p);
+                }
+                RaftMsg::SnapshotStatus(to, ok) => {
+                    let st = if ok {
+                        raft::SnapshotStatus::Finish
+                    } else {
+                        raft::SnapshotStatus::Failure
+                    };
+                    l.raw.report_snapshot(to, st);
                 }
                 RaftMsg::ReadIndex(tx) => pending_reads.push(tx),
                 RaftMsg::TransferLeader(to) => l.raw.transfer_leader(to),
@@ -220,6 +276,9 @@ pub fn run_raft(mut l: RaftLoop) {
                 }
             }
         }
+        if !ready.snapshot().is_empty() {
+            install_snapshot(&mut l, ready.snapshot().get_metadata().clone());
+        }
         let committed = ready.take_committed_entries();
         dispatch_committed(&mut l, committed);
         let started = Instant::now();
@@ -252,35 +311,73 @@ pub fn run_raft(mut l: RaftLoop) {
     }
 }
 
+/// A snapshot from the leader replaces the log: record it durably, make the
+/// verified received file the newest snapshot, and have the apply thread
+/// load it (in order with the committed entries that follow).
+fn install_snapshot(l: &mut RaftLoop, meta: raft::eraftpb::SnapshotMetadata) {
+    let t = Instant::now();
+    l.raw.mut_store().install_snapshot(&meta);
+    if let Err(e) = l.snaps.promote_received(meta.index, l.sync) {
+        panic!(
+            "cannot keep the received snapshot at index {}: {e}",
+            meta.index
+        );
+    }
+    tracing::info!(
+        index = meta.index,
+        term = meta.term,
+        took_ms = t.elapsed().as_millis() as u64,
+        "installed snapshot from the leader"
+    );
+    if l.apply_tx
+        .send(apply::ApplyTask::Snapshot(meta.index))
+        .is_err()
+    {
+        tracing::error!("apply thread is gone; stopping");
+    }
+}
+
 /// Apply membership changes on the raft thread (raft-rs requires it), then
-/// hand every committed entry to the apply thread in order.
+/// hand every committed entry, with raft's configuration after each
+/// membership change, to the apply thread in order.
 fn dispatch_committed(l: &mut RaftLoop, entries: Vec<raft::eraftpb::Entry>) {
     if entries.is_empty() {
         return;
     }
+    let mut confs = HashMap::new();
     for e in &entries {
-        let cs = match e.get_entry_type() {
+        let r = match e.get_entry_type() {
             EntryType::EntryConfChange if !e.data.is_empty() => {
                 let mut cc = ConfChange::default();
                 protobuf::Message::merge_from_bytes(&mut cc, &e.data)
                     .expect("invariant: committed ConfChange decodes");
-                l.raw.apply_conf_change(&cc).ok()
+                l.raw.apply_conf_change(&cc)
             }
             EntryType::EntryConfChangeV2 if !e.data.is_empty() => {
                 let mut cc = ConfChangeV2::default();
                 protobuf::Message::merge_from_bytes(&mut cc, &e.data)
                     .expect("invariant: committed ConfChangeV2 decodes");
-                l.raw.apply_conf_change(&cc).ok()
+                l.raw.apply_conf_change(&cc)
             }
-            _ => None,
+            _ => continue,
         };
-        if let Some(cs) = cs {
-            l.raw.mut_store().set_conf_state(cs);
+        match r {
+            Ok(cs) => {
+                l.raw.mut_store().set_conf_state(cs.clone());
+                confs.insert(e.index, Some(cs));
+            }
+            Err(err) => {
+                tracing::warn!(index = e.index, error = %err, "raft refused a membership change");
+                confs.insert(e.index, None);
+            }
         }
     }
     let n = entries.len() as i64;
     METRICS.proposals_committed.inc_by(n as u64);
-    if l.apply_tx.send(apply::ApplyTask::Entries(entries)).is_err() {
+    if l.apply_tx
+        .send(apply::ApplyTask::Entries(entries, confs))
+        .is_err()
+    {
         tracing::error!("apply thread is gone; stopping");
     }
 }
@@ -307,10 +404,11 @@ mod tests {
             ..Default::default()
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let raw = RawNode::new(&cfg, storage, &logger).unwrap();
+        let raw = RawNode::new(&cfg, storage.clone(), &logger).unwrap();
         let (tx, rx) = flume::bounded(16);
         let (apply_tx, _apply_rx) = flume::bounded(16);
-        let transport = transport::Transport::start(1, 7, vec![], tx.clone(), rt.handle());
+        let transport =
+            transport::Transport::start(1, 7, vec![], tx.clone(), storage.clone(), rt.handle());
         let l = RaftLoop {
             raw,
             rx,
@@ -319,6 +417,8 @@ mod tests {
             tick: Duration::from_millis(100),
             fail: Box::new(|_, _| {}),
             transport,
+            snaps: Arc::new(crate::snapshot::SnapDir::open(dir.join("snap"), 2).unwrap()),
+            sync: false,
         };
         std::thread::spawn(move || run_raft(l));
         tx

@@ -18,14 +18,14 @@
 //! nothing but zeros follows the damaged record; otherwise opening fails and
 //! the file is left untouched (a CRC mismatch on the raft log is fatal).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use raft_engine::env::{DefaultFileSystem, FileSystem, Handle, Permission};
 use raft_engine::{Engine, LogBatch, MessageExt};
@@ -35,6 +35,8 @@ const REGION: u64 = 1;
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
 const KEY_TRUNCATED: &[u8] = b"truncated";
+/// This member's ID and its cluster's ID (16 bytes, big-endian).
+const KEY_IDENTITY: &[u8] = b"identity";
 const MAX_CACHED_TERMS: usize = 1 << 17;
 
 /// raft-engine's default file system, except that while the log is being
@@ -159,12 +161,20 @@ struct Inner {
     term_first: u64,
 }
 
+/// Takes a point-in-time view of the state machine (for raft snapshots).
+pub type SnapSource = Arc<dyn Fn() -> crate::snapshot::SnapshotView + Send + Sync>;
+
 /// Persistent raft log storage.
 #[derive(Clone)]
 pub struct RaftStorage {
     engine: Arc<Engine<GuardedFs>>,
     inner: Arc<RwLock<Inner>>,
     sync: bool,
+    /// Where raft snapshots come from (set once the state machine exists).
+    source: Arc<RwLock<Option<SnapSource>>>,
+    /// Views handed to raft as snapshots, by receiving member, until the
+    /// transport streams them.
+    outgoing: Arc<parking_lot::Mutex<HashMap<u64, crate::snapshot::SnapshotView>>>,
 }
 
 fn engine_err(e: raft_engine::Error) -> raft::Error {
@@ -225,7 +235,87 @@ impl RaftStorage {
                 term_first,
             })),
             sync,
+            source: Arc::new(RwLock::new(None)),
+            outgoing: Default::default(),
         })
+    }
+
+    /// Where raft snapshots come from: a view of the state machine as
+    /// applied, with the membership at that index. Taking one is O(1);
+    /// the transport serializes it while streaming.
+    pub fn set_snapshot_source(&self, f: SnapSource) {
+        *self.source.write() = Some(f);
+    }
+
+    /// The view raft chose to send to `to` as snapshot `index`.
+    pub fn take_outgoing(&self, to: u64, index: u64) -> Option<crate::snapshot::SnapshotView> {
+        let mut o = self.outgoing.lock();
+        match o.remove(&to) {
+            Some(v) if v.applied_index == index => Some(v),
+            Some(v) => {
+                o.insert(to, v);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// This member's ID and cluster ID, if recorded.
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        let v = self.engine.get(REGION, KEY_IDENTITY)?;
+        if v.len() != 16 {
+            return None;
+        }
+        Some((
+            u64::from_be_bytes(v[..8].try_into().ok()?),
+            u64::from_be_bytes(v[8..].try_into().ok()?),
+        ))
+    }
+
+    /// Record this member's ID and cluster ID (durably).
+    pub fn set_identity(&self, member: u64, cluster: u64) {
+        let mut v = member.to_be_bytes().to_vec();
+        v.extend_from_slice(&cluster.to_be_bytes());
+        let mut b = LogBatch::default();
+        b.put(REGION, KEY_IDENTITY.to_vec(), v)
+            .expect("invariant: identity key is not internal");
+        self.write(&mut b);
+    }
+
+    /// Replace the whole log by a snapshot received from the leader: every
+    /// entry goes, the log restarts right after `meta.index` (durably, in one
+    /// write, keeping the vote and identity).
+    pub fn install_snapshot(&self, meta: &SnapshotMetadata) {
+        let identity = self.engine.get(REGION, KEY_IDENTITY);
+        let mut hs = self.inner.read().hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        let cs = meta.get_conf_state().clone();
+        let marker = Entry {
+            index: meta.index,
+            term: meta.term,
+            ..Default::default()
+        };
+        let mut b = LogBatch::default();
+        b.add_command(REGION, raft_engine::Command::Clean);
+        b.put_message(REGION, KEY_TRUNCATED.to_vec(), &marker)
+            .expect("invariant: marker encodes");
+        b.put_message(REGION, KEY_HARD_STATE.to_vec(), &hs)
+            .expect("invariant: HardState encodes");
+        b.put_message(REGION, KEY_CONF_STATE.to_vec(), &cs)
+            .expect("invariant: ConfState encodes");
+        if let Some(id) = identity {
+            b.put(REGION, KEY_IDENTITY.to_vec(), id)
+                .expect("invariant: identity key is not internal");
+        }
+        self.write(&mut b);
+        let mut i = self.inner.write();
+        i.truncated = (meta.index, meta.term);
+        i.last_index = meta.index;
+        i.hard_state = hs;
+        i.conf_state = cs;
+        i.terms.clear();
+        i.term_first = meta.index + 1;
     }
 
     /// Whether nothing was ever written (a fresh member).
@@ -476,11 +566,32 @@ impl raft::Storage for RaftStorage {
         Ok(self.inner.read().last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Shipping state-machine snapshots to peers arrives with multi-node
-        // support; a single voter never needs one.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let unavailable = || {
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ))
+        };
+        let Some(source) = self.source.read().clone() else {
+            return unavailable();
+        };
+        let view = source();
+        let cs = &view.conf_state;
+        // The receiver refuses a snapshot whose membership lacks it (the
+        // apply thread may not have caught up with the conf change that
+        // added it yet): raft asks again later.
+        if view.applied_index < request_index
+            || view.applied_index < self.inner.read().truncated.0
+            || !(cs.voters.contains(&to) || cs.learners.contains(&to))
+        {
+            return unavailable();
+        }
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = view.applied_index;
+        meta.term = view.applied_term;
+        meta.set_conf_state(cs.clone());
+        self.outgoing.lock().insert(to, view);
+        Ok(snap)
     }
 }

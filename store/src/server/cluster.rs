@@ -1,12 +1,11 @@
 //! server::cluster: the etcd Cluster service. MemberList is served from the
-//! member table; membership changes arrive with multi-member clusters.
+//! replicated member table; changes go through [`crate::reconfig`].
 
 use std::sync::Arc;
 
 use proto::etcdserverpb as pb;
 use tonic::{Request, Response, Status};
 
-use crate::error::Error;
 use crate::node::Node;
 
 /// The Cluster service.
@@ -19,40 +18,57 @@ impl ClusterService {
     pub fn new(node: Arc<Node>) -> Self {
         ClusterService { node }
     }
-}
 
-fn not_yet(what: &str) -> Status {
-    Error::Unimplemented(format!(
-        "{what} is not supported by single-member Strata yet"
-    ))
-    .into()
+    fn header(&self) -> Option<pb::ResponseHeader> {
+        Some(self.node.header(self.node.current_rev()))
+    }
 }
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
     async fn member_add(
         &self,
-        _r: Request<pb::MemberAddRequest>,
+        r: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(not_yet("MemberAdd"))
+        let r = r.into_inner();
+        let (member, members) = self.node.add_member(&r.peer_ur_ls, r.is_learner).await?;
+        Ok(Response::new(pb::MemberAddResponse {
+            header: self.header(),
+            member: Some(member),
+            members,
+        }))
     }
+
     async fn member_remove(
         &self,
-        _r: Request<pb::MemberRemoveRequest>,
+        r: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(not_yet("MemberRemove"))
+        let members = self.node.remove_member(r.into_inner().id).await?;
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: self.header(),
+            members,
+        }))
     }
+
     async fn member_update(
         &self,
-        _r: Request<pb::MemberUpdateRequest>,
+        r: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(not_yet("MemberUpdate"))
+        let r = r.into_inner();
+        let members = self.node.update_member(r.id, &r.peer_ur_ls).await?;
+        Ok(Response::new(pb::MemberUpdateResponse {
+            header: self.header(),
+            members,
+        }))
     }
+
     async fn member_promote(
         &self,
-        _r: Request<pb::MemberPromoteRequest>,
+        r: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(not_yet("MemberPromote"))
+        let mut resp = self.node.promote_member(r.into_inner().id).await?;
+        resp.header = self.header();
+        Ok(Response::new(resp))
     }
 
     async fn member_list(
@@ -63,35 +79,11 @@ impl pb::cluster_server::Cluster for ClusterService {
             self.node.linearizable().await?;
         }
         // Client URLs of other members are known once they have published
-        // them through raft; until then they are empty, as in etcd's
-        // "unstarted" members.
-        let published = self.node.state.read().member_attrs.clone();
-        let members = self
-            .node
-            .members
-            .read()
-            .iter()
-            .map(|m| {
-                let client_urls = if m.id == self.node.member_id {
-                    m.client_urls.clone()
-                } else {
-                    published
-                        .get(&m.id)
-                        .map(|a| a.client_ur_ls.clone())
-                        .unwrap_or_default()
-                };
-                pb::Member {
-                    id: m.id,
-                    name: m.name.clone(),
-                    peer_ur_ls: m.peer_urls.clone(),
-                    client_ur_ls: client_urls,
-                    is_learner: m.is_learner,
-                }
-            })
-            .collect();
+        // them through raft; until then they are empty and the name too, as
+        // in etcd's "unstarted" members.
         Ok(Response::new(pb::MemberListResponse {
-            header: Some(self.node.header(self.node.current_rev())),
-            members,
+            header: self.header(),
+            members: self.node.members(),
         }))
     }
 }

@@ -107,7 +107,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_applied_index: applied,
             errors,
             db_size_in_use: size,
-            is_learner: false,
+            is_learner: self.node.is_learner(),
             ..Default::default()
         }))
     }
@@ -235,10 +235,11 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         }
         if !self
             .node
-            .members
+            .state
             .read()
-            .iter()
-            .any(|m| m.id == r.target_id && !m.is_learner)
+            .conf_state
+            .voters
+            .contains(&r.target_id)
         {
             return Err(Error::BadLeaderTransferee.into());
         }

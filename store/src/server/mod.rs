@@ -133,18 +133,22 @@ fn incoming(
 }
 
 /// Serve the peer transport on every `--listen-peer-urls` URL. A
-/// single-member cluster has no peers and binds nothing (so several
-/// single-member stores can share a machine with default peer URLs).
+/// single-member cluster whose peer URL is taken (several single-member
+/// stores on one machine with the default peer URL) serves clients anyway,
+/// without a peer listener: it cannot grow until restarted on a free one.
 pub async fn serve_peers(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut handles = Vec::new();
-    if node.members.read().len() < 2 {
-        return Ok(handles);
-    }
+    let alone = node.state.read().conf_state.voters.len() < 2;
     for u in &node.cfg.listen_peer_urls {
         let addr = listen_addr(u)?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for peers on {u}"))?;
+        let listener = match TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) if alone => {
+                tracing::warn!(url = %u, error = %e, "cannot listen for peers; a single member serves without a peer listener");
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot listen for peers on {u}")),
+        };
         tracing::info!(url = %u, "serving peer traffic");
         let svc = proto::raftpb::raft_server::RaftServer::new(node.peer_service())
             .max_decoding_message_size(usize::MAX);
@@ -180,12 +184,13 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandl
             let mut bound = u.clone();
             let _ = bound.set_port(Some(local.port()));
             let bound = bound.as_str().trim_end_matches('/').to_string();
-            for m in node.members.write().iter_mut() {
-                if m.id == node.member_id {
-                    for cu in m.client_urls.iter_mut().filter(|cu| *cu == listen) {
-                        *cu = bound.clone();
-                    }
-                }
+            for cu in node
+                .local_client_urls
+                .write()
+                .iter_mut()
+                .filter(|cu| *cu == listen)
+            {
+                *cu = bound.clone();
             }
         }
         tracing::info!(url = %u, addr = %local, "serving client traffic");

@@ -8,6 +8,7 @@ mod harness;
 mod kv;
 mod lease;
 mod maintenance;
+mod membership;
 mod offline;
 mod smoke;
 mod watch;

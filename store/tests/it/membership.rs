@@ -1,0 +1,301 @@
+//! Membership changes and snapshot catch-up on real multi-member clusters:
+//! a learner joins (through a raft snapshot, since the log was compacted),
+//! is promoted and a voter is removed; a follower far behind catches up
+//! through a snapshot; etcd's errors for invalid changes.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions, MemberAddOptions};
+
+use crate::harness::{assert_err, free_port, Strata};
+
+/// Flags of member `name` on peer port `port`.
+fn flags(port: u16, initial: &str, state: &str, extra: &[&str]) -> Vec<String> {
+    let url = format!("http://127.0.0.1:{port}");
+    let mut v: Vec<String> = [
+        "--listen-peer-urls",
+        &url,
+        "--initial-advertise-peer-urls",
+        &url,
+        "--initial-cluster",
+        initial,
+        "--initial-cluster-state",
+        state,
+        "--initial-cluster-token",
+        "it-membership",
+        "--heartbeat-interval",
+        "50",
+        "--election-timeout",
+        "500",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn start(dir: &Path, name: &str, flags: Vec<String>) -> std::thread::JoinHandle<Strata> {
+    let d = dir.join(name);
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        let f: Vec<&str> = flags.iter().map(|s| s.as_str()).collect();
+        Strata::try_start_named(&d, &name, &f)
+            .unwrap_or_else(|e| panic!("member {name} did not start: {e}"))
+    })
+}
+
+/// Start a new cluster of `n` members with extra flags; returns members and peer ports.
+fn cluster(dir: &Path, n: usize, extra: &[&str]) -> (Vec<Strata>, Vec<u16>, String) {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let initial = (0..n)
+        .map(|i| format!("n{i}=http://127.0.0.1:{}", ports[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let hs: Vec<_> = (0..n)
+        .map(|i| {
+            let name = format!("n{i}");
+            start(dir, &name, flags(ports[i], &initial, "new", extra))
+        })
+        .collect();
+    (
+        hs.into_iter().map(|h| h.join().unwrap()).collect(),
+        ports,
+        initial,
+    )
+}
+
+async fn wait_value(c: &mut Client, key: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = c
+            .get(key, Some(GetOptions::new().with_serializable()))
+            .await
+        {
+            if r.kvs().first().map(|kv| kv.value()) == Some(want.as_bytes()) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{key} never became {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn hash_at(c: &mut Client, rev: i64) -> u32 {
+    c.hash_kv(rev).await.unwrap().hash()
+}
+
+async fn fill(c: &mut Client, prefix: &str, n: usize) -> i64 {
+    let mut rev = 0;
+    for i in 0..n {
+        rev = c
+            .put(format!("{prefix}{i:05}"), format!("v{i}"), None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+    }
+    rev
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn learner_joins_by_snapshot_is_promoted_and_a_voter_is_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A small snapshot count: the log is compacted long before the learner
+    // joins, so it can only catch up through a raft snapshot.
+    let (mut nodes, ports, initial) = cluster(tmp.path(), 3, &["--snapshot-count", "40"]);
+    let mut c = nodes[0].client().await;
+    fill(&mut c, "k", 300).await;
+
+    // Bad requests first, with etcd's errors.
+    assert_err(
+        c.member_add([format!("http://127.0.0.1:{}", ports[1])], None)
+            .await,
+        tonic::Code::FailedPrecondition,
+        "etcdserver: Peer URLs already exists",
+    );
+    assert_err(
+        c.member_add(["http://[not-a-url"], None).await,
+        tonic::Code::InvalidArgument,
+        "etcdserver: given member URLs are invalid",
+    );
+    assert_err(
+        c.member_remove(0x1234).await,
+        tonic::Code::NotFound,
+        "etcdserver: member not found",
+    );
+    let voter = c.member_list().await.unwrap().members()[0].id();
+    assert_err(
+        c.member_promote(voter).await,
+        tonic::Code::FailedPrecondition,
+        "etcdserver: can only promote a learner member",
+    );
+
+    // Add a learner at a placeholder URL, then move it to its real URL.
+    let p3 = free_port();
+    let url3 = format!("http://127.0.0.1:{p3}");
+    let added = c
+        .member_add(
+            ["http://127.0.0.1:1"],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .unwrap();
+    let new = added.member().unwrap().clone();
+    assert!(new.is_learner());
+    assert_eq!(new.name(), "", "an unstarted member has no name yet");
+    assert_eq!(added.member_list().len(), 4);
+    assert_err(
+        c.member_add(
+            [format!("http://127.0.0.1:{}", free_port())],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await,
+        tonic::Code::FailedPrecondition,
+        "etcdserver: too many learner members in cluster",
+    );
+    // Through a follower: MemberUpdate is replicated like any write.
+    let mut f = nodes[2].client().await;
+    let upd = f.member_update(new.id(), vec![url3.clone()]).await.unwrap();
+    let m = upd.members().iter().find(|m| m.id() == new.id()).unwrap();
+    assert_eq!(m.peer_urls(), std::slice::from_ref(&url3));
+    // Not started: it has replicated nothing, so it cannot be promoted.
+    assert_err(
+        c.member_promote(new.id()).await,
+        tonic::Code::FailedPrecondition,
+        "etcdserver: can only promote a learner member which is in sync with leader",
+    );
+
+    // The new member joins the existing cluster and catches up.
+    let initial3 = format!("{initial},n3={url3}");
+    let n3 = start(
+        tmp.path(),
+        "n3",
+        flags(p3, &initial3, "existing", &["--snapshot-count", "40"]),
+    )
+    .join()
+    .unwrap();
+    let mut c3 = n3.client().await;
+    wait_value(&mut c3, "k00299", "v299").await;
+    assert!(
+        n3.log_text().contains("installed snapshot from the leader"),
+        "the learner should have caught up through a snapshot"
+    );
+    let st = c3.status().await.unwrap();
+    assert!(st.is_learner(), "Status reports the learner");
+    // It started: MemberList now shows its name and client URLs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = c.member_list().await.unwrap();
+        let m = l.members().iter().find(|m| m.id() == new.id()).unwrap();
+        if m.name() == "n3" && !m.client_urls().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n3 never published itself");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Promote it (through a follower: forwarded to the leader).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match f.member_promote(new.id()).await {
+            Ok(r) => {
+                assert!(r.members().iter().all(|m| !m.is_learner()));
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("promote not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("promote failed: {e}"),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c3.status().await.unwrap().is_learner() {
+        assert!(Instant::now() < deadline, "n3 still thinks it is a learner");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Remove n0 (maybe the leader): it stops, the other three go on.
+    let id0 = c.status().await.unwrap().header().unwrap().member_id();
+    let r = f.member_remove(id0).await.unwrap();
+    assert_eq!(r.members().len(), 3);
+    assert!(r.members().iter().all(|m| m.id() != id0));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while nodes[0].child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the removed member kept running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(nodes[0].log_text().contains("permanently removed"));
+    let put = c3.put("after-remove", "yes", None).await.unwrap();
+    let rev = put.header().unwrap().revision();
+    let mut c1 = nodes[1].client().await;
+    assert_eq!(
+        c1.get("after-remove", None).await.unwrap().kvs()[0].value(),
+        b"yes"
+    );
+    // Every remaining member agrees.
+    let h1 = hash_at(&mut c1, rev).await;
+    f.get("after-remove", None).await.unwrap();
+    c3.get("after-remove", None).await.unwrap();
+    assert_eq!(h1, hash_at(&mut f, rev).await);
+    assert_eq!(h1, hash_at(&mut c3, rev).await);
+    // Restarting the removed member does not bring it back.
+    nodes[0].kill();
+    let again = Strata::try_start_named(
+        &nodes[0].data_dir.clone(),
+        "n0",
+        &flags(ports[0], &initial, "new", &[])
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+    );
+    match again {
+        Ok(_) => panic!("a removed member served clients again"),
+        Err(log) => assert!(log.contains("permanently removed"), "log: {log}"),
+    }
+    drop(n3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_far_behind_catches_up_through_a_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nodes, _ports, _initial) = cluster(tmp.path(), 3, &["--snapshot-count", "30"]);
+    let mut c = nodes[0].client().await;
+    fill(&mut c, "a", 20).await;
+    // Kill a member other than the one we write through.
+    nodes[2].kill();
+    // Compact history too: the snapshot must carry the compacted state.
+    let mid = fill(&mut c, "b", 200).await;
+    c.compact(mid - 50, None).await.unwrap();
+    let last = fill(&mut c, "c", 100).await;
+    let t = Instant::now();
+    nodes[2].restart();
+    let mut c2 = nodes[2].client().await;
+    wait_value(&mut c2, "c00099", "v99").await;
+    eprintln!("far-behind member caught up in {:?}", t.elapsed());
+    assert!(
+        nodes[2]
+            .log_text()
+            .contains("installed snapshot from the leader"),
+        "expected a snapshot install"
+    );
+    // Same data, same compaction, and it keeps following the log.
+    c2.get("c00099", None).await.unwrap();
+    assert_eq!(hash_at(&mut c, last).await, hash_at(&mut c2, last).await);
+    assert_err(
+        c2.get("a00001", Some(GetOptions::new().with_revision(mid - 60)))
+            .await,
+        tonic::Code::OutOfRange,
+        "etcdserver: mvcc: required revision has been compacted",
+    );
+    c.put("after", "1", None).await.unwrap();
+    wait_value(&mut c2, "after", "1").await;
+    // And it survives its own restart after the install.
+    nodes[2].kill();
+    nodes[2].restart();
+    let mut c2 = nodes[2].client().await;
+    wait_value(&mut c2, "after", "1").await;
+}
