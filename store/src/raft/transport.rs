@@ -47,6 +47,8 @@ use crate::snapshot::{self, SnapDir, SnapshotView};
 const PEER_QUEUE: usize = 4096;
 /// Messages per batch on the wire.
 const MAX_BATCH: usize = 256;
+/// An idle peer stream sends an empty batch this often.
+const IDLE_BEAT: Duration = Duration::from_secs(1);
 /// Bytes per snapshot chunk.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// etcd's error for a member that was removed from the cluster.
@@ -71,7 +73,11 @@ pub struct Transport {
     pub removed: CancellationToken,
     /// When each peer was last heard from.
     heard: Mutex<HashMap<u64, std::time::Instant>>,
+    /// Peers our outgoing stream is connected to (etcd's ActiveSince).
+    connected: Connected,
 }
+
+type Connected = Arc<Mutex<std::collections::HashSet<u64>>>;
 
 impl Transport {
     /// Start one sender task per peer (`peers`: member ID → peer URLs).
@@ -92,6 +98,7 @@ impl Transport {
             rt: rt.clone(),
             removed: CancellationToken::new(),
             heard: Mutex::new(HashMap::new()),
+            connected: Default::default(),
         });
         t.sync_peers(&peers);
         t
@@ -125,6 +132,7 @@ impl Transport {
                     urls: urls.clone(),
                     raft_tx: self.raft_tx.clone(),
                     removed: self.removed.clone(),
+                    connected: self.connected.clone(),
                 },
                 rx,
                 cancel.clone(),
@@ -308,13 +316,16 @@ struct PeerLoop {
     urls: Vec<String>,
     raft_tx: flume::Sender<RaftMsg>,
     removed: CancellationToken,
+    connected: Connected,
 }
 
 async fn peer_loop(p: PeerLoop, rx: flume::Receiver<Message>, cancel: CancellationToken) {
+    let (to, connected) = (p.to, p.connected.clone());
     tokio::select! {
         _ = cancel.cancelled() => {}
         _ = peer_loop_inner(p, rx) => {}
     }
+    connected.lock().remove(&to);
 }
 
 async fn peer_loop_inner(p: PeerLoop, rx: flume::Receiver<Message>) {
@@ -325,6 +336,7 @@ async fn peer_loop_inner(p: PeerLoop, rx: flume::Receiver<Message>) {
         urls,
         raft_tx,
         removed,
+        connected,
     } = p;
     let mut attempt = 0usize;
     loop {
@@ -353,14 +365,22 @@ async fn peer_loop_inner(p: PeerLoop, rx: flume::Receiver<Message>) {
                 .send(tokio_stream::wrappers::ReceiverStream::new(srx))
                 .await
         });
+        connected.lock().insert(to);
         loop {
-            let Ok(first) = rx.recv_async().await else {
-                return;
+            // An idle stream carries an empty batch every second, so both
+            // ends notice a dead peer (MemberRemove's quorum check).
+            let first = tokio::select! {
+                m = rx.recv_async() => match m {
+                    Ok(m) => Some(m),
+                    Err(_) => return,
+                },
+                _ = tokio::time::sleep(IDLE_BEAT) => None,
             };
-            let mut msgs = vec![first
-                .write_to_bytes()
-                .expect("invariant: raft message encodes")];
-            while msgs.len() < MAX_BATCH {
+            let mut msgs: Vec<Vec<u8>> = first
+                .iter()
+                .map(|m| m.write_to_bytes().expect("invariant: raft message encodes"))
+                .collect();
+            while !msgs.is_empty() && msgs.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(m) => {
                         msgs.push(m.write_to_bytes().expect("invariant: raft message encodes"))
@@ -378,6 +398,7 @@ async fn peer_loop_inner(p: PeerLoop, rx: flume::Receiver<Message>) {
                 break;
             }
         }
+        connected.lock().remove(&to);
         match call.await {
             Ok(Err(s)) if s.message().contains("cluster ID mismatch") => {
                 tracing::error!(peer = %format!("{to:x}"), url, "peer refused us: {}", s.message());

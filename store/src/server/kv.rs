@@ -38,6 +38,9 @@ impl pb::kv_server::Kv for KvService {
         let r = req.into_inner();
         ops::check_range(&r)?;
         if !r.serializable {
+            if self.node.is_learner() {
+                return Err(crate::error::Error::NotSupportedForLearner.into());
+            }
             self.node.linearizable().await?;
         }
         let mut resp = {

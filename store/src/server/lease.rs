@@ -69,8 +69,11 @@ impl pb::lease_server::Lease for LeaseService {
         if super::watch::requires_leader(&req) && self.node.status.leader() == 0 {
             return Err(Error::NoLeader.into());
         }
-        let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
+        if super::watch::requires_leader(&req) {
+            super::monitor_leader(self.node.clone(), tx.clone());
+        }
+        let mut inbound = req.into_inner();
         let node = self.node.clone();
         tokio::spawn(async move {
             loop {

@@ -132,6 +132,53 @@ fn incoming(
     })
 }
 
+/// A learner serves only Status and serializable Range (etcd's
+/// isRPCSupportedForLearner); every other RPC, streams included, fails with
+/// "etcdserver: rpc not supported for learner". Range checks the flag itself.
+async fn learner_guard(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = req.uri().path();
+    if node.is_learner()
+        && path != "/etcdserverpb.Maintenance/Status"
+        && path != "/etcdserverpb.KV/Range"
+    {
+        return tonic::Status::from(crate::error::Error::NotSupportedForLearner).into_http();
+    }
+    next.run(req).await
+}
+
+/// etcd's monitorLeader for streams opened with a leader requirement
+/// (clientv3's WithRequireLeader, the `hasleader` metadata): once the member
+/// has seen no leader for three election timeouts in a row, the stream fails
+/// with "etcdserver: no leader".
+pub fn monitor_leader<T: Send + 'static>(
+    node: Arc<Node>,
+    tx: tokio::sync::mpsc::Sender<Result<T, tonic::Status>>,
+) {
+    tokio::spawn(async move {
+        let mut misses = 0;
+        loop {
+            tokio::select! {
+                _ = node.shutdown.cancelled() => return,
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(node.cfg.election_timeout) => {}
+            }
+            if node.status.leader() != 0 {
+                misses = 0;
+                continue;
+            }
+            misses += 1;
+            if misses >= 3 {
+                let _ = tx.send(Err(crate::error::Error::NoLeader.into())).await;
+                return;
+            }
+        }
+    });
+}
+
 /// Serve the peer transport on every `--listen-peer-urls` URL. A
 /// single-member cluster whose peer URL is taken (several single-member
 /// stores on one machine with the default peer URL) serves clients anyway,
@@ -217,7 +264,13 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandl
             ClusterServer::new(cluster::ClusterService::new(node.clone()))
                 .max_decoding_message_size(max_recv),
         );
-        let router = routes.into_axum_router().merge(http_routes(node.clone()));
+        let router = routes
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(
+                node.clone(),
+                learner_guard,
+            ))
+            .merge(http_routes(node.clone()));
         let shutdown = node.shutdown.clone();
         let keepalive = node.cfg.grpc_keepalive_interval;
         let keepalive_timeout = node.cfg.grpc_keepalive_timeout;

@@ -398,6 +398,9 @@ impl pb::watch_server::Watch for WatchService {
             return Err(crate::error::Error::NoLeader.into());
         }
         let (tx, rx) = mpsc::channel(256);
+        if requires_leader(&req) {
+            super::monitor_leader(self.node.clone(), tx.clone());
+        }
         let st = StreamState {
             node: self.node.clone(),
             tx,

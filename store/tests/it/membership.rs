@@ -82,6 +82,22 @@ async fn wait_value(c: &mut Client, key: &str, want: &str) {
     }
 }
 
+/// Index of the member that leads.
+async fn leader_of(nodes: &[Strata]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        for (i, n) in nodes.iter().enumerate() {
+            if let Ok(s) = n.client().await.status().await {
+                if s.leader() != 0 && s.leader() == s.header().unwrap().member_id() {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn hash_at(c: &mut Client, rev: i64) -> u32 {
     c.hash_kv(rev).await.unwrap().hash()
 }
@@ -185,6 +201,22 @@ async fn learner_joins_by_snapshot_is_promoted_and_a_voter_is_removed() {
     );
     let st = c3.status().await.unwrap();
     assert!(st.is_learner(), "Status reports the learner");
+    // A learner serves only Status and serializable reads, as in etcd.
+    assert_err(
+        c3.put("x", "y", None).await,
+        tonic::Code::Unavailable,
+        "etcdserver: rpc not supported for learner",
+    );
+    assert_err(
+        c3.get("k00001", None).await,
+        tonic::Code::Unavailable,
+        "etcdserver: rpc not supported for learner",
+    );
+    assert_err(
+        c3.member_list().await,
+        tonic::Code::Unavailable,
+        "etcdserver: rpc not supported for learner",
+    );
     // It started: MemberList now shows its name and client URLs.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -263,24 +295,25 @@ async fn learner_joins_by_snapshot_is_promoted_and_a_voter_is_removed() {
 async fn follower_far_behind_catches_up_through_a_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut nodes, _ports, _initial) = cluster(tmp.path(), 3, &["--snapshot-count", "30"]);
-    let mut c = nodes[0].client().await;
+    let leader = leader_of(&nodes).await;
+    let (w, down) = (leader, (leader + 1) % 3);
+    let mut c = nodes[w].client().await;
     fill(&mut c, "a", 20).await;
-    // Kill a member other than the one we write through.
-    nodes[2].kill();
+    // Kill a follower; write through the leader.
+    nodes[down].kill();
     // Compact history too: the snapshot must carry the compacted state.
     let mid = fill(&mut c, "b", 200).await;
     c.compact(mid - 50, None).await.unwrap();
     let last = fill(&mut c, "c", 100).await;
     let t = Instant::now();
-    nodes[2].restart();
-    let mut c2 = nodes[2].client().await;
+    nodes[down].restart();
+    let mut c2 = nodes[down].client().await;
     wait_value(&mut c2, "c00099", "v99").await;
     eprintln!("far-behind member caught up in {:?}", t.elapsed());
+    let log = nodes[down].log_text();
     assert!(
-        nodes[2]
-            .log_text()
-            .contains("installed snapshot from the leader"),
-        "expected a snapshot install"
+        log.contains("installed snapshot from the leader"),
+        "expected a snapshot install; log:\n{log}"
     );
     // Same data, same compaction, and it keeps following the log.
     c2.get("c00099", None).await.unwrap();
@@ -294,8 +327,50 @@ async fn follower_far_behind_catches_up_through_a_snapshot() {
     c.put("after", "1", None).await.unwrap();
     wait_value(&mut c2, "after", "1").await;
     // And it survives its own restart after the install.
-    nodes[2].kill();
-    nodes[2].restart();
-    let mut c2 = nodes[2].client().await;
+    nodes[down].kill();
+    nodes[down].restart();
+    let mut c2 = nodes[down].client().await;
     wait_value(&mut c2, "after", "1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn require_leader_streams_fail_once_the_leader_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nodes, _ports, _initial) = cluster(tmp.path(), 3, &[]);
+    let opts = etcd_client::ConnectOptions::new().with_require_leader(true);
+    let mut c = Client::connect([nodes[0].endpoint.clone()], Some(opts))
+        .await
+        .unwrap();
+    let mut stream = c.watch("k", None).await.unwrap();
+    let lease = c.lease_grant(60, None).await.unwrap().id();
+    let (_k, mut ka) = c.lease_keep_alive(lease).await.unwrap();
+    c.put("k", "1", None).await.unwrap();
+    loop {
+        let r = stream.message().await.unwrap().unwrap();
+        if let Some(ev) = r.events().first() {
+            assert_eq!(ev.kv().unwrap().value(), b"1");
+            break;
+        }
+    }
+    // A minority is left: no leader. Streams that require one must fail.
+    nodes[1].kill();
+    nodes[2].kill();
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(20), stream.message()).await;
+    match r {
+        Ok(Err(etcd_client::Error::GRpcStatus(s))) => {
+            assert_eq!(s.code(), tonic::Code::Unavailable);
+            assert_eq!(s.message(), "etcdserver: no leader");
+        }
+        other => panic!("expected the watch to fail with no leader, got {other:?}"),
+    }
+    eprintln!(
+        "watch failed {:?} after losing the quorum",
+        started.elapsed()
+    );
+    let r = tokio::time::timeout(Duration::from_secs(20), ka.message()).await;
+    assert!(
+        matches!(r, Ok(Err(etcd_client::Error::GRpcStatus(ref s))) if s.message() == "etcdserver: no leader"),
+        "keepalive stream: {r:?}"
+    );
 }
