@@ -32,5 +32,8 @@ ETCDCTL="$ETCDCTL35_BIN" store/tests/etcdctl/run.sh target/debug/strata
 step "etcdctl script test, 3 members (etcdctl 3.4)"
 MEMBERS=3 ETCDCTL="$ETCDCTL34_BIN" store/tests/etcdctl/run.sh target/debug/strata
 
+step "etcdctl script test, 3 members (etcdctl 3.5)"
+MEMBERS=3 ETCDCTL="$ETCDCTL35_BIN" store/tests/etcdctl/run.sh target/debug/strata
+
 echo
 echo "all tests passed"

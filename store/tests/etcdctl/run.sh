@@ -747,6 +747,44 @@ c_err_txn_dup_key() {
   eq "nothing written" "$(ctl get dup/k)" ""
 }
 
+# 3-member mode only: etcdctl member add --learner, start the new member
+# with the ETCD_* lines etcdctl prints, promote it, use it, remove it.
+c_member_reconfig() {
+  [ "$MEMBERS" = 3 ] || skip "needs MEMBERS=3"
+  local ports out hex pid
+  read -r -a ports < <(free_ports 2)
+  local purl="http://127.0.0.1:${ports[1]}" curl="http://127.0.0.1:${ports[0]}" ep4="127.0.0.1:${ports[0]}"
+  out="$(ctl member add s4 --peer-urls="$purl" --learner)"
+  echo "$out"
+  contains "member add" "$out" "added to cluster"
+  contains "member add state" "$out" 'ETCD_INITIAL_CLUSTER_STATE="existing"'
+  hex="$(grep -o 'Member [0-9a-f]* added' <<<"$out" | cut -d' ' -f2)"
+  [ -n "$hex" ] || fail "no member ID in: $out"
+  eq "learner listed unstarted" "$(ctl member list | grep -c "unstarted, , $purl, , true")" 1
+  ( eval "$(grep '^ETCD_' <<<"$out" | sed 's/^/export /')"
+    exec "$SERVER" --data-dir "$TMP/d4" --listen-peer-urls "$purl" \
+      --listen-client-urls "$curl" --advertise-client-urls "$curl" ) >"$TMP/server.s4.log" 2>&1 &
+  pid=$!; echo "$pid" >>"$TMP/bg.pids"
+  s4_up() { timeout -k 1 5 "$ETCDCTL" --endpoints="$ep4" --command-timeout=2s endpoint status -w json 2>/dev/null | grep -Eq '"(is_learner|isLearner)":true'; }
+  wait_for 20 s4_up
+  s4_up || { tail -n 20 "$TMP/server.s4.log"; fail "s4 never served as a learner"; }
+  must_fail "learner refuses writes" "rpc not supported for learner" \
+    timeout -k 1 5 "$ETCDCTL" --endpoints="$ep4" --command-timeout=2s put kv/x y
+  promoted() { ctl member promote "$hex" 2>&1 | grep -q "promoted in cluster"; }
+  wait_for 15 promoted
+  ctl member list | grep -q "$purl, $curl, false" || fail "member promote never succeeded"
+  eq "four started voters" "$(ctl member list | grep -c ', started, s[1-4], .*, false$')" 4
+  timeout -k 1 5 "$ETCDCTL" --endpoints="$ep4" --command-timeout=3s put kv/from-s4 yes >/dev/null
+  eq "write through s4 read elsewhere" "$(ctl get kv/from-s4 --print-value-only)" "yes"
+  out="$(ctl member remove "$hex")"
+  contains "member remove" "$out" "removed from cluster"
+  s4_gone() { ! kill -0 "$pid" 2>/dev/null; }
+  wait_for 15 s4_gone
+  s4_gone || fail "removed member s4 kept running"
+  grep -q "permanently removed" "$TMP/server.s4.log" || fail "s4 did not say it was removed"
+  eq "three members left" "$(ctl member list | wc -l)" 3
+}
+
 # ================================================================= run
 run_check endpoint.health       c_endpoint_health
 run_check kv.put_get            c_put_get
@@ -772,6 +810,7 @@ run_check member.list           c_member_list
 run_check snapshot.save         c_snapshot
 run_check defrag                c_defrag
 run_check alarm.list            c_alarm_list
+run_check member.reconfig       c_member_reconfig
 
 if [ "$MEMBERS" = 3 ]; then
   for i in 0 1 2; do
