@@ -40,8 +40,8 @@ const FLAGS: &[(&str, &str, Ty, Kind, &str)] = &[
     ("data-dir", "", Value, Used, "Path to the data directory (default: ${name}.strata)."),
     ("wal-dir", "", Value, Used, "Path to the dedicated raft log directory (default: <data-dir>/member/wal)."),
     ("snapshot-count", "100000", Value, Used, "Number of committed entries between state-machine snapshots."),
-    ("snapshot-catchup-entries", "5000", Value, Ignored, "Entries kept for slow followers after a snapshot."),
-    ("experimental-snapshot-catchup-entries", "5000", Value, Ignored, "Old spelling of --snapshot-catchup-entries."),
+    ("snapshot-catchup-entries", "5000", Value, Used, "Entries kept for slow followers after a snapshot."),
+    ("experimental-snapshot-catchup-entries", "5000", Value, Used, "Old spelling of --snapshot-catchup-entries."),
     ("heartbeat-interval", "100", Value, Used, "Time (in milliseconds) of a heartbeat interval."),
     ("election-timeout", "1000", Value, Used, "Time (in milliseconds) for an election to timeout."),
     ("initial-election-tick-advance", "true", Bool, Ignored, "Whether to fast-forward initial election ticks on boot."),
@@ -215,6 +215,8 @@ pub struct Config {
     pub unsafe_no_fsync: bool,
     /// Version reported as the etcd server version.
     pub emulated_etcd_version: String,
+    /// Raft log entries kept behind a snapshot for slow followers.
+    pub snapshot_catchup_entries: u64,
     /// Refuse membership changes that could cost the quorum.
     pub strict_reconfig_check: bool,
     /// Most learners the cluster may have.
@@ -467,6 +469,16 @@ fn from_matches(m: &clap::ArgMatches) -> Result<Config, String> {
         unsafe_no_fsync: b("unsafe-no-fsync"),
         emulated_etcd_version: ver,
         strict_reconfig_check: b("strict-reconfig-check"),
+        snapshot_catchup_entries: parse_num(
+            &if explicit("snapshot-catchup-entries")
+                || !explicit("experimental-snapshot-catchup-entries")
+            {
+                s("snapshot-catchup-entries")
+            } else {
+                s("experimental-snapshot-catchup-entries")
+            },
+            "snapshot-catchup-entries",
+        )?,
         max_learners: parse_num(
             &if explicit("max-learners") || !explicit("experimental-max-learners") {
                 s("max-learners")

@@ -414,6 +414,7 @@ impl Node {
                 count: cfg.snapshot_count,
                 sync: !cfg.unsafe_no_fsync,
                 storage: storage.clone(),
+                catchup_entries: cfg.snapshot_catchup_entries,
             },
             received: received.clone(),
             on_members: Box::new(move |sm| {

@@ -91,6 +91,8 @@ pub struct SnapshotPolicy {
     pub sync: bool,
     /// The raft log (compacted after a snapshot).
     pub storage: RaftStorage,
+    /// Entries kept behind the compaction point for slow followers.
+    pub catchup_entries: u64,
 }
 
 /// Everything the apply thread needs.
@@ -293,7 +295,11 @@ pub fn run_apply(l: ApplyLoop) {
             let storage = l.snap.storage.clone();
             let flag = snapshotting.clone();
             let sync = l.snap.sync;
-            let compact_to = last_snap;
+            // Keep the older snapshot's entries (so a corrupt newest file can
+            // fall back) and `catchup_entries` more for slow followers, who
+            // would otherwise need a whole snapshot.
+            let compact_to =
+                last_snap.min(view.applied_index.saturating_sub(l.snap.catchup_entries));
             last_snap = view.applied_index;
             std::thread::Builder::new()
                 .name("snapshot".into())

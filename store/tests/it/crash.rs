@@ -331,7 +331,7 @@ const SAVED: &str = "saved state-machine snapshot";
 async fn sigkill_during_snapshots_loses_no_acknowledged_write() {
     let t0 = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed());
-    let mut s = Strata::start(&["--snapshot-count", "50"]);
+    let mut s = Strata::start(&["--snapshot-count", "50", "--snapshot-catchup-entries", "0"]);
     let snap_dir = s.data_dir.join("member/snap");
     let hist = Arc::new(Mutex::new(History::default()));
     let mut own: Vec<Vec<String>> = vec![Vec::new(); WRITERS];
@@ -475,7 +475,10 @@ fn state_at(seq: &Seq, rev: i64) -> BTreeMap<String, (String, i64)> {
 
 /// Build a data dir with several snapshots and a known history, ending in SIGKILL.
 async fn build_base(dir: &Path) -> Seq {
-    let mut s = Strata::start_in(dir, &["--snapshot-count", "100"]);
+    let mut s = Strata::start_in(
+        dir,
+        &["--snapshot-count", "100", "--snapshot-catchup-entries", "0"],
+    );
     let mut c = s.client().await;
     let mut seq = Vec::new();
     for i in 0..430 {

@@ -121,7 +121,11 @@ async fn learner_joins_by_snapshot_is_promoted_and_a_voter_is_removed() {
     let tmp = tempfile::tempdir().unwrap();
     // A small snapshot count: the log is compacted long before the learner
     // joins, so it can only catch up through a raft snapshot.
-    let (mut nodes, ports, initial) = cluster(tmp.path(), 3, &["--snapshot-count", "40"]);
+    let (mut nodes, ports, initial) = cluster(
+        tmp.path(),
+        3,
+        &["--snapshot-count", "40", "--snapshot-catchup-entries", "10"],
+    );
     let mut c = nodes[0].client().await;
     fill(&mut c, "k", 300).await;
 
@@ -189,7 +193,12 @@ async fn learner_joins_by_snapshot_is_promoted_and_a_voter_is_removed() {
     let n3 = start(
         tmp.path(),
         "n3",
-        flags(p3, &initial3, "existing", &["--snapshot-count", "40"]),
+        flags(
+            p3,
+            &initial3,
+            "existing",
+            &["--snapshot-count", "40", "--snapshot-catchup-entries", "10"],
+        ),
     )
     .join()
     .unwrap();
@@ -294,7 +303,11 @@ async fn learner_joins_by_snapshot_is_promoted_and_a_voter_is_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follower_far_behind_catches_up_through_a_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut nodes, _ports, _initial) = cluster(tmp.path(), 3, &["--snapshot-count", "30"]);
+    let (mut nodes, _ports, _initial) = cluster(
+        tmp.path(),
+        3,
+        &["--snapshot-count", "30", "--snapshot-catchup-entries", "10"],
+    );
     let leader = leader_of(&nodes).await;
     let (w, down) = (leader, (leader + 1) % 3);
     let mut c = nodes[w].client().await;
