@@ -448,6 +448,12 @@ impl SnapDir {
         if sync {
             fsync_dir(&self.dir)?;
         }
+        // Older received files were refused by raft or superseded.
+        for (i, p) in self.received()? {
+            if i < index {
+                let _ = fs::remove_file(p);
+            }
+        }
         self.purge()
     }
 

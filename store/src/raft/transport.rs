@@ -544,7 +544,12 @@ impl raft_server::Raft for PeerService {
             }
         };
         tracing::info!(index, from = %format!("{:x}", msg.from), "received and verified snapshot");
-        self.received.lock().insert(index, sm);
+        {
+            // Only the newest received snapshot can still be installed.
+            let mut r = self.received.lock();
+            r.retain(|i, _| *i > index);
+            r.insert(index, sm);
+        }
         if self.raft_tx.send_async(RaftMsg::Step(msg)).await.is_err() {
             return Err(Status::unavailable("etcdserver: server stopped"));
         }

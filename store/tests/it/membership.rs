@@ -387,3 +387,72 @@ async fn require_leader_streams_fail_once_the_leader_is_gone() {
         "keepalive stream: {r:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_or_foreign_snapshots_are_refused_and_never_installed() {
+    use proto::raftpb::{raft_client::RaftClient, SnapshotChunk};
+    use protobuf::Message as _;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (nodes, ports, _initial) = cluster(tmp.path(), 3, &[]);
+    let mut c = nodes[1].client().await;
+    c.put("keep", "me", None).await.unwrap();
+    let st = c.status().await.unwrap();
+    let (me, cluster_id) = (
+        st.header().unwrap().member_id(),
+        st.header().unwrap().cluster_id(),
+    );
+    let leader = st.leader();
+    let mut msg = raft::eraftpb::Message::default();
+    msg.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+    msg.from = leader;
+    msg.to = me;
+    msg.term = st.raft_term() + 100;
+    let meta = msg.mut_snapshot().mut_metadata();
+    meta.index = 1_000_000;
+    meta.term = st.raft_term() + 100;
+    meta.mut_conf_state().voters = vec![me];
+    let msg = msg.write_to_bytes().unwrap();
+    let send = |cluster_id: u64, data: Vec<u8>, crc: u32| {
+        let msg = msg.clone();
+        let url = format!("http://127.0.0.1:{}", ports[1]);
+        async move {
+            let mut rc = RaftClient::connect(url).await.unwrap();
+            let chunk = SnapshotChunk {
+                from: leader,
+                to: me,
+                cluster_id,
+                message: msg,
+                data,
+                last: true,
+                crc32: crc,
+            };
+            rc.send_snapshot(tokio_stream::iter(vec![chunk])).await
+        }
+    };
+    // Wrong cluster: refused before anything is written.
+    let e = send(cluster_id ^ 1, b"x".to_vec(), crc32fast::hash(b"x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.message(), "etcdserver: cluster ID mismatch");
+    // Bytes damaged in transit: the CRC of the stream does not match.
+    let e = send(cluster_id, b"garbage".to_vec(), 7).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DataLoss);
+    assert!(e.message().contains("crc32 mismatch"), "{e:?}");
+    // A consistent stream that is not a valid snapshot.
+    let junk = b"STRATA\x00\x01not records".to_vec();
+    let crc = crc32fast::hash(&junk);
+    let e = send(cluster_id, junk, crc).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DataLoss);
+    assert!(e.message().contains("corrupt"), "{e:?}");
+    // Nothing was installed: the member still serves its data, and no
+    // received file is left behind.
+    assert_eq!(c.get("keep", None).await.unwrap().kvs()[0].value(), b"me");
+    let snap = nodes[1].data_dir.join("member/snap");
+    let left: Vec<_> = std::fs::read_dir(&snap)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".recv"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
