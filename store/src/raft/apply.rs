@@ -3,7 +3,9 @@
 //! publishes the new applied index/revision (which wakes watchers and
 //! linearizable readers), completes the proposers' waiters by request id,
 //! and triggers background state-machine snapshots every `snapshot_count`
-//! entries.
+//! entries. Membership-change entries arrive with the configuration raft
+//! produced for them and update the member table; a snapshot installed from
+//! the leader replaces the whole state machine.
 
 use std::collections::HashMap;
 use std::sync::Arc;
