@@ -4,7 +4,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
 
 /// The process-wide metrics.
 pub struct Metrics {
@@ -32,6 +35,25 @@ pub struct Metrics {
     pub keys_total: IntGauge,
     /// etcd_debugging_mvcc_watcher_total.
     pub watchers: IntGauge,
+    /// etcd_server_is_learner.
+    pub is_learner: IntGauge,
+    /// etcd_network_snapshot_send_success{To}.
+    pub snapshot_send_success: IntCounterVec,
+    /// etcd_network_snapshot_send_failures{To}.
+    pub snapshot_send_failures: IntCounterVec,
+    /// etcd_network_snapshot_send_total_duration_seconds{To}.
+    pub snapshot_send_duration: HistogramVec,
+    /// etcd_network_snapshot_receive_success{From}.
+    pub snapshot_receive_success: IntCounterVec,
+    /// etcd_network_snapshot_receive_failures{From}.
+    pub snapshot_receive_failures: IntCounterVec,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("invariant: valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("invariant: unique metric");
+    c
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -117,6 +139,51 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "etcd_debugging_mvcc_watcher_total",
             "Total number of watchers.",
+        ),
+        is_learner: gauge(
+            &r,
+            "etcd_server_is_learner",
+            "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+        ),
+        snapshot_send_success: counter_vec(
+            &r,
+            "etcd_network_snapshot_send_success",
+            "Total number of successful snapshot sends",
+            "To",
+        ),
+        snapshot_send_failures: counter_vec(
+            &r,
+            "etcd_network_snapshot_send_failures",
+            "Total number of snapshot send failures",
+            "To",
+        ),
+        snapshot_send_duration: {
+            let h = HistogramVec::new(
+                HistogramOpts::new(
+                    "etcd_network_snapshot_send_total_duration_seconds",
+                    "Total latency distributions of v3 snapshot sends",
+                )
+                .buckets(
+                    prometheus::exponential_buckets(0.1, 2.0, 10).expect("invariant: buckets"),
+                ),
+                &["To"],
+            )
+            .expect("invariant: valid metric");
+            r.register(Box::new(h.clone()))
+                .expect("invariant: unique metric");
+            h
+        },
+        snapshot_receive_success: counter_vec(
+            &r,
+            "etcd_network_snapshot_receive_success",
+            "Total number of successful snapshot receives",
+            "From",
+        ),
+        snapshot_receive_failures: counter_vec(
+            &r,
+            "etcd_network_snapshot_receive_failures",
+            "Total number of snapshot receive failures",
+            "From",
         ),
         registry: r,
     }

@@ -481,6 +481,7 @@ impl Node {
                 };
                 METRICS.db_size.set(size);
                 METRICS.keys_total.set(keys as i64);
+                METRICS.is_learner.set(n.is_learner() as i64);
             }
         });
     }

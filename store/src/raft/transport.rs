@@ -41,6 +41,7 @@ use super::storage::RaftStorage;
 use super::RaftMsg;
 use crate::apply::StateMachine;
 use crate::error::Error;
+use crate::metrics::METRICS;
 use crate::snapshot::{self, SnapDir, SnapshotView};
 
 /// Messages buffered per peer before new ones are dropped.
@@ -261,6 +262,7 @@ async fn send_snapshot(
 ) {
     let to = m.to;
     let index = m.get_snapshot().get_metadata().index;
+    let started = std::time::Instant::now();
     let ok = async {
         let view = storage
             .take_outgoing(to, index)
@@ -283,7 +285,6 @@ async fn send_snapshot(
                 ..Default::default()
             },
         };
-        let started = std::time::Instant::now();
         let writer = tokio::task::spawn_blocking(move || serialize_into(view, w));
         let mut client = RaftClient::new(channel)
             .max_encoding_message_size(usize::MAX)
@@ -301,8 +302,25 @@ async fn send_snapshot(
         Ok::<(), String>(())
     }
     .await;
-    if let Err(e) = &ok {
-        tracing::warn!(to = %format!("{to:x}"), index, error = %e, "sending snapshot failed");
+    let label = format!("{to:x}");
+    match &ok {
+        Ok(()) => {
+            METRICS
+                .snapshot_send_success
+                .with_label_values(&[&label])
+                .inc();
+            METRICS
+                .snapshot_send_duration
+                .with_label_values(&[&label])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Err(e) => {
+            METRICS
+                .snapshot_send_failures
+                .with_label_values(&[&label])
+                .inc();
+            tracing::warn!(to = %label, index, error = %e, "sending snapshot failed");
+        }
     }
     let _ = raft_tx
         .send_async(RaftMsg::SnapshotStatus(to, ok.is_ok()))
@@ -527,7 +545,14 @@ impl raft_server::Raft for PeerService {
         }
         let index = msg.get_snapshot().get_metadata().index;
         let path = self.snaps.recv_path(index);
+        let from = format!("{:x}", first.from);
         let r = receive_into(&path, first, &mut s).await;
+        if !matches!(&r, Ok(sm) if sm.applied_index == index) {
+            METRICS
+                .snapshot_receive_failures
+                .with_label_values(&[&from])
+                .inc();
+        }
         let sm = match r {
             Ok(sm) if sm.applied_index == index => sm,
             Ok(sm) => {
@@ -543,7 +568,11 @@ impl raft_server::Raft for PeerService {
                 return Err(Status::data_loss(format!("snapshot rejected: {e}")));
             }
         };
-        tracing::info!(index, from = %format!("{:x}", msg.from), "received and verified snapshot");
+        METRICS
+            .snapshot_receive_success
+            .with_label_values(&[&from])
+            .inc();
+        tracing::info!(index, from = %from, "received and verified snapshot");
         {
             // Only the newest received snapshot can still be installed.
             let mut r = self.received.lock();

@@ -82,6 +82,23 @@ async fn wait_value(c: &mut Client, key: &str, want: &str) {
     }
 }
 
+/// GET `path` on a member's client URL (plain HTTP/1.1), returning the body.
+fn http_get(endpoint: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(out)
+}
+
 /// Index of the member that leads.
 async fn leader_of(nodes: &[Strata]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -323,6 +340,18 @@ async fn follower_far_behind_catches_up_through_a_snapshot() {
     let mut c2 = nodes[down].client().await;
     wait_value(&mut c2, "c00099", "v99").await;
     eprintln!("far-behind member caught up in {:?}", t.elapsed());
+    let sent = http_get(&nodes[w].endpoint, "/metrics");
+    assert!(
+        sent.lines()
+            .any(|l| l.starts_with("etcd_network_snapshot_send_success{") && !l.ends_with(" 0")),
+        "leader metrics:\n{sent}"
+    );
+    let got = http_get(&nodes[down].endpoint, "/metrics");
+    assert!(
+        got.lines()
+            .any(|l| l.starts_with("etcd_network_snapshot_receive_success{") && !l.ends_with(" 0")),
+        "follower metrics:\n{got}"
+    );
     let log = nodes[down].log_text();
     assert!(
         log.contains("installed snapshot from the leader"),
