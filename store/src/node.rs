@@ -169,7 +169,12 @@ impl Node {
         }
         let min_lease_ttl = ((3 * cfg.election_timeout.as_millis() as i64) / 2 + 999) / 1000;
         let apply_cfg = ApplyConfig { min_lease_ttl };
-        let lessor = Arc::new(Lessor::new(Arc::new(SystemClock)));
+        let lessor = Arc::new(
+            Lessor::new(Arc::new(SystemClock)).with_checkpoints(
+                cfg.lease_checkpoint
+                    .then_some(cfg.lease_checkpoint_interval),
+            ),
+        );
         lessor.refresh_all(
             sm.leases
                 .iter()
@@ -292,6 +297,7 @@ impl Node {
             if !self.status.is_leader() {
                 continue;
             }
+            self.propose_lease_checkpoints();
             for id in self.lessor.take_expired(Duration::from_secs(3)) {
                 let n = self.clone();
                 tokio::spawn(async move {
@@ -305,6 +311,36 @@ impl Node {
                         }
                     }
                 });
+            }
+        }
+    }
+
+    /// Propose the lease checkpoints that are due (etcd's
+    /// checkpointScheduledLeases): batches of at most 1000, at most 500
+    /// batches per lease-loop turn. A periodic checkpoint whose proposal is
+    /// lost is retried one interval later (the lessor reschedules it).
+    fn propose_lease_checkpoints(self: &Arc<Self>) {
+        const MAX_BATCH: usize = 1000;
+        for _ in 0..500 {
+            let cps = self.lessor.take_checkpoints(MAX_BATCH);
+            if cps.is_empty() {
+                return;
+            }
+            let full = cps.len() == MAX_BATCH;
+            let req = pb::LeaseCheckpointRequest {
+                checkpoints: cps
+                    .into_iter()
+                    .map(|(id, remaining_ttl)| pb::LeaseCheckpoint { id, remaining_ttl })
+                    .collect(),
+            };
+            let n = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = n.propose(Op::LeaseCheckpoint(req)).await {
+                    tracing::debug!(error = %e, "lease checkpoint not applied");
+                }
+            });
+            if !full {
+                return;
             }
         }
     }
