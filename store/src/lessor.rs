@@ -11,8 +11,10 @@
 //! lease, when the leader should next replicate the lease's remaining TTL
 //! ([`Lessor::take_checkpoints`]), and a renewal of a lease with a
 //! checkpointed remaining TTL queues a checkpoint of 0 that clears it. On
-//! followers an applied checkpoint restarts the local timer from the
-//! checkpointed remaining TTL, so TimeToLive on a follower reports it.
+//! followers (which never see renewals; TimeToLive and KeepAlive are
+//! forwarded to the leader) an applied checkpoint restarts the local timer
+//! from the checkpointed remaining TTL, keeping their local view, e.g. the
+//! order of LeaseLeases, close to the leader's.
 //! The clock is injectable ([`Clock`]) so tests and fault injection can
 //! skew it without touching the machine's clock.
 

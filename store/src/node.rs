@@ -449,11 +449,13 @@ impl Node {
     /// The receiving side of the peer transport, for the peer listener.
     pub fn peer_service(self: &Arc<Self>) -> PeerService {
         let n = self.clone();
+        let n2 = self.clone();
         PeerService::new(
             self.cluster_id,
             self.raft_tx.clone(),
             Arc::new(move |id| n.renew_local(id)),
         )
+        .with_remaining(Arc::new(move |id| n2.remaining_local(id)))
     }
 
     /// Renew a lease on this member, which must lead. TTL 0 means the lease
@@ -479,6 +481,22 @@ impl Node {
         if leader == 0 || leader == self.member_id {
             return self.renew_local(id);
         }
+        let mut client = self.leader_client(leader)?;
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            client.lease_renew(proto::raftpb::LeaseRenewRequest { id }),
+        )
+        .await
+        {
+            Ok(Ok(r)) => Ok(r.into_inner().ttl),
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound => Err(Error::LeaseNotFound),
+            Ok(Err(_)) => Err(Error::LeaderChanged),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// A peer client to `leader` (cached per leader).
+    fn leader_client(&self, leader: u64) -> Result<RaftClient<tonic::transport::Channel>> {
         let urls = self
             .members
             .read()
@@ -489,29 +507,49 @@ impl Node {
         let Some(url) = urls.first() else {
             return Err(Error::NoLeader);
         };
-        let client = {
-            let mut clients = self.leader_clients.lock();
-            match clients.get(&leader) {
-                Some(c) => c.clone(),
-                None => {
-                    let ep = tonic::transport::Endpoint::from_shared(url.clone())
-                        .map_err(|e| Error::Internal(e.to_string()))?
-                        .connect_timeout(Duration::from_secs(1));
-                    let c = RaftClient::new(ep.connect_lazy());
-                    clients.insert(leader, c.clone());
-                    c
-                }
-            }
+        let mut clients = self.leader_clients.lock();
+        if let Some(c) = clients.get(&leader) {
+            return Ok(c.clone());
+        }
+        let ep = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .connect_timeout(Duration::from_secs(1));
+        let c = RaftClient::new(ep.connect_lazy());
+        clients.insert(leader, c.clone());
+        Ok(c)
+    }
+
+    /// A lease's remaining TTL on this member, which must lead; -1 if the
+    /// lease does not exist.
+    pub fn remaining_local(&self, id: i64) -> Result<i64> {
+        if !self.status.is_leader() {
+            return Err(if self.status.leader() == 0 {
+                Error::NoLeader
+            } else {
+                Error::NotLeader
+            });
+        }
+        let Some(ttl) = self.state.read().leases.get(id).map(|l| l.ttl) else {
+            return Ok(-1);
         };
-        let mut client = client;
+        Ok(self.lessor.remaining(id).unwrap_or(ttl))
+    }
+
+    /// A lease's remaining TTL by the leader's clock (etcd's TimeToLive
+    /// forwards to the leader too): only the leader sees renewals.
+    pub async fn lease_remaining(&self, id: i64) -> Result<i64> {
+        let leader = self.status.leader();
+        if leader == 0 || leader == self.member_id {
+            return self.remaining_local(id);
+        }
+        let mut client = self.leader_client(leader)?;
         match tokio::time::timeout(
             Duration::from_secs(2),
-            client.lease_renew(proto::raftpb::LeaseRenewRequest { id }),
+            client.lease_remaining(proto::raftpb::LeaseRenewRequest { id }),
         )
         .await
         {
             Ok(Ok(r)) => Ok(r.into_inner().ttl),
-            Ok(Err(s)) if s.code() == tonic::Code::NotFound => Err(Error::LeaseNotFound),
             Ok(Err(_)) => Err(Error::LeaderChanged),
             Err(_) => Err(Error::Timeout),
         }

@@ -159,6 +159,8 @@ pub struct PeerService {
     cluster_id: u64,
     raft_tx: flume::Sender<RaftMsg>,
     renew: RenewFn,
+    /// Answers forwarded TimeToLive lookups (remaining TTL, -1 if unknown).
+    remaining: Option<RenewFn>,
 }
 
 impl PeerService {
@@ -168,7 +170,14 @@ impl PeerService {
             cluster_id,
             raft_tx,
             renew,
+            remaining: None,
         }
+    }
+
+    /// Answer forwarded TimeToLive lookups with `remaining`.
+    pub fn with_remaining(mut self, remaining: RenewFn) -> Self {
+        self.remaining = Some(remaining);
+        self
     }
 }
 
@@ -209,6 +218,18 @@ impl raft_server::Raft for PeerService {
         req: Request<LeaseRenewRequest>,
     ) -> Result<Response<LeaseRenewResponse>, Status> {
         let ttl = (self.renew)(req.into_inner().id)?;
+        Ok(Response::new(LeaseRenewResponse { ttl }))
+    }
+
+    async fn lease_remaining(
+        &self,
+        req: Request<LeaseRenewRequest>,
+    ) -> Result<Response<LeaseRenewResponse>, Status> {
+        let f = self
+            .remaining
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("lease lookups are not served here"))?;
+        let ttl = f(req.into_inner().id)?;
         Ok(Response::new(LeaseRenewResponse { ttl }))
     }
 }
