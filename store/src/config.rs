@@ -126,8 +126,8 @@ const FLAGS: &[(&str, &str, Ty, Kind, &str)] = &[
     ("experimental-compact-hash-check-time", "1m", Value, Ignored, "Duration of time between leader checks followers compaction hashes."),
     ("compact-hash-check-time", "1m", Value, Ignored, "Duration of time between leader checks followers compaction hashes."),
     ("experimental-enable-v2v3", "", Value, Ignored, "Serve v2 requests through the v3 backend under a given prefix."),
-    ("experimental-enable-lease-checkpoint", "false", Bool, Ignored, "Enable leader to send regular checkpoints to other members to prevent reset of remaining TTL on leader change."),
-    ("experimental-enable-lease-checkpoint-persist", "false", Bool, Ignored, "Enable persisting remainingTTL to prevent indefinite auto-renewal of long lived leases."),
+    ("experimental-enable-lease-checkpoint", "false", Bool, Used, "Enable leader to send regular checkpoints to other members to prevent reset of remaining TTL on leader change."),
+    ("experimental-enable-lease-checkpoint-persist", "false", Bool, Used, "Enable persisting remainingTTL to prevent indefinite auto-renewal of long lived leases. Strata always persists checkpointed remaining TTLs (etcd 3.6 behaviour), so this only matters together with --experimental-enable-lease-checkpoint, as in etcd."),
     ("experimental-compaction-batch-limit", "1000", Value, Ignored, "Sets the maximum revisions deleted in each compaction batch."),
     ("compaction-batch-limit", "1000", Value, Ignored, "Sets the maximum revisions deleted in each compaction batch."),
     ("experimental-compaction-sleep-interval", "10ms", Value, Ignored, "Sets the sleep interval between each compaction batch."),
@@ -155,13 +155,13 @@ const FLAGS: &[(&str, &str, Ty, Kind, &str)] = &[
     ("memory-mlock", "false", Bool, Ignored, "Enable to enforce etcd pages to stay in RAM."),
     ("experimental-downgrade-check-time", "5s", Value, Ignored, "Duration of time between two downgrade status checks."),
     ("downgrade-check-time", "5s", Value, Ignored, "Duration of time between two downgrade status checks."),
-    ("experimental-enable-lease-checkpoint-interval", "5m", Value, Ignored, "Lease checkpoint interval."),
     ("experimental-local-address", "", Value, Ignored, "LocalAddr to use when communicating with other etcd members."),
-    ("feature-gates", "", Value, Ignored, "A set of key=value pairs that describe server level feature gates, e.g. InitialCorruptCheck=true."),
+    ("feature-gates", "", Value, Used, "A set of key=value pairs that describe server level feature gates, e.g. InitialCorruptCheck=true. Strata acts on LeaseCheckpoint and LeaseCheckpointPersist (the 3.6 spellings of --experimental-enable-lease-checkpoint[-persist]); other gates are accepted and ignored."),
     ("unsafe-no-fsync", "false", Bool, Used, "Disables fsync, unsafe, will cause data loss."),
     ("config-file", "", Value, Ignored, "Path to the server configuration file (not supported yet: pass flags instead)."),
     // strata
     ("emulated-etcd-version", "3.6.0", Value, Used, "The etcd server version Strata reports in Maintenance.Status (must be a semver; Kubernetes needs >= 3.5.13)."),
+    ("experimental-lease-checkpoint-interval", "5m", Value, Used, "Interval between lease checkpoints (etcd's LeaseCheckpointInterval, which etcd sets only through its embedding API)."),
 ];
 
 /// The validated server configuration.
@@ -221,6 +221,14 @@ pub struct Config {
     pub strict_reconfig_check: bool,
     /// Most learners the cluster may have.
     pub max_learners: usize,
+    /// Lease checkpoints (`--experimental-enable-lease-checkpoint`, or the
+    /// `LeaseCheckpoint` feature gate).
+    pub lease_checkpoint: bool,
+    /// `--experimental-enable-lease-checkpoint-persist` (or the
+    /// `LeaseCheckpointPersist` gate); checkpoints are always persisted.
+    pub lease_checkpoint_persist: bool,
+    /// Interval between lease checkpoints.
+    pub lease_checkpoint_interval: Duration,
     /// Accepted flags that have no effect, for the startup warning.
     pub ignored: Vec<String>,
 }
@@ -437,6 +445,34 @@ fn from_matches(m: &clap::ArgMatches) -> Result<Config, String> {
     if b("enable-v2") {
         return Err("--enable-v2: the v2 API is not supported".into());
     }
+    let mut lease_checkpoint = b("experimental-enable-lease-checkpoint");
+    let mut lease_checkpoint_persist = b("experimental-enable-lease-checkpoint-persist");
+    for gate in s("feature-gates")
+        .split(',')
+        .filter(|g| !g.trim().is_empty())
+    {
+        let (k, v) = gate
+            .split_once('=')
+            .ok_or_else(|| format!("--feature-gates: {gate:?} is not in Name=true|false form"))?;
+        let on = match v.trim() {
+            "true" => true,
+            "false" => false,
+            _ => return Err(format!("--feature-gates: invalid value {v:?} for {k}")),
+        };
+        match k.trim() {
+            "LeaseCheckpoint" => lease_checkpoint = on,
+            "LeaseCheckpointPersist" => lease_checkpoint_persist = on,
+            other => ignored.push(format!("feature-gates {other}")),
+        }
+    }
+    let lease_checkpoint_interval = match parse_duration(
+        &s("experimental-lease-checkpoint-interval"),
+        "experimental-lease-checkpoint-interval",
+    )? {
+        // etcd: zero means the default.
+        d if d.is_zero() => Duration::from_secs(300),
+        d => d,
+    };
     let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
     Ok(Config {
         data_dir,
@@ -487,6 +523,9 @@ fn from_matches(m: &clap::ArgMatches) -> Result<Config, String> {
             },
             "max-learners",
         )?,
+        lease_checkpoint,
+        lease_checkpoint_persist,
+        lease_checkpoint_interval,
         ignored,
         name,
     })
@@ -560,6 +599,33 @@ mod tests {
         assert!(e.contains("no-such-flag"), "{e}");
         let e = run(&["--election-timeout", "100"]).unwrap_err();
         assert!(e.contains("5 times"), "{e}");
+    }
+
+    #[test]
+    fn lease_checkpoint_flags_and_feature_gates() {
+        let c = run(&[]).unwrap();
+        assert!(!c.lease_checkpoint && !c.lease_checkpoint_persist);
+        assert_eq!(c.lease_checkpoint_interval, Duration::from_secs(300));
+        let c = run(&[
+            "--experimental-enable-lease-checkpoint",
+            "--experimental-lease-checkpoint-interval",
+            "1s",
+        ])
+        .unwrap();
+        assert!(c.lease_checkpoint);
+        assert_eq!(c.lease_checkpoint_interval, Duration::from_secs(1));
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let c = run(&["--feature-gates=LeaseCheckpoint=true,LeaseCheckpointPersist=true,StopGRPCServiceOnDefrag=false"]).unwrap();
+        assert!(c.lease_checkpoint && c.lease_checkpoint_persist);
+        assert_eq!(
+            c.ignored,
+            vec!["feature-gates StopGRPCServiceOnDefrag".to_string()]
+        );
+        assert!(run(&["--feature-gates=LeaseCheckpoint"]).is_err());
+        assert!(
+            run(&["--experimental-enable-lease-checkpoint-interval", "1s"]).is_err(),
+            "not an etcd flag"
+        );
     }
 
     #[test]

@@ -347,7 +347,12 @@ impl Node {
         }
         let min_lease_ttl = ((3 * cfg.election_timeout.as_millis() as i64) / 2 + 999) / 1000;
         let apply_cfg = ApplyConfig { min_lease_ttl };
-        let lessor = Arc::new(Lessor::new(Arc::new(SystemClock)));
+        let lessor = Arc::new(
+            Lessor::new(Arc::new(SystemClock)).with_checkpoints(
+                cfg.lease_checkpoint
+                    .then_some(cfg.lease_checkpoint_interval),
+            ),
+        );
         lessor.refresh_all(
             sm.leases
                 .iter()
@@ -500,6 +505,7 @@ impl Node {
             if !self.status.is_leader() {
                 continue;
             }
+            self.propose_lease_checkpoints();
             for id in self.lessor.take_expired(Duration::from_secs(3)) {
                 let n = self.clone();
                 tokio::spawn(async move {
@@ -513,6 +519,36 @@ impl Node {
                         }
                     }
                 });
+            }
+        }
+    }
+
+    /// Propose the lease checkpoints that are due (etcd's
+    /// checkpointScheduledLeases): batches of at most 1000, at most 500
+    /// batches per lease-loop turn. A periodic checkpoint whose proposal is
+    /// lost is retried one interval later (the lessor reschedules it).
+    fn propose_lease_checkpoints(self: &Arc<Self>) {
+        const MAX_BATCH: usize = 1000;
+        for _ in 0..500 {
+            let cps = self.lessor.take_checkpoints(MAX_BATCH);
+            if cps.is_empty() {
+                return;
+            }
+            let full = cps.len() == MAX_BATCH;
+            let req = pb::LeaseCheckpointRequest {
+                checkpoints: cps
+                    .into_iter()
+                    .map(|(id, remaining_ttl)| pb::LeaseCheckpoint { id, remaining_ttl })
+                    .collect(),
+            };
+            let n = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = n.propose(Op::LeaseCheckpoint(req)).await {
+                    tracing::debug!(error = %e, "lease checkpoint not applied");
+                }
+            });
+            if !full {
+                return;
             }
         }
     }
@@ -698,8 +734,7 @@ impl Node {
         if leader == 0 || leader == self.member_id {
             return self.renew_local(id);
         }
-        let client = self.peer_client(leader)?;
-        let mut client = client;
+        let mut client = self.peer_client(leader)?;
         match tokio::time::timeout(
             Duration::from_secs(2),
             client.lease_renew(proto::raftpb::LeaseRenewRequest { id }),
@@ -708,6 +743,42 @@ impl Node {
         {
             Ok(Ok(r)) => Ok(r.into_inner().ttl),
             Ok(Err(s)) if s.code() == tonic::Code::NotFound => Err(Error::LeaseNotFound),
+            Ok(Err(_)) => Err(Error::LeaderChanged),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// A lease's remaining TTL on this member, which must lead; -1 if the
+    /// lease does not exist.
+    pub fn remaining_local(&self, id: i64) -> Result<i64> {
+        if !self.status.is_leader() {
+            return Err(if self.status.leader() == 0 {
+                Error::NoLeader
+            } else {
+                Error::NotLeader
+            });
+        }
+        let Some(ttl) = self.state.read().leases.get(id).map(|l| l.ttl) else {
+            return Ok(-1);
+        };
+        Ok(self.lessor.remaining(id).unwrap_or(ttl))
+    }
+
+    /// A lease's remaining TTL by the leader's clock (etcd's TimeToLive
+    /// forwards to the leader too): only the leader sees renewals.
+    pub async fn lease_remaining(&self, id: i64) -> Result<i64> {
+        let leader = self.status.leader();
+        if leader == 0 || leader == self.member_id {
+            return self.remaining_local(id);
+        }
+        let mut client = self.peer_client(leader)?;
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            client.lease_remaining(proto::raftpb::LeaseRenewRequest { id }),
+        )
+        .await
+        {
+            Ok(Ok(r)) => Ok(r.into_inner().ttl),
             Ok(Err(_)) => Err(Error::LeaderChanged),
             Err(_) => Err(Error::Timeout),
         }

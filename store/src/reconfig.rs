@@ -319,6 +319,9 @@ impl PeerHandler for NodePeer {
     fn touch(&self, from: u64) {
         self.0.transport.touch(from);
     }
+    fn remaining(&self, id: i64) -> Result<i64> {
+        self.0.remaining_local(id)
+    }
     async fn promote(&self, id: u64) -> Result<pb::MemberPromoteResponse> {
         if !self.0.status.is_leader() {
             return Err(Error::NotLeader);

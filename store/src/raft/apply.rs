@@ -192,6 +192,7 @@ pub fn run_apply(l: ApplyLoop) {
         let mut members_changed = false;
         let mut results = Vec::with_capacity(entries.len());
         let mut lease_events = Vec::new();
+        let mut checkpoints: Vec<(i64, i64)> = Vec::new();
         let mut promote = false;
         let applied = {
             let mut sm = l.state.write();
@@ -205,6 +206,7 @@ pub fn run_apply(l: ApplyLoop) {
                     // empty entry of its term; leases granted or renewed
                     // later in the term keep their own timers.
                     lease_events.clear();
+                    checkpoints.clear();
                     promote = true;
                 }
                 if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
@@ -220,7 +222,20 @@ pub fn run_apply(l: ApplyLoop) {
                                     Op::LeaseRevoke(r) => Some((r.id, false)),
                                     _ => None,
                                 };
+                                // Checkpoints of leases that exist (apply skips the others).
+                                let cps: Vec<(i64, i64)> = match &op {
+                                    Op::LeaseCheckpoint(c) => c
+                                        .checkpoints
+                                        .iter()
+                                        .filter(|cp| sm.leases.contains(cp.id))
+                                        .map(|cp| (cp.id, cp.remaining_ttl))
+                                        .collect(),
+                                    _ => Vec::new(),
+                                };
                                 let r = sm.apply(op, &l.cfg);
+                                if r.is_ok() {
+                                    checkpoints.extend(cps);
+                                }
                                 if let (Some(ev), Ok(res)) = (lease_ev, &r) {
                                     let ttl = match res {
                                         ApplyResult::LeaseGrant(g) => g.ttl,
@@ -283,6 +298,11 @@ pub fn run_apply(l: ApplyLoop) {
             } else {
                 l.lessor.revoked(id);
             }
+        }
+        // Lease checkpoints: followers restart their timers from them.
+        let follower = !l.status.is_leader();
+        for (id, remaining) in checkpoints {
+            l.lessor.checkpointed(id, remaining, follower);
         }
         l.applied_tx.send_replace(applied);
         for (id, r) in results {

@@ -444,6 +444,8 @@ pub trait PeerHandler: Send + Sync + 'static {
     fn members(&self) -> Vec<pb::Member>;
     /// A peer was heard from.
     fn touch(&self, from: u64);
+    /// A lease's remaining TTL on this member, which must lead (-1: no such lease).
+    fn remaining(&self, id: i64) -> Result<i64, Error>;
     /// Promote a learner (this member must lead).
     async fn promote(&self, id: u64) -> Result<pb::MemberPromoteResponse, Error>;
 }
@@ -525,6 +527,14 @@ impl raft_server::Raft for PeerService {
         req: Request<LeaseRenewRequest>,
     ) -> Result<Response<LeaseRenewResponse>, Status> {
         let ttl = self.handler.renew(req.into_inner().id)?;
+        Ok(Response::new(LeaseRenewResponse { ttl }))
+    }
+
+    async fn lease_remaining(
+        &self,
+        req: Request<LeaseRenewRequest>,
+    ) -> Result<Response<LeaseRenewResponse>, Status> {
+        let ttl = self.handler.remaining(req.into_inner().id)?;
         Ok(Response::new(LeaseRenewResponse { ttl }))
     }
 

@@ -1,5 +1,6 @@
 //! server::lease: the etcd Lease service. Grant and Revoke go through raft;
-//! KeepAlive and TimeToLive are answered from the leader's lessor clock.
+//! KeepAlive and TimeToLive are answered from the leader's lessor clock
+//! (followers forward both to the leader over the peer transport).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -119,16 +120,22 @@ impl pb::lease_server::Lease for LeaseService {
                 None => (None, Vec::new()),
             }
         };
+        // The remaining TTL comes from the leader's clock (forwarded from a
+        // follower); -1 there means the lease was revoked meanwhile.
+        let ttl = match granted {
+            Some(_) => self.node.lease_remaining(r.id).await?,
+            None => -1,
+        };
         let header = Some(self.node.header(self.node.current_rev()));
         let resp = match granted {
-            Some(g) => pb::LeaseTimeToLiveResponse {
+            Some(g) if ttl >= 0 => pb::LeaseTimeToLiveResponse {
                 header,
                 id: r.id,
-                ttl: self.node.lessor.remaining(r.id).unwrap_or(g),
+                ttl,
                 granted_ttl: g,
                 keys,
             },
-            None => pb::LeaseTimeToLiveResponse {
+            _ => pb::LeaseTimeToLiveResponse {
                 header,
                 id: r.id,
                 ttl: -1,
