@@ -618,14 +618,15 @@ impl Node {
         if data.len() > self.cfg.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
+        self.submit(id, RaftMsg::Propose { id, data }).await
+    }
+
+    /// Hand a proposal (request `id`) to the raft thread and wait until the
+    /// entry is applied here, or fails, or times out.
+    pub(crate) async fn submit(&self, id: u64, msg: RaftMsg) -> Result<ApplyResult> {
         let (tx, rx) = oneshot::channel();
         self.waiters.insert(id, tx);
-        if self
-            .raft_tx
-            .send_async(RaftMsg::Propose { id, data })
-            .await
-            .is_err()
-        {
+        if self.raft_tx.send_async(msg).await.is_err() {
             self.waiters.remove(id);
             return Err(Error::Stopped);
         }

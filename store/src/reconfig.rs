@@ -74,27 +74,12 @@ impl Node {
         let mut cc = ConfChangeV2::default();
         cc.mut_changes().push(single);
         cc.context = InternalRequest { id, op: Some(op) }.encode_to_vec().into();
-        let (tx, rx) = oneshot::channel();
-        self.waiters.insert(id, tx);
-        if self
-            .raft_tx
-            .send_async(RaftMsg::ProposeConfChange { id, cc })
-            .await
-            .is_err()
+        match self
+            .submit(id, RaftMsg::ProposeConfChange { id, cc })
+            .await?
         {
-            self.waiters.remove(id);
-            return Err(Error::Stopped);
-        }
-        let timeout = Duration::from_secs(5) + 2 * self.cfg.election_timeout;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Ok(ApplyResult::Members(m)))) => Ok(m),
-            Ok(Ok(Ok(other))) => Err(Error::Internal(format!("unexpected result {other:?}"))),
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) => Err(Error::Stopped),
-            Err(_) => {
-                self.waiters.remove(id);
-                Err(Error::Timeout)
-            }
+            ApplyResult::Members(m) => Ok(m),
+            other => Err(Error::Internal(format!("unexpected result {other:?}"))),
         }
     }
 
