@@ -1,1 +1,3 @@
-//! `bench`: placeholder crate; the orchestration/tooling issues fill it in. It has no code yet.
+//! `bench`: benchmark tooling. So far only the `putload` binary
+//! (`src/bin/putload.rs`, a Put load generator used by
+//! `bench/scripts/catchup.sh`); the orchestration/tooling issues fill in the rest.

@@ -1,100 +1,14 @@
 //! Multi-member clusters: real `strata` processes on 127.0.0.1 talking raft
-//! to each other over the peer transport.
+//! to each other over the peer transport (launched by the harness's
+//! [`Cluster`]): replication, failover, bootstrap checks, lease forwarding
+//! and leadership transfer.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
 
-use crate::harness::{free_port, Strata};
-
-struct Cluster {
-    nodes: Vec<Option<Strata>>,
-    _tmp: tempfile::TempDir,
-}
-
-fn peer_flags(port: u16, initial: &str, token: &str) -> Vec<String> {
-    let url = format!("http://127.0.0.1:{port}");
-    vec![
-        "--listen-peer-urls".into(),
-        url.clone(),
-        "--initial-advertise-peer-urls".into(),
-        url,
-        "--initial-cluster".into(),
-        initial.into(),
-        "--initial-cluster-token".into(),
-        token.into(),
-        "--heartbeat-interval".into(),
-        "50".into(),
-        "--election-timeout".into(),
-        "500".into(),
-    ]
-}
-
-/// Start members concurrently (each waits for a leader before serving).
-fn start_all(dir: &Path, specs: Vec<(String, Vec<String>)>) -> Vec<Result<Strata, String>> {
-    let handles: Vec<_> = specs
-        .into_iter()
-        .map(|(name, flags)| {
-            let d = dir.join(&name);
-            std::thread::spawn(move || {
-                let f: Vec<&str> = flags.iter().map(|s| s.as_str()).collect();
-                Strata::try_start_named(&d, &name, &f)
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
-}
-
-impl Cluster {
-    fn start(n: usize) -> Cluster {
-        Cluster::start_with(n, &[])
-    }
-
-    /// Start `n` members, each with `extra` flags besides the peer flags.
-    fn start_with(n: usize, extra: &[&str]) -> Cluster {
-        let tmp = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let initial = (0..n)
-            .map(|i| format!("n{i}=http://127.0.0.1:{}", ports[i]))
-            .collect::<Vec<_>>()
-            .join(",");
-        let specs = (0..n)
-            .map(|i| {
-                let mut f = peer_flags(ports[i], &initial, "it-cluster");
-                f.extend(extra.iter().map(|x| x.to_string()));
-                (format!("n{i}"), f)
-            })
-            .collect();
-        let nodes = start_all(tmp.path(), specs)
-            .into_iter()
-            .map(|r| Some(r.unwrap_or_else(|e| panic!("member did not start: {e}"))))
-            .collect();
-        Cluster { nodes, _tmp: tmp }
-    }
-
-    async fn client(&self, i: usize) -> Client {
-        self.nodes[i].as_ref().unwrap().client().await
-    }
-
-    async fn leader(&self) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            for (i, n) in self.nodes.iter().enumerate() {
-                let Some(n) = n else { continue };
-                let mut c = n.client().await;
-                if let Ok(s) = c.status().await {
-                    if s.leader() != 0 && s.leader() == s.header().unwrap().member_id() {
-                        return i;
-                    }
-                }
-            }
-            assert!(Instant::now() < deadline, "no leader elected");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
+use crate::harness::{initial_cluster, peer_flags, start_all, Cluster, Strata};
 
 async fn hashkv_all(c: &Cluster) -> Vec<u32> {
     let mut out = Vec::new();
@@ -293,11 +207,7 @@ async fn leader_kill_under_load_loses_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn member_with_wrong_token_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let initial = (0..3)
-        .map(|i| format!("n{i}=http://127.0.0.1:{}", ports[i]))
-        .collect::<Vec<_>>()
-        .join(",");
+    let (ports, initial) = initial_cluster(3);
     // The two members with the right token form a quorum ...
     let specs = (0..2)
         .map(|i| (format!("n{i}"), peer_flags(ports[i], &initial, "good")))

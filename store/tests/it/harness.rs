@@ -1,5 +1,8 @@
 //! harness: start real `strata` (and real etcd) processes on 127.0.0.1 for
-//! integration tests, and connect `etcd-client` to them.
+//! integration tests, and connect `etcd-client` to them: single members
+//! ([`Strata`], [`Etcd`]) and multi-member clusters bootstrapped with
+//! `--initial-cluster` ([`Cluster`] for Strata, [`EtcdCluster`] for etcd,
+//! started with the same [`peer_flags`]).
 
 #![allow(dead_code)]
 
@@ -289,5 +292,197 @@ pub fn assert_err<T: std::fmt::Debug>(
             assert_eq!((s.code(), s.message()), (code, msg), "status: {s:?}")
         }
         other => panic!("expected {code:?} {msg:?}, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- clusters
+
+/// Raft timing for test clusters (ms): fast elections, as in etcd's own
+/// integration tests.
+pub const HEARTBEAT_MS: &str = "50";
+pub const ELECTION_MS: &str = "500";
+
+/// The peer and bootstrap flags of one member of a static cluster; identical
+/// for Strata and etcd.
+pub fn peer_flags(port: u16, initial: &str, token: &str) -> Vec<String> {
+    let url = format!("http://127.0.0.1:{port}");
+    vec![
+        "--listen-peer-urls".into(),
+        url.clone(),
+        "--initial-advertise-peer-urls".into(),
+        url,
+        "--initial-cluster".into(),
+        initial.into(),
+        "--initial-cluster-token".into(),
+        token.into(),
+        "--heartbeat-interval".into(),
+        HEARTBEAT_MS.into(),
+        "--election-timeout".into(),
+        ELECTION_MS.into(),
+    ]
+}
+
+/// `n` fresh peer ports on 127.0.0.1 and the matching `--initial-cluster`
+/// value (members `n0`, `n1`, ...).
+pub fn initial_cluster(n: usize) -> (Vec<u16>, String) {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let initial = (0..n)
+        .map(|i| format!("n{i}=http://127.0.0.1:{}", ports[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    (ports, initial)
+}
+
+/// Start Strata members concurrently (each waits for a leader before serving).
+pub fn start_all(dir: &Path, specs: Vec<(String, Vec<String>)>) -> Vec<Result<Strata, String>> {
+    let handles: Vec<_> = specs
+        .into_iter()
+        .map(|(name, flags)| {
+            let d = dir.join(&name);
+            std::thread::spawn(move || {
+                let f: Vec<&str> = flags.iter().map(|s| s.as_str()).collect();
+                Strata::try_start_named(&d, &name, &f)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// A running multi-member Strata cluster; `nodes[i]` is `None` once a test
+/// has taken member `i` away. Members are killed on drop.
+pub struct Cluster {
+    pub nodes: Vec<Option<Strata>>,
+    /// Peer ports of the initial members.
+    pub ports: Vec<u16>,
+    /// The `--initial-cluster` value they started with.
+    pub initial: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Start `n` members (token `it-cluster`).
+    pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// Start `n` members with extra flags for every member.
+    pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ports, initial) = initial_cluster(n);
+        let specs = (0..n)
+            .map(|i| {
+                let mut flags = peer_flags(ports[i], &initial, "it-cluster");
+                flags.extend(extra.iter().map(|s| s.to_string()));
+                (format!("n{i}"), flags)
+            })
+            .collect();
+        let nodes = start_all(tmp.path(), specs)
+            .into_iter()
+            .map(|r| Some(r.unwrap_or_else(|e| panic!("member did not start: {e}"))))
+            .collect();
+        Cluster {
+            nodes,
+            ports,
+            initial,
+            _tmp: tmp,
+        }
+    }
+
+    /// The directory holding the members' data dirs.
+    pub fn dir(&self) -> &Path {
+        self._tmp.path()
+    }
+
+    /// Member `i` (panics if a test took it away).
+    pub fn node(&mut self, i: usize) -> &mut Strata {
+        self.nodes[i].as_mut().unwrap()
+    }
+
+    /// Client URL of member `i`.
+    pub fn endpoint(&self, i: usize) -> String {
+        self.nodes[i].as_ref().unwrap().endpoint.clone()
+    }
+
+    pub async fn client(&self, i: usize) -> etcd_client::Client {
+        self.nodes[i].as_ref().unwrap().client().await
+    }
+
+    /// Index of the member that reports itself leader (waits for one).
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            for (i, n) in self.nodes.iter().enumerate() {
+                let Some(n) = n else { continue };
+                let mut c = n.client().await;
+                if let Ok(s) = c.status().await {
+                    if s.leader() != 0 && s.leader() == s.header().unwrap().member_id() {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader elected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A running multi-member real etcd cluster, bootstrapped exactly like
+/// [`Cluster`] (same member names, [`peer_flags`] and token). Members are
+/// killed on drop. Readiness is the caller's business (the first successful
+/// linearizable read, as for [`Etcd`]).
+pub struct EtcdCluster {
+    pub children: Vec<Child>,
+    pub endpoints: Vec<String>,
+    _tmp: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Start `n` members of the default etcd ([`etcd_bin`]).
+    pub fn start(n: usize, extra: &[&str]) -> EtcdCluster {
+        EtcdCluster::start_bin(&etcd_bin(), n, extra)
+    }
+
+    /// Start `n` members of a specific etcd binary, with extra flags for
+    /// every member. Each member's log is `<tmp>/n<i>.log`.
+    pub fn start_bin(bin: &Path, n: usize, extra: &[&str]) -> EtcdCluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ports, initial) = initial_cluster(n);
+        let mut children = Vec::new();
+        let mut endpoints = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let c = format!("http://127.0.0.1:{}", free_port());
+            let log = std::fs::File::create(tmp.path().join(format!("n{i}.log"))).unwrap();
+            let child = Command::new(bin)
+                .args(["--name", &format!("n{i}"), "--data-dir"])
+                .arg(tmp.path().join(format!("n{i}")))
+                .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+                .args(peer_flags(*port, &initial, "it-cluster"))
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn etcd");
+            children.push(child);
+            endpoints.push(c);
+        }
+        EtcdCluster {
+            children,
+            endpoints,
+            _tmp: tmp,
+        }
+    }
+
+    /// The log of member `i`.
+    pub fn log_text(&self, i: usize) -> String {
+        std::fs::read_to_string(self._tmp.path().join(format!("n{i}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

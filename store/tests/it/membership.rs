@@ -3,67 +3,26 @@
 //! is promoted and a voter is removed; a follower far behind catches up
 //! through a snapshot; etcd's errors for invalid changes.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions, MemberAddOptions};
 
-use crate::harness::{assert_err, free_port, Strata};
+use crate::harness::{assert_err, free_port, peer_flags, start_all, Cluster, Strata};
 
-/// Flags of member `name` on peer port `port`.
+/// Flags of a member on peer port `port` of a cluster started by [`Cluster`].
 fn flags(port: u16, initial: &str, state: &str, extra: &[&str]) -> Vec<String> {
-    let url = format!("http://127.0.0.1:{port}");
-    let mut v: Vec<String> = [
-        "--listen-peer-urls",
-        &url,
-        "--initial-advertise-peer-urls",
-        &url,
-        "--initial-cluster",
-        initial,
-        "--initial-cluster-state",
-        state,
-        "--initial-cluster-token",
-        "it-membership",
-        "--heartbeat-interval",
-        "50",
-        "--election-timeout",
-        "500",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut v = peer_flags(port, initial, "it-cluster");
+    v.extend(["--initial-cluster-state".to_string(), state.to_string()]);
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
 
-fn start(dir: &Path, name: &str, flags: Vec<String>) -> std::thread::JoinHandle<Strata> {
-    let d = dir.join(name);
-    let name = name.to_string();
-    std::thread::spawn(move || {
-        let f: Vec<&str> = flags.iter().map(|s| s.as_str()).collect();
-        Strata::try_start_named(&d, &name, &f)
-            .unwrap_or_else(|e| panic!("member {name} did not start: {e}"))
-    })
-}
-
-/// Start a new cluster of `n` members with extra flags; returns members and peer ports.
-fn cluster(dir: &Path, n: usize, extra: &[&str]) -> (Vec<Strata>, Vec<u16>, String) {
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-    let initial = (0..n)
-        .map(|i| format!("n{i}=http://127.0.0.1:{}", ports[i]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let hs: Vec<_> = (0..n)
-        .map(|i| {
-            let name = format!("n{i}");
-            start(dir, &name, flags(ports[i], &initial, "new", extra))
-        })
-        .collect();
-    (
-        hs.into_iter().map(|h| h.join().unwrap()).collect(),
-        ports,
-        initial,
-    )
+/// Start one more member with `flags` in the cluster's directory.
+fn start(c: &Cluster, name: &str, flags: Vec<String>) -> Strata {
+    start_all(c.dir(), vec![(name.to_string(), flags)])
+        .pop()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("member {name} did not start: {e}"))
 }
 
 async fn wait_value(c: &mut Client, key: &str, want: &str) {
@@ -99,22 +58,6 @@ fn http_get(endpoint: &str, path: &str) -> String {
         .unwrap_or(out)
 }
 
-/// Index of the member that leads.
-async fn leader_of(nodes: &[Strata]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        for (i, n) in nodes.iter().enumerate() {
-            if let Ok(s) = n.client().await.status().await {
-                if s.leader() != 0 && s.leader() == s.header().unwrap().member_id() {
-                    return i;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn hash_at(c: &mut Client, rev: i64) -> u32 {
     c.hash_kv(rev).await.unwrap().hash()
 }
@@ -135,15 +78,14 @@ async fn fill(c: &mut Client, prefix: &str, n: usize) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn learner_joins_by_snapshot_is_promoted_and_a_voter_is_removed() {
-    let tmp = tempfile::tempdir().unwrap();
     // A small snapshot count: the log is compacted long before the learner
     // joins, so it can only catch up through a raft snapshot.
-    let (mut nodes, ports, initial) = cluster(
-        tmp.path(),
+    let mut cl = Cluster::start_with(
         3,
         &["--snapshot-count", "40", "--snapshot-catchup-entries", "10"],
     );
-    let mut c = nodes[0].client().await;
+    let (ports, initial) = (cl.ports.clone(), cl.initial.clone());
+    let mut c = cl.node(0).client().await;
     fill(&mut c, "k", 300).await;
 
     // Bad requests first, with etcd's errors.
@@ -194,7 +136,7 @@ async fn learner_joins_by_snapshot_is_promoted_and_a_voter_is_removed() {
         "etcdserver: too many learner members in cluster",
     );
     // Through a follower: MemberUpdate is replicated like any write.
-    let mut f = nodes[2].client().await;
+    let mut f = cl.node(2).client().await;
     let upd = f.member_update(new.id(), vec![url3.clone()]).await.unwrap();
     let m = upd.members().iter().find(|m| m.id() == new.id()).unwrap();
     assert_eq!(m.peer_urls(), std::slice::from_ref(&url3));
@@ -208,7 +150,7 @@ async fn learner_joins_by_snapshot_is_promoted_and_a_voter_is_removed() {
     // The new member joins the existing cluster and catches up.
     let initial3 = format!("{initial},n3={url3}");
     let n3 = start(
-        tmp.path(),
+        &cl,
         "n3",
         flags(
             p3,
@@ -216,9 +158,7 @@ async fn learner_joins_by_snapshot_is_promoted_and_a_voter_is_removed() {
             "existing",
             &["--snapshot-count", "40", "--snapshot-catchup-entries", "10"],
         ),
-    )
-    .join()
-    .unwrap();
+    );
     let mut c3 = n3.client().await;
     wait_value(&mut c3, "k00299", "v299").await;
     assert!(
@@ -282,14 +222,14 @@ async fn learner_joins_by_snapshot_is_promoted_and_a_voter_is_removed() {
     assert_eq!(r.members().len(), 3);
     assert!(r.members().iter().all(|m| m.id() != id0));
     let deadline = Instant::now() + Duration::from_secs(15);
-    while nodes[0].child.try_wait().unwrap().is_none() {
+    while cl.node(0).child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "the removed member kept running");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(nodes[0].log_text().contains("permanently removed"));
+    assert!(cl.node(0).log_text().contains("permanently removed"));
     let put = c3.put("after-remove", "yes", None).await.unwrap();
     let rev = put.header().unwrap().revision();
-    let mut c1 = nodes[1].client().await;
+    let mut c1 = cl.node(1).client().await;
     assert_eq!(
         c1.get("after-remove", None).await.unwrap().kvs()[0].value(),
         b"yes"
@@ -301,9 +241,9 @@ async fn learner_joins_by_snapshot_is_promoted_and_a_voter_is_removed() {
     assert_eq!(h1, hash_at(&mut f, rev).await);
     assert_eq!(h1, hash_at(&mut c3, rev).await);
     // Restarting the removed member does not bring it back.
-    nodes[0].kill();
+    cl.node(0).kill();
     let again = Strata::try_start_named(
-        &nodes[0].data_dir.clone(),
+        &cl.node(0).data_dir.clone(),
         "n0",
         &flags(ports[0], &initial, "new", &[])
             .iter()
@@ -319,40 +259,39 @@ async fn learner_joins_by_snapshot_is_promoted_and_a_voter_is_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follower_far_behind_catches_up_through_a_snapshot() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (mut nodes, _ports, _initial) = cluster(
-        tmp.path(),
+    let mut cl = Cluster::start_with(
         3,
         &["--snapshot-count", "30", "--snapshot-catchup-entries", "10"],
     );
-    let leader = leader_of(&nodes).await;
+    let (_ports, _initial) = (cl.ports.clone(), cl.initial.clone());
+    let leader = cl.leader().await;
     let (w, down) = (leader, (leader + 1) % 3);
-    let mut c = nodes[w].client().await;
+    let mut c = cl.node(w).client().await;
     fill(&mut c, "a", 20).await;
     // Kill a follower; write through the leader.
-    nodes[down].kill();
+    cl.node(down).kill();
     // Compact history too: the snapshot must carry the compacted state.
     let mid = fill(&mut c, "b", 200).await;
     c.compact(mid - 50, None).await.unwrap();
     let last = fill(&mut c, "c", 100).await;
     let t = Instant::now();
-    nodes[down].restart();
-    let mut c2 = nodes[down].client().await;
+    cl.node(down).restart();
+    let mut c2 = cl.node(down).client().await;
     wait_value(&mut c2, "c00099", "v99").await;
     eprintln!("far-behind member caught up in {:?}", t.elapsed());
-    let sent = http_get(&nodes[w].endpoint, "/metrics");
+    let sent = http_get(&cl.node(w).endpoint, "/metrics");
     assert!(
         sent.lines()
             .any(|l| l.starts_with("etcd_network_snapshot_send_success{") && !l.ends_with(" 0")),
         "leader metrics:\n{sent}"
     );
-    let got = http_get(&nodes[down].endpoint, "/metrics");
+    let got = http_get(&cl.node(down).endpoint, "/metrics");
     assert!(
         got.lines()
             .any(|l| l.starts_with("etcd_network_snapshot_receive_success{") && !l.ends_with(" 0")),
         "follower metrics:\n{got}"
     );
-    let log = nodes[down].log_text();
+    let log = cl.node(down).log_text();
     assert!(
         log.contains("installed snapshot from the leader"),
         "expected a snapshot install; log:\n{log}"
@@ -369,18 +308,18 @@ async fn follower_far_behind_catches_up_through_a_snapshot() {
     c.put("after", "1", None).await.unwrap();
     wait_value(&mut c2, "after", "1").await;
     // And it survives its own restart after the install.
-    nodes[down].kill();
-    nodes[down].restart();
-    let mut c2 = nodes[down].client().await;
+    cl.node(down).kill();
+    cl.node(down).restart();
+    let mut c2 = cl.node(down).client().await;
     wait_value(&mut c2, "after", "1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn require_leader_streams_fail_once_the_leader_is_gone() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (mut nodes, _ports, _initial) = cluster(tmp.path(), 3, &[]);
+    let mut cl = Cluster::start_with(3, &[]);
+    let (_ports, _initial) = (cl.ports.clone(), cl.initial.clone());
     let opts = etcd_client::ConnectOptions::new().with_require_leader(true);
-    let mut c = Client::connect([nodes[0].endpoint.clone()], Some(opts))
+    let mut c = Client::connect([cl.node(0).endpoint.clone()], Some(opts))
         .await
         .unwrap();
     let mut stream = c.watch("k", None).await.unwrap();
@@ -395,8 +334,8 @@ async fn require_leader_streams_fail_once_the_leader_is_gone() {
         }
     }
     // A minority is left: no leader. Streams that require one must fail.
-    nodes[1].kill();
-    nodes[2].kill();
+    cl.node(1).kill();
+    cl.node(2).kill();
     let started = Instant::now();
     let r = tokio::time::timeout(Duration::from_secs(20), stream.message()).await;
     match r {
@@ -422,9 +361,9 @@ async fn corrupt_or_foreign_snapshots_are_refused_and_never_installed() {
     use proto::raftpb::{raft_client::RaftClient, SnapshotChunk};
     use protobuf::Message as _;
 
-    let tmp = tempfile::tempdir().unwrap();
-    let (nodes, ports, _initial) = cluster(tmp.path(), 3, &[]);
-    let mut c = nodes[1].client().await;
+    let mut cl = Cluster::start_with(3, &[]);
+    let (ports, _initial) = (cl.ports.clone(), cl.initial.clone());
+    let mut c = cl.node(1).client().await;
     c.put("keep", "me", None).await.unwrap();
     let st = c.status().await.unwrap();
     let (me, cluster_id) = (
@@ -477,7 +416,7 @@ async fn corrupt_or_foreign_snapshots_are_refused_and_never_installed() {
     // Nothing was installed: the member still serves its data, and no
     // received file is left behind.
     assert_eq!(c.get("keep", None).await.unwrap().kvs()[0].value(), b"me");
-    let snap = nodes[1].data_dir.join("member/snap");
+    let snap = cl.node(1).data_dir.join("member/snap");
     let left: Vec<_> = std::fs::read_dir(&snap)
         .unwrap()
         .filter_map(|e| e.ok())
