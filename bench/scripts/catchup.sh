@@ -8,6 +8,8 @@
 # opening the client port) is part of the time; etcdctl is first run once
 # the port accepts connections. Afterwards `endpoint hashkv` must agree on all three.
 #   bench/scripts/catchup.sh <server-binary> [trials] [keys]
+# EXTRA_FLAGS (word-split) go to every member, e.g. EXTRA_FLAGS="--snapshot-count 2000"
+# to make the follower catch up through a snapshot instead of the log.
 # Works for strata and for real etcd (same flags). Prints one line per trial
 # and the median, in milliseconds. Members listen on 127.0.0.1 only and are
 # killed by PID on exit.
@@ -31,7 +33,7 @@ start_member() {
   "$BIN" --name "m$i" --data-dir "$D/t$t-m$i" \
     --listen-client-urls "http://127.0.0.1:$((base + i))" --advertise-client-urls "http://127.0.0.1:$((base + i))" \
     --listen-peer-urls "http://127.0.0.1:$((base + 10 + i))" --initial-advertise-peer-urls "http://127.0.0.1:$((base + 10 + i))" \
-    --initial-cluster "$ic" --initial-cluster-token "cu-$t" >>"$D/t$t-m$i.log" 2>&1 &
+    --initial-cluster "$ic" --initial-cluster-token "cu-$t" ${EXTRA_FLAGS:-} >>"$D/t$t-m$i.log" 2>&1 &
   pids[$i]=$!; disown "$!"
 }
 

@@ -289,7 +289,9 @@ impl RaftStorage {
         let identity = self.engine.get(REGION, KEY_IDENTITY);
         let mut hs = self.inner.read().hard_state.clone();
         hs.term = hs.term.max(meta.term);
-        hs.commit = hs.commit.max(meta.index);
+        // raft restores a snapshot only past its commit index, and nothing
+        // after the snapshot is left in the log.
+        hs.commit = meta.index;
         let cs = meta.get_conf_state().clone();
         let marker = Entry {
             index: meta.index,
@@ -593,5 +595,74 @@ impl raft::Storage for RaftStorage {
         meta.set_conf_state(cs.clone());
         self.outgoing.lock().insert(to, view);
         Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage as _;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![index as u8; 8].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn installed_snapshot_replaces_the_log_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RaftStorage::open(dir.path(), true).unwrap();
+        s.set_identity(7, 9);
+        let ents: Vec<Entry> = (1..=20).map(|i| entry(i, 1)).collect();
+        let hs = HardState {
+            term: 1,
+            vote: 3,
+            commit: 10,
+            ..Default::default()
+        };
+        s.append(&ents, Some(&hs));
+        // A snapshot from the leader in the middle of our (divergent) log.
+        let mut meta = SnapshotMetadata {
+            index: 12,
+            term: 2,
+            ..Default::default()
+        };
+        meta.mut_conf_state().voters = vec![3, 7];
+        s.install_snapshot(&meta);
+        let check = |s: &RaftStorage| {
+            assert_eq!(s.first_index().unwrap(), 13);
+            assert_eq!(
+                s.last_index().unwrap(),
+                12,
+                "entries after the snapshot are gone"
+            );
+            assert_eq!(s.term(12).unwrap(), 2);
+            assert!(s.term(11).is_err());
+            let st = s.initial_state().unwrap();
+            assert_eq!(st.hard_state.vote, 3, "the vote is kept");
+            assert_eq!((st.hard_state.term, st.hard_state.commit), (2, 12));
+            assert_eq!(st.conf_state.voters, vec![3, 7]);
+            assert_eq!(s.identity(), Some((7, 9)));
+        };
+        check(&s);
+        drop(s);
+        let s = RaftStorage::open(dir.path(), true).unwrap();
+        check(&s);
+        // The log continues right after the snapshot.
+        s.append(&[entry(13, 2), entry(14, 2)], None);
+        drop(s);
+        let s = RaftStorage::open(dir.path(), true).unwrap();
+        assert_eq!(s.last_index().unwrap(), 14);
+        let got = s
+            .entries(13, 15, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![13, 14]
+        );
     }
 }
