@@ -84,7 +84,9 @@ for t in $(seq "$TRIALS"); do
   ms=$(( ($(date +%s%N) - start) / 1000000 ))
   hashes=$("$ETCDCTL" --endpoints="$all" endpoint hashkv -w json | jq -r '.[].HashKV.hash' | sort -u | wc -l)
   [ "$hashes" = 1 ] || { echo "trial $t: hashkv differs after catch-up" >&2; exit 1; }
-  echo "trial $t: follower m$follower caught up ${ms} ms after its restart ($(cat "$D/t$t-load.txt" | sed 's/^putload: //'); leader revision $rev, raft index $idx)"
+  # Strata logs "installed snapshot from the leader", etcd "applied snapshot".
+  how=log; grep -Eq 'installed snapshot from the leader|applied snapshot' "$D/t$t-m$follower.log" && how=snapshot
+  echo "trial $t: follower m$follower caught up (by $how) ${ms} ms after its restart ($(cat "$D/t$t-load.txt" | sed 's/^putload: //'); leader revision $rev, raft index $idx)"
   times+=("$ms")
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   sleep 0.2
