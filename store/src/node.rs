@@ -84,6 +84,9 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Cancelled when this member has been removed from the cluster.
     pub removed: CancellationToken,
+    /// Whether this member is a learner (kept by the apply thread; read on
+    /// every client request).
+    learner: Arc<std::sync::atomic::AtomicBool>,
     pub(crate) transport: Arc<Transport>,
     received: Received,
     /// One membership change at a time from this member.
@@ -197,6 +200,10 @@ fn bootstrap_entries(members: &[Member]) -> Vec<raft::eraftpb::Entry> {
             e
         })
         .collect()
+}
+
+fn sm_learner(sm: &StateMachine, me: u64) -> bool {
+    sm.conf_state.learners.contains(&me)
 }
 
 impl Node {
@@ -406,6 +413,11 @@ impl Node {
         let t2 = transport.clone();
         let removed = CancellationToken::new();
         let removed2 = removed.clone();
+        let learner = Arc::new(std::sync::atomic::AtomicBool::new(sm_learner(
+            &state.read(),
+            id.member_id,
+        )));
+        let learner2 = learner.clone();
         let al = ApplyLoop {
             rx: apply_rx,
             state: state.clone(),
@@ -429,6 +441,7 @@ impl Node {
                         .map(|m| (m.id, m.peer_ur_ls.clone()))
                         .collect::<Vec<_>>(),
                 );
+                learner2.store(sm_learner(sm, me), Ordering::Release);
                 if sm.removed.contains(&me) {
                     removed2.cancel();
                 }
@@ -460,6 +473,7 @@ impl Node {
             leader_clients: parking_lot::Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             removed,
+            learner,
             transport,
             received,
             conf_lock: tokio::sync::Mutex::new(()),
@@ -599,11 +613,7 @@ impl Node {
 
     /// Whether this member is a raft learner.
     pub fn is_learner(&self) -> bool {
-        self.state
-            .read()
-            .conf_state
-            .learners
-            .contains(&self.member_id)
+        self.learner.load(Ordering::Acquire)
     }
 
     /// A fresh unique id (request ids, server-chosen lease ids).
@@ -712,16 +722,19 @@ impl Node {
         Ok(c)
     }
 
+    /// Ok if this member leads; otherwise etcd's NoLeader or NotLeader.
+    fn ensure_leader(&self) -> Result<()> {
+        match self.status.leader() {
+            _ if self.status.is_leader() => Ok(()),
+            0 => Err(Error::NoLeader),
+            _ => Err(Error::NotLeader),
+        }
+    }
+
     /// Renew a lease on this member, which must lead. TTL 0 means the lease
     /// does not exist (etcd answers KeepAlive that way).
     pub fn renew_local(&self, id: i64) -> Result<i64> {
-        if !self.status.is_leader() {
-            return Err(if self.status.leader() == 0 {
-                Error::NoLeader
-            } else {
-                Error::NotLeader
-            });
-        }
+        self.ensure_leader()?;
         if !self.state.read().leases.contains(id) {
             return Ok(0);
         }
@@ -752,13 +765,7 @@ impl Node {
     /// A lease's remaining TTL on this member, which must lead; -1 if the
     /// lease does not exist.
     pub fn remaining_local(&self, id: i64) -> Result<i64> {
-        if !self.status.is_leader() {
-            return Err(if self.status.leader() == 0 {
-                Error::NoLeader
-            } else {
-                Error::NotLeader
-            });
-        }
+        self.ensure_leader()?;
         let Some(ttl) = self.state.read().leases.get(id).map(|l| l.ttl) else {
             return Ok(-1);
         };

@@ -140,14 +140,16 @@ pub fn restore(file: &Path, o: &RestoreOpts) -> anyhow::Result<()> {
     let snaps = SnapDir::open(member_dir.join("snap"), 2)?;
     snaps.save(&sm.view(), true)?;
     let storage = RaftStorage::open(&wal, true).context("cannot create the raft log")?;
-    storage.init_from_snapshot(
-        1,
-        1,
-        ConfState {
-            voters,
-            ..Default::default()
-        },
-    );
+    let mut meta = raft::eraftpb::SnapshotMetadata {
+        index: 1,
+        term: 1,
+        ..Default::default()
+    };
+    meta.set_conf_state(ConfState {
+        voters,
+        ..Default::default()
+    });
+    storage.install_snapshot(&meta);
     Ok(())
 }
 

@@ -282,9 +282,10 @@ impl RaftStorage {
         self.write(&mut b);
     }
 
-    /// Replace the whole log by a snapshot received from the leader: every
-    /// entry goes, the log restarts right after `meta.index` (durably, in one
-    /// write, keeping the vote and identity).
+    /// Replace the whole log by a snapshot (received from the leader, or
+    /// restored offline into an empty log): every entry goes, the log
+    /// restarts right after `meta.index` with `meta`'s membership (durably,
+    /// in one write, keeping the vote and identity).
     pub fn install_snapshot(&self, meta: &SnapshotMetadata) {
         let identity = self.engine.get(REGION, KEY_IDENTITY);
         let mut hs = self.inner.read().hard_state.clone();
@@ -459,37 +460,6 @@ impl RaftStorage {
         if let Err(e) = self.engine.purge_expired_files() {
             tracing::warn!(error = %e, "raft log purge failed");
         }
-    }
-
-    /// Initialise an empty log as if it had been compacted at `(index, term)`
-    /// with the given membership: used when restoring a snapshot into a new
-    /// data dir, so raft starts right after the snapshot.
-    pub fn init_from_snapshot(&self, index: u64, term: u64, cs: ConfState) {
-        let marker = Entry {
-            index,
-            term,
-            ..Default::default()
-        };
-        let hs = HardState {
-            term,
-            commit: index,
-            ..Default::default()
-        };
-        let mut b = LogBatch::default();
-        b.put_message(REGION, KEY_TRUNCATED.to_vec(), &marker)
-            .expect("invariant: marker encodes");
-        b.put_message(REGION, KEY_HARD_STATE.to_vec(), &hs)
-            .expect("invariant: HardState encodes");
-        b.put_message(REGION, KEY_CONF_STATE.to_vec(), &cs)
-            .expect("invariant: ConfState encodes");
-        self.write(&mut b);
-        let mut i = self.inner.write();
-        i.truncated = (index, term);
-        i.last_index = index;
-        i.hard_state = hs;
-        i.conf_state = cs;
-        i.terms.clear();
-        i.term_first = index + 1;
     }
 }
 

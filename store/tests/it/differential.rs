@@ -172,7 +172,7 @@ struct Clients {
 }
 
 async fn connect(endpoint: &str) -> Clients {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ch = Channel::from_shared(endpoint.to_string())
             .expect("endpoint")
