@@ -50,7 +50,7 @@ const FLAGS: &[(&str, &str, Ty, Kind, &str)] = &[
     ("listen-client-http-urls", "", Value, Ignored, "List of URLs to listen on for HTTP-only client traffic."),
     ("max-snapshots", "5", Value, Used, "Maximum number of snapshot files to retain (0 is unlimited; at least 2 are kept)."),
     ("max-wals", "5", Value, Ignored, "Maximum number of wal files to retain (0 is unlimited)."),
-    ("quota-backend-bytes", "0", Value, Ignored, "Raise alarms when backend size exceeds the given quota (0 defaults to low space quota)."),
+    ("quota-backend-bytes", "0", Value, Used, "Raise alarms when backend size exceeds the given quota (0 defaults to low space quota)."),
     ("backend-bbolt-freelist-type", "map", Value, Ignored, "BackendFreelistType specifies the type of freelist that boltdb backend uses."),
     ("backend-batch-interval", "", Value, Ignored, "BackendBatchInterval is the maximum time before commit the backend transaction."),
     ("backend-batch-limit", "0", Value, Ignored, "BackendBatchLimit is the maximum operations before commit the backend transaction."),
@@ -76,8 +76,8 @@ const FLAGS: &[(&str, &str, Ty, Kind, &str)] = &[
     ("discovery-srv-name", "", Value, Ignored, "Suffix to the dns srv name queried when bootstrapping."),
     ("strict-reconfig-check", "true", Bool, Used, "Reject reconfiguration requests that would cause quorum loss."),
     ("pre-vote", "true", Bool, Used, "Enable the raft Pre-Vote algorithm to prevent disruption when a node rejoins."),
-    ("auto-compaction-retention", "0", Value, Ignored, "Auto compaction retention length. 0 means disable auto compaction."),
-    ("auto-compaction-mode", "periodic", Value, Ignored, "Interpret 'auto-compaction-retention' one of: periodic|revision."),
+    ("auto-compaction-retention", "0", Value, Used, "Auto compaction retention for mvcc key value store. 0 means disable auto compaction."),
+    ("auto-compaction-mode", "periodic", Value, Used, "Interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision' for revision number based retention."),
     ("enable-v2", "false", Bool, Ignored, "Accept etcd V2 client requests (not supported; must stay false)."),
     ("v2-deprecation", "not-yet", Value, Ignored, "Phase of v2store deprecation."),
     ("force-new-cluster", "false", Bool, Ignored, "Force to create a new one member cluster."),
@@ -162,6 +162,8 @@ const FLAGS: &[(&str, &str, Ty, Kind, &str)] = &[
     // strata
     ("emulated-etcd-version", "3.6.0", Value, Used, "The etcd server version Strata reports in Maintenance.Status (must be a semver; Kubernetes needs >= 3.5.13)."),
     ("experimental-lease-checkpoint-interval", "5m", Value, Used, "Interval between lease checkpoints (etcd's LeaseCheckpointInterval, which etcd sets only through its embedding API)."),
+    // Strata-only and hidden from --help (every `strata-*` flag is): for tests.
+    ("strata-auto-compaction-revision-interval", "5m", Value, Used, "Strata-only, for tests: how often revision-mode auto-compaction checks the revision (etcd: a fixed 5m)."),
 ];
 
 /// The validated server configuration.
@@ -229,8 +231,79 @@ pub struct Config {
     pub lease_checkpoint_persist: bool,
     /// Interval between lease checkpoints.
     pub lease_checkpoint_interval: Duration,
+    /// `--quota-backend-bytes` as given (0 = etcd's default, negative = no quota).
+    pub quota_backend_bytes: i64,
+    /// Auto-compaction (`--auto-compaction-mode`, `--auto-compaction-retention`).
+    pub auto_compaction: AutoCompaction,
+    /// How often revision-mode auto-compaction runs (etcd: 5 minutes; the
+    /// hidden Strata-only `--strata-auto-compaction-revision-interval`).
+    pub auto_compaction_revision_interval: Duration,
     /// Accepted flags that have no effect, for the startup warning.
     pub ignored: Vec<String>,
+}
+
+/// etcd's default backend quota when `--quota-backend-bytes` is 0 (2 GiB).
+pub const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
+/// Above this quota etcd warns that the quota exceeds the recommended maximum (8 GiB).
+pub const MAX_QUOTA_BYTES: i64 = 8 * 1024 * 1024 * 1024;
+
+impl Config {
+    /// The effective backend quota in bytes (None: quotas disabled, as etcd
+    /// does for a negative `--quota-backend-bytes`).
+    pub fn quota_bytes(&self) -> Option<i64> {
+        match self.quota_backend_bytes {
+            q if q < 0 => None,
+            0 => Some(DEFAULT_QUOTA_BYTES),
+            q => Some(q),
+        }
+    }
+}
+
+/// Auto-compaction policy, as etcd 3.5's `v3compactor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Retention 0: no auto-compaction.
+    Off,
+    /// `periodic`: keep `retention` worth of history.
+    Periodic(Duration),
+    /// `revision`: keep the last `n` revisions.
+    Revision(i64),
+}
+
+/// Parse `--auto-compaction-mode`/`--auto-compaction-retention` the way
+/// etcd 3.5 does: a bare non-negative integer is hours (periodic) or a
+/// revision count (revision); anything else must be a Go duration (in
+/// revision mode its nanoseconds are the count, as in etcd).
+pub fn parse_auto_compaction(mode: &str, retention: &str) -> Result<AutoCompaction, String> {
+    let retention = if retention.is_empty() { "0" } else { retention };
+    let periodic = match mode {
+        "periodic" => true,
+        "revision" => false,
+        other => return Err(format!("unknown auto-compaction-mode {other:?}")),
+    };
+    let r = match retention.parse::<i64>() {
+        Ok(h) if h >= 0 => {
+            if periodic {
+                AutoCompaction::Periodic(Duration::from_secs(h as u64 * 3600))
+            } else {
+                AutoCompaction::Revision(h)
+            }
+        }
+        _ => {
+            let d = humantime::parse_duration(retention)
+                .map_err(|e| format!("error parsing AutoCompactionRetention: {e}"))?;
+            if periodic {
+                AutoCompaction::Periodic(d)
+            } else {
+                AutoCompaction::Revision(d.as_nanos().min(i64::MAX as u128) as i64)
+            }
+        }
+    };
+    Ok(match r {
+        AutoCompaction::Periodic(d) if d.is_zero() => AutoCompaction::Off,
+        AutoCompaction::Revision(0) => AutoCompaction::Off,
+        r => r,
+    })
 }
 
 fn env_name(flag: &str) -> String {
@@ -264,6 +337,9 @@ pub fn command() -> Command {
             .env(env_name(name))
             .help(help)
             .value_name(if *ty == Bool { "BOOL" } else { "VALUE" })
+            .hide(name.starts_with("strata-"))
+            // Go's flag package takes `-quota-backend-bytes -1`.
+            .allow_negative_numbers(*ty == Value)
             .action(ArgAction::Set);
         if !default.is_empty() {
             a = a.default_value(*default);
@@ -526,6 +602,18 @@ fn from_matches(m: &clap::ArgMatches) -> Result<Config, String> {
         lease_checkpoint,
         lease_checkpoint_persist,
         lease_checkpoint_interval,
+        quota_backend_bytes: parse_num(&s("quota-backend-bytes"), "quota-backend-bytes")?,
+        auto_compaction: parse_auto_compaction(
+            &s("auto-compaction-mode"),
+            &s("auto-compaction-retention"),
+        )?,
+        auto_compaction_revision_interval: match parse_duration(
+            &s("strata-auto-compaction-revision-interval"),
+            "strata-auto-compaction-revision-interval",
+        )? {
+            d if d.is_zero() => Duration::from_secs(300),
+            d => d,
+        },
         ignored,
         name,
     })
@@ -625,6 +713,60 @@ mod tests {
         assert!(
             run(&["--experimental-enable-lease-checkpoint-interval", "1s"]).is_err(),
             "not an etcd flag"
+        );
+    }
+
+    #[test]
+    fn quota_and_auto_compaction_flags() {
+        let c = run(&[]).unwrap();
+        assert_eq!(c.quota_bytes(), Some(DEFAULT_QUOTA_BYTES));
+        assert_eq!(c.auto_compaction, AutoCompaction::Off);
+        assert_eq!(
+            c.auto_compaction_revision_interval,
+            Duration::from_secs(300)
+        );
+        let c = run(&["--quota-backend-bytes", "-1"]).unwrap();
+        assert_eq!(c.quota_bytes(), None);
+        let c = run(&["--quota-backend-bytes=65536"]).unwrap();
+        assert_eq!(c.quota_bytes(), Some(65536));
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let p = |m: &str, r: &str| parse_auto_compaction(m, r);
+        assert_eq!(
+            p("periodic", "1"),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            p("periodic", "30m"),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(1800)))
+        );
+        assert_eq!(
+            p("periodic", "5s"),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(5)))
+        );
+        assert_eq!(p("periodic", "0"), Ok(AutoCompaction::Off));
+        assert_eq!(p("revision", "1000"), Ok(AutoCompaction::Revision(1000)));
+        assert_eq!(p("revision", "0"), Ok(AutoCompaction::Off));
+        assert!(p("periodic", "soon").is_err());
+        assert!(p("hourly", "1").is_err());
+        let c = run(&[
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "10",
+            "--strata-auto-compaction-revision-interval",
+            "200ms",
+        ])
+        .unwrap();
+        assert_eq!(c.auto_compaction, AutoCompaction::Revision(10));
+        assert_eq!(
+            c.auto_compaction_revision_interval,
+            Duration::from_millis(200)
+        );
+        assert!(run(&["--auto-compaction-mode", "x"]).is_err());
+        let help = command().render_help().to_string();
+        assert!(
+            !help.contains("strata-auto-compaction"),
+            "hidden flag in --help"
         );
     }
 

@@ -10,6 +10,8 @@
 //! - [`apply`]: the state machine and etcd's KV/Txn/lease/alarm semantics.
 //! - [`mvcc`]: the in-memory multi-version key space and its event log.
 //! - [`lessor`]: the leader's lease-expiry clock.
+//! - [`quota`]: `--quota-backend-bytes` and the NOSPACE alarm.
+//! - [`compactor`]: `--auto-compaction-mode`/`--auto-compaction-retention`.
 //! - [`snapshot`]: CRC-checked state-machine snapshot files.
 //! - [`membership`]: etcd-compatible member and cluster IDs.
 //! - [`reconfig`]: MemberAdd/Remove/Update/Promote (validation, conf changes).
@@ -17,6 +19,7 @@
 //! - [`metrics`], [`logging`], [`error`].
 
 pub mod apply;
+pub mod compactor;
 pub mod config;
 pub mod error;
 pub mod lessor;
@@ -26,6 +29,7 @@ pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod offline;
+pub mod quota;
 pub mod raft;
 pub mod reconfig;
 pub mod request;

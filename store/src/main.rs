@@ -1,4 +1,7 @@
-//! `strata`: parse etcd-style flags, start the member, serve until SIGINT/SIGTERM.
+//! `strata`: parse etcd-style flags, start the member, serve until
+//! SIGINT/SIGTERM, then stop gracefully: stop accepting client requests,
+//! let in-flight ones finish (bounded), hand leadership over if this member
+//! leads, stop, exit 0.
 
 use store::config::{self, Parsed};
 
@@ -40,6 +43,9 @@ fn main() {
     }
 }
 
+/// How long a graceful stop waits for in-flight client requests.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn run(cfg: config::Config) -> anyhow::Result<()> {
     for f in &cfg.ignored {
         tracing::warn!(flag = %f, "flag accepted for etcd compatibility but has no effect in this version");
@@ -73,10 +79,26 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
             _ = node.removed.cancelled() => true,
         };
         tracing::info!("shutting down");
-        node.stop();
-        for h in handles.into_iter().chain(peer_handles) {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), h).await;
+        let drain = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        if !removed {
+            // Graceful stop: the client listeners stop accepting, in-flight
+            // requests finish (bounded) while raft still runs, then a leader
+            // hands over so the others need not wait an election timeout.
+            node.stop_serving.cancel();
+            for h in handles {
+                if tokio::time::timeout_at(drain, h).await.is_err() {
+                    tracing::warn!("in-flight client requests did not finish in time");
+                    break;
+                }
+            }
+            node.transfer_leadership_on_stop().await;
         }
+        node.stop();
+        let stop = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        for h in peer_handles {
+            let _ = tokio::time::timeout_at(stop, h).await;
+        }
+        tracing::info!("stopped");
         if removed {
             // etcd exits the same way once it learns it was removed.
             anyhow::bail!("{}", store::raft::transport::REMOVED_MSG);

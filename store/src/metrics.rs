@@ -31,6 +31,10 @@ pub struct Metrics {
     pub snapshot_save: Histogram,
     /// etcd_mvcc_db_total_size_in_bytes.
     pub db_size: IntGauge,
+    /// etcd_mvcc_db_total_size_in_use_in_bytes
+    pub db_size_in_use: IntGauge,
+    /// etcd_server_quota_backend_bytes
+    pub quota_backend_bytes: IntGauge,
     /// etcd_debugging_mvcc_keys_total.
     pub keys_total: IntGauge,
     /// etcd_debugging_mvcc_watcher_total.
@@ -129,6 +133,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "etcd_mvcc_db_total_size_in_bytes",
             "Total size of the underlying database physically allocated in bytes.",
+        ),
+        db_size_in_use: gauge(
+            &r,
+            "etcd_mvcc_db_total_size_in_use_in_bytes",
+            "Total size of the underlying database logically in use in bytes.",
+        ),
+        quota_backend_bytes: gauge(
+            &r,
+            "etcd_server_quota_backend_bytes",
+            "Current backend storage quota size in bytes.",
         ),
         keys_total: gauge(
             &r,

@@ -82,6 +82,10 @@ pub struct Node {
     leader_clients: parking_lot::Mutex<HashMap<u64, RaftClient<tonic::transport::Channel>>>,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
+    /// Cancelled when the client listeners must stop accepting requests
+    /// (graceful shutdown, before [`shutdown`](Self::shutdown)); a child of
+    /// `shutdown`, so stopping the node stops them too.
+    pub stop_serving: CancellationToken,
     /// Cancelled when this member has been removed from the cluster.
     pub removed: CancellationToken,
     /// Whether this member is a learner (kept by the apply thread; read on
@@ -457,6 +461,7 @@ impl Node {
             t3.removed.cancelled().await;
             removed3.cancel();
         });
+        let shutdown = CancellationToken::new();
         let node = Arc::new(Node {
             member_id: id.member_id,
             cluster_id: id.cluster_id,
@@ -471,7 +476,8 @@ impl Node {
             waiters,
             ids: IdGen::new(id.member_id),
             leader_clients: parking_lot::Mutex::new(HashMap::new()),
-            shutdown: CancellationToken::new(),
+            stop_serving: shutdown.child_token(),
+            shutdown,
             removed,
             learner,
             transport,
@@ -482,10 +488,29 @@ impl Node {
         Ok(node)
     }
 
-    /// Spawn background tasks (lease expiry, metrics refresh) on the runtime.
+    /// Spawn background tasks (lease expiry, auto-compaction, metrics
+    /// refresh) on the runtime.
     pub fn spawn_background(self: &Arc<Self>) {
         let n = self.clone();
         tokio::spawn(async move { n.lease_loop().await });
+        tokio::spawn(crate::compactor::run(self.clone()));
+        match self.cfg.quota_bytes() {
+            None => tracing::info!(
+                quota_size_bytes = self.cfg.quota_backend_bytes,
+                "disabled backend quota"
+            ),
+            Some(q) => {
+                if q > crate::config::MAX_QUOTA_BYTES {
+                    tracing::warn!(
+                        quota_size_bytes = q,
+                        quota_maximum_size_bytes = crate::config::MAX_QUOTA_BYTES,
+                        "quota exceeds the maximum value"
+                    );
+                }
+                tracing::info!(quota_size_bytes = q, "enabled backend quota");
+                METRICS.quota_backend_bytes.set(q);
+            }
+        }
         let n = self.clone();
         tokio::spawn(async move {
             let mut t = tokio::time::interval(Duration::from_secs(5));
@@ -494,11 +519,12 @@ impl Node {
                     _ = n.shutdown.cancelled() => return,
                     _ = t.tick() => {}
                 }
-                let (size, keys) = {
+                let (size, in_use, keys) = {
                     let s = n.state.read();
-                    (s.mvcc.size_bytes(), s.mvcc.live_keys())
+                    (s.db_size(), s.db_size_in_use(), s.mvcc.live_keys())
                 };
                 METRICS.db_size.set(size);
+                METRICS.db_size_in_use.set(in_use);
                 METRICS.keys_total.set(keys as i64);
                 METRICS.is_learner.set(n.is_learner() as i64);
             }
@@ -818,6 +844,59 @@ impl Node {
     /// Current revision as applied here.
     pub fn current_rev(&self) -> i64 {
         self.applied.borrow().rev
+    }
+
+    /// Before stopping, hand leadership to the most up-to-date voter (etcd
+    /// transfers leadership on stop too), so the cluster need not wait an
+    /// election timeout for a new leader. Returns the new leader, if any.
+    /// Bounded by two election timeouts; a no-op unless this member leads a
+    /// cluster with other voters.
+    pub async fn transfer_leadership_on_stop(&self) -> Option<u64> {
+        if !self.status.is_leader() {
+            return None;
+        }
+        let voters: Vec<u64> = self
+            .state
+            .read()
+            .conf_state
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != self.member_id)
+            .collect();
+        if voters.is_empty() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.raft_tx.send_async(RaftMsg::Progress(tx)).await.ok()?;
+        let progress = rx.await.ok()??;
+        let to = *voters
+            .iter()
+            .max_by_key(|v| (progress.get(v).copied().unwrap_or(0), **v))?;
+        tracing::info!(
+            transferee = %format!("{to:x}"),
+            matched = progress.get(&to).copied().unwrap_or(0),
+            "transferring leadership before stopping"
+        );
+        let deadline = tokio::time::Instant::now() + 2 * self.cfg.election_timeout;
+        // raft drops a transfer to a member that is not caught up yet after
+        // an election timeout; ask again until it leads or time runs out.
+        while tokio::time::Instant::now() < deadline {
+            if self.transfer_leader(to).is_err() {
+                return None;
+            }
+            let round = tokio::time::Instant::now() + self.cfg.heartbeat_interval * 4;
+            while tokio::time::Instant::now() < round.min(deadline) {
+                let l = self.status.leader();
+                if l == to {
+                    tracing::info!(leader = %format!("{to:x}"), "leadership transferred");
+                    return Some(to);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        tracing::warn!(transferee = %format!("{to:x}"), "leadership transfer did not finish in time");
+        None
     }
 
     /// Stop: fail waiters and signal tasks.

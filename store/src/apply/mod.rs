@@ -72,7 +72,44 @@ fn header(rev: i64) -> Option<pb::ResponseHeader> {
     })
 }
 
+/// Fixed overhead of the size model: a store is never empty (member,
+/// cluster and raft metadata), and etcd's backend starts at several pages,
+/// so clients never see 0 (tools divide by it).
+pub const DB_BASE_BYTES: i64 = 16 * 1024;
+
+/// Bytes a lease counts for in the size model (etcd's quota estimate).
+pub const LEASE_BYTES: i64 = 64;
+
 impl StateMachine {
+    /// Bytes in use (etcd's `db_size_in_use`) under Strata's size model.
+    ///
+    /// # The size model
+    /// Strata keeps MVCC state in memory, so there is no database file to
+    /// measure; instead sizes are accounted so that they behave as an etcd
+    /// operator expects a bbolt file to behave:
+    /// - **in use** = [`DB_BASE_BYTES`] + for every retained revision of
+    ///   every key (live values, overwritten history and tombstones)
+    ///   `len(key) + len(value) + 64` + [`LEASE_BYTES`] per lease. It grows
+    ///   with every write, history included, and shrinks as soon as a
+    ///   compaction drops history.
+    /// - **total** (etcd's `db_size`, what `--quota-backend-bytes` is checked
+    ///   against, as etcd checks the file size) = the same with the MVCC part
+    ///   replaced by its high-water mark since start or the last Defragment.
+    ///   Compaction frees space for reuse (new writes fill it before total
+    ///   grows again) but only Defragment gives it back, as with bbolt.
+    ///
+    /// The high-water mark is per member and restarts at "in use" when a
+    /// member restarts (or installs a snapshot): the restart compacts, as
+    /// etcd's defragment-on-start would.
+    pub fn db_size_in_use(&self) -> i64 {
+        DB_BASE_BYTES + self.mvcc.size_bytes() + LEASE_BYTES * self.leases.len() as i64
+    }
+
+    /// Total size (etcd's `db_size`); see [`db_size_in_use`](Self::db_size_in_use).
+    pub fn db_size(&self) -> i64 {
+        DB_BASE_BYTES + self.mvcc.peak_bytes() + LEASE_BYTES * self.leases.len() as i64
+    }
+
     fn has_alarm(&self, t: pb::AlarmType) -> bool {
         self.alarms.iter().any(|a| a.alarm == t as i32)
     }

@@ -193,6 +193,10 @@ pub struct Mvcc {
     /// succeeds once). Not persisted: restored as `compact > 0`.
     compacted: bool,
     size: i64,
+    /// High-water mark of `size` since this store was loaded or last
+    /// defragmented (the "file size" of the size model; see
+    /// `crate::apply::StateMachine::db_size`). Per member, never replicated.
+    peak: i64,
     /// Number of keys that currently exist (kept incrementally: metrics and
     /// status read it often, and counting would scan the whole index).
     live: usize,
@@ -230,6 +234,19 @@ impl Mvcc {
     /// Approximate bytes held by all retained revisions.
     pub fn size_bytes(&self) -> i64 {
         self.size
+    }
+
+    /// High-water mark of [`size_bytes`](Self::size_bytes) since load or the
+    /// last [`defragment`](Self::defragment): compaction frees space for
+    /// reuse but does not give it back, as a bbolt file keeps its pages.
+    pub fn peak_bytes(&self) -> i64 {
+        self.peak.max(self.size)
+    }
+
+    /// Give the space freed by compaction back (etcd's defragment): the
+    /// high-water mark drops to what is in use.
+    pub fn defragment(&mut self) {
+        self.peak = self.size;
     }
 
     /// Number of keys that currently exist.
@@ -490,6 +507,7 @@ impl Mvcc {
             compacted: snap.compact > 0,
             live,
             size,
+            peak: size,
         }
     }
 }
@@ -634,6 +652,7 @@ impl WriteTxn<'_> {
     /// revision after the transaction.
     pub fn commit(self) -> i64 {
         if !self.events.is_empty() {
+            self.mvcc.peak = self.mvcc.peak.max(self.mvcc.size);
             self.mvcc.current = self.main;
             self.mvcc.log.push_back(RevEvents {
                 main: self.main,

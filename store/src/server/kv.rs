@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::apply::kv as ops;
 use crate::error::Error;
 use crate::node::Node;
+use crate::quota;
 use crate::request::{ApplyResult, Op};
 
 /// The KV service.
@@ -53,6 +54,8 @@ impl pb::kv_server::Kv for KvService {
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let r = req.into_inner();
+        // etcd's quotaKVServer checks the quota before validating.
+        self.node.check_quota(quota::cost_put(&r)).await?;
         ops::check_put(&r)?;
         match self.node.propose(Op::Put(r)).await? {
             ApplyResult::Put(mut p) => {
@@ -80,6 +83,7 @@ impl pb::kv_server::Kv for KvService {
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let r = req.into_inner();
+        self.node.check_quota(quota::cost_txn(&r)).await?;
         ops::check_txn(&r, self.node.cfg.max_txn_ops)?;
         if ops::is_txn_readonly(&r) {
             // etcd serves a read-only txn as a read; it is serializable only

@@ -34,6 +34,10 @@ impl pb::lease_server::Lease for LeaseService {
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let mut r = req.into_inner();
+        // etcd's quotaLeaseServer checks the quota first.
+        self.node
+            .check_quota(crate::quota::cost_lease_grant(&r))
+            .await?;
         if r.id == 0 {
             // etcd: a positive int64 from the request id generator.
             r.id = (self.node.next_id() & (i64::MAX as u64)) as i64;
@@ -79,7 +83,8 @@ impl pb::lease_server::Lease for LeaseService {
         tokio::spawn(async move {
             loop {
                 let m = tokio::select! {
-                    _ = node.shutdown.cancelled() => return,
+                    // Graceful shutdown ends streams (clients reconnect elsewhere).
+                    _ = node.stop_serving.cancelled() => return,
                     m = inbound.message() => m,
                 };
                 let Ok(Some(k)) = m else { return };

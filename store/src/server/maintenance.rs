@@ -19,11 +19,6 @@ use crate::request::{ApplyResult, Op};
 /// Bytes per Snapshot stream message.
 const SNAPSHOT_CHUNK: usize = 64 * 1024;
 
-/// Fixed overhead reported on top of the key space in `db_size`: a store
-/// is never empty (member, cluster and raft metadata), and etcd's backend
-/// starts at several pages, so clients never see 0 (tools divide by it).
-const DB_BASE_BYTES: i64 = 16 * 1024;
-
 /// The Maintenance service.
 pub struct MaintenanceService {
     node: Arc<Node>,
@@ -80,18 +75,14 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let (size, applied, errors) = {
+        let (size, in_use, applied, errors) = {
             let sm = self.node.state.read();
             let errors = sm
                 .alarms
                 .iter()
                 .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
                 .collect();
-            (
-                sm.mvcc.size_bytes() + DB_BASE_BYTES,
-                sm.applied_index,
-                errors,
-            )
+            (sm.db_size(), sm.db_size_in_use(), sm.applied_index, errors)
         };
         let st = &self.node.status;
         Ok(Response::new(pb::StatusResponse {
@@ -106,7 +97,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_term: st.term(),
             raft_applied_index: applied,
             errors,
-            db_size_in_use: size,
+            db_size_in_use: in_use,
             is_learner: self.node.is_learner(),
             ..Default::default()
         }))
@@ -116,7 +107,20 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         _req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        // The in-memory layout does not fragment: compaction frees space immediately.
+        // Give back the space compaction freed (see the size model in
+        // `StateMachine::db_size_in_use`). This member only, as in etcd.
+        let (before, after) = {
+            let mut sm = self.node.state.write();
+            let before = sm.db_size();
+            sm.mvcc.defragment();
+            (before, sm.db_size())
+        };
+        crate::metrics::METRICS.db_size.set(after);
+        tracing::info!(
+            size_before = before,
+            size_after = after,
+            "finished defragmenting the backend"
+        );
         Ok(Response::new(pb::DefragmentResponse {
             header: Some(self.node.header(self.node.current_rev())),
         }))

@@ -150,6 +150,40 @@ async fn learner_guard(
     next.run(req).await
 }
 
+/// grpc-go (so etcd) refuses a request message above the receive limit
+/// with ResourceExhausted "grpc: received message larger than max (N vs.
+/// M)"; tonic says OutOfRange "Error, decoded message length too large:
+/// found N bytes, the limit is: M bytes". Clients check the code, so answer
+/// as etcd does.
+fn etcd_size_status(s: &tonic::Status) -> Option<tonic::Status> {
+    let rest = s
+        .message()
+        .strip_prefix("Error, decoded message length too large: found ")?;
+    if s.code() != tonic::Code::OutOfRange {
+        return None;
+    }
+    let (found, rest) = rest.split_once(" bytes, the limit is: ")?;
+    let limit = rest.strip_suffix(" bytes")?;
+    Some(tonic::Status::resource_exhausted(format!(
+        "grpc: received message larger than max ({found} vs. {limit})"
+    )))
+}
+
+/// Rewrite tonic's oversized-message status to etcd's (see [`etcd_size_status`]).
+async fn size_limit_status(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let resp = next.run(req).await;
+    if resp.headers().get("grpc-status").map(|v| v.as_bytes()) != Some(b"11") {
+        return resp;
+    }
+    match tonic::Status::from_header_map(resp.headers()).and_then(|s| etcd_size_status(&s)) {
+        Some(s) => s.into_http(),
+        None => resp,
+    }
+}
+
 /// etcd's monitorLeader for streams opened with a leader requirement
 /// (clientv3's WithRequireLeader, the `hasleader` metadata): once the member
 /// has seen no leader for three election timeouts in a row, the stream fails
@@ -270,8 +304,10 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandl
                 node.clone(),
                 learner_guard,
             ))
+            .layer(axum::middleware::from_fn(size_limit_status))
             .merge(http_routes(node.clone()));
-        let shutdown = node.shutdown.clone();
+        // Graceful shutdown: stop accepting, let in-flight requests finish.
+        let shutdown = node.stop_serving.clone();
         let keepalive = node.cfg.grpc_keepalive_interval;
         let keepalive_timeout = node.cfg.grpc_keepalive_timeout;
         let server = tonic::transport::Server::builder()
@@ -296,6 +332,23 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_message_status_is_etcds() {
+        let s = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 2101248 bytes, the limit is: 2097152 bytes",
+        );
+        let e = etcd_size_status(&s).unwrap();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            e.message(),
+            "grpc: received message larger than max (2101248 vs. 2097152)"
+        );
+        assert!(etcd_size_status(&tonic::Status::out_of_range(
+            "etcdserver: mvcc: required revision has been compacted"
+        ))
+        .is_none());
+    }
 
     #[tokio::test]
     async fn accepted_connections_have_nodelay() {

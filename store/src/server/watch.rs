@@ -326,7 +326,8 @@ impl StreamState {
         let mut applied = self.node.applied.clone();
         let every = self.node.cfg.watch_progress_notify_interval;
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let shutdown = self.node.shutdown.clone();
+        // Graceful shutdown ends streams (clients reconnect elsewhere).
+        let shutdown = self.node.stop_serving.clone();
         let r: Result<(), Gone> = async {
             loop {
                 self.deliver().await?;
