@@ -10,5 +10,6 @@ mod lease;
 mod maintenance;
 mod membership;
 mod offline;
+mod ops;
 mod smoke;
 mod watch;
