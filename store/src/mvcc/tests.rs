@@ -545,3 +545,39 @@ fn tombstone_below_compact_revision_with_later_generation() {
     assert_eq!(h.entries.len(), 1);
     assert_eq!(get(&m, b"k", 5).unwrap().create_revision, 4);
 }
+
+/// The size model: in use grows with every revision and shrinks with
+/// compaction; the high-water mark keeps the freed space until defragment.
+#[test]
+fn size_in_use_and_high_water_mark() {
+    let mut m = Mvcc::new();
+    assert_eq!((m.size_bytes(), m.peak_bytes()), (0, 0));
+    for i in 0..10 {
+        let mut t = m.write();
+        t.put(b"k", vec![b'v'; 100], 0);
+        assert_eq!(t.commit(), 2 + i);
+    }
+    let one = 1 + 100 + REV_OVERHEAD;
+    assert_eq!(m.size_bytes(), 10 * one, "history counts");
+    assert_eq!(m.peak_bytes(), 10 * one);
+    m.compact(m.current_rev()).unwrap();
+    assert_eq!(m.size_bytes(), one, "compaction frees history");
+    assert_eq!(m.peak_bytes(), 10 * one, "but keeps the high-water mark");
+    // Freed space is reused before the total grows again.
+    for _ in 0..3 {
+        let mut t = m.write();
+        t.put(b"k", vec![b'v'; 100], 0);
+        t.commit();
+    }
+    assert_eq!(m.size_bytes(), 4 * one);
+    assert_eq!(m.peak_bytes(), 10 * one);
+    m.defragment();
+    assert_eq!(m.peak_bytes(), 4 * one, "defragment gives the space back");
+    let mut t = m.write();
+    t.delete_range(&KeyRange::new(b"k", &[]));
+    t.commit();
+    assert_eq!(m.size_bytes(), 4 * one + 1 + REV_OVERHEAD, "a tombstone counts");
+    assert_eq!(m.peak_bytes(), m.size_bytes());
+    let back = Mvcc::from_snapshot(m.snapshot());
+    assert_eq!(back.peak_bytes(), back.size_bytes(), "a reload starts defragmented");
+}
