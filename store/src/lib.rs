@@ -10,8 +10,8 @@
 //! - [`apply`]: the state machine and etcd's KV/Txn/lease/alarm semantics.
 //! - [`mvcc`]: the in-memory multi-version key space and its event log.
 //! - [`lessor`]: the leader's lease-expiry clock.
-//! - [`quota`]: `--quota-backend-bytes` and the NOSPACE alarm.
-//! - [`compactor`]: `--auto-compaction-mode`/`--auto-compaction-retention`.
+//! - [`quota`]: the backend quota and the NOSPACE alarm.
+//! - [`compactor`]: auto-compaction (`--auto-compaction-mode`).
 //! - [`snapshot`]: CRC-checked state-machine snapshot files.
 //! - [`membership`]: etcd-compatible member and cluster IDs.
 //! - [`reconfig`]: MemberAdd/Remove/Update/Promote (validation, conf changes).

@@ -576,8 +576,16 @@ fn size_in_use_and_high_water_mark() {
     let mut t = m.write();
     t.delete_range(&KeyRange::new(b"k", &[]));
     t.commit();
-    assert_eq!(m.size_bytes(), 4 * one + 1 + REV_OVERHEAD, "a tombstone counts");
+    assert_eq!(
+        m.size_bytes(),
+        4 * one + 1 + REV_OVERHEAD,
+        "a tombstone counts"
+    );
     assert_eq!(m.peak_bytes(), m.size_bytes());
     let back = Mvcc::from_snapshot(m.snapshot());
-    assert_eq!(back.peak_bytes(), back.size_bytes(), "a reload starts defragmented");
+    assert_eq!(
+        back.peak_bytes(),
+        back.size_bytes(),
+        "a reload starts defragmented"
+    );
 }
