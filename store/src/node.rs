@@ -495,10 +495,15 @@ impl Node {
         tokio::spawn(async move { n.lease_loop().await });
         tokio::spawn(crate::compactor::run(self.clone()));
         match self.cfg.quota_bytes() {
-            None => tracing::info!(
-                quota_size_bytes = self.cfg.quota_backend_bytes,
-                "disabled backend quota"
-            ),
+            None => {
+                tracing::info!(
+                    quota_size_bytes = self.cfg.quota_backend_bytes,
+                    "disabled backend quota"
+                );
+                METRICS
+                    .quota_backend_bytes
+                    .set(self.cfg.quota_backend_bytes);
+            }
             Some(q) => {
                 if q > crate::config::MAX_QUOTA_BYTES {
                     tracing::warn!(

@@ -99,6 +99,12 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             errors,
             db_size_in_use: in_use,
             is_learner: self.node.is_learner(),
+            // etcd 3.6 reports the quota (2 GiB for the default 0).
+            db_size_quota: self
+                .node
+                .cfg
+                .quota_bytes()
+                .unwrap_or(self.node.cfg.quota_backend_bytes),
             ..Default::default()
         }))
     }

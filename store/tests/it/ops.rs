@@ -181,6 +181,11 @@ async fn quota_nospace_cycle_matches_etcd() {
     // The data written before the alarm survived it.
     let r = sc.get("fill/0", None).await.unwrap();
     assert_eq!(r.kvs()[0].value().len(), 4096);
+    assert_eq!(
+        st2.db_size_quota(),
+        262144,
+        "Status reports the quota (etcd 3.6)"
+    );
     let m = reqwest_metrics(&s.endpoint).await;
     assert!(m.contains("etcd_server_quota_backend_bytes 262144"), "{m}");
 }
@@ -450,6 +455,8 @@ async fn sigterm_on_the_leader_hands_over_and_loses_nothing() {
                 n += 1;
                 if c.put(k.clone(), "v", None).await.is_ok() {
                     acked.lock().unwrap().insert(k);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         }));
