@@ -94,7 +94,9 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
             node.transfer_leadership_on_stop().await;
         }
         node.stop();
-        let stop = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        // Peers keep their raft streams open; the raft thread has stopped,
+        // so give the peer listeners only a moment.
+        let stop = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
         for h in peer_handles {
             let _ = tokio::time::timeout_at(stop, h).await;
         }

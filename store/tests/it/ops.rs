@@ -476,9 +476,8 @@ async fn sigterm_on_the_leader_hands_over_and_loses_nothing() {
     };
     let took = t.elapsed();
     assert!(status.success(), "exit status {status:?}");
-    assert!(took < Duration::from_secs(5), "took {took:?}");
-    let log = node.log_text();
-    assert!(log.contains("leadership transferred"), "{log}");
+    eprintln!("SIGTERM to exit: {took:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
     // A new leader is already in place: no election timeout (500 ms) passed.
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     let mut c1 = cl.client(others[0]).await;
