@@ -566,3 +566,45 @@ fn unsafe_sigterm(pid: u32) {
         .arg(pid.to_string())
         .status();
 }
+
+/// A single member stops cleanly on SIGTERM and on SIGINT (exit 0, fast)
+/// and comes back with its data.
+#[tokio::test]
+async fn sigterm_and_sigint_stop_a_single_member_cleanly() {
+    let mut s = Strata::start(&[]);
+    for (i, sig) in ["-15", "-2"].into_iter().enumerate() {
+        let mut c = s.client().await;
+        c.put(format!("k{i}"), "v", None).await.unwrap();
+        // An open watch stream must not hold the stop up.
+        let _ws = c.watch("k", None).await.unwrap();
+        let t = Instant::now();
+        std::process::Command::new("kill")
+            .arg(sig)
+            .arg(s.child.id().to_string())
+            .status()
+            .unwrap();
+        let status = loop {
+            if let Some(st) = s.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(8),
+                "did not exit on {sig}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert!(status.success(), "{sig}: {status:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{sig}: took {:?}",
+            t.elapsed()
+        );
+        s.restart();
+        let mut c = s.client().await;
+        let r = c
+            .get("k", Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        assert_eq!(r.count() as usize, i + 1, "data kept across the stop");
+    }
+}
