@@ -11,7 +11,16 @@
 //! Costs are etcd's estimates: 256 bytes of metadata plus key and value per
 //! put (a txn costs its more expensive branch, counting top-level puts
 //! only) and 64 bytes per lease. Requests that cost nothing (deletes,
-//! reads, compaction) always pass. It never touches state itself.
+//! reads, compaction, delete-only txns) always pass, as since etcd 3.5.7.
+//! It never touches state itself.
+//!
+//! One deliberate difference: etcd checks the quota a second time on every
+//! member while applying, and a write that crosses the quota there is
+//! applied yet answered with NOSPACE (and that member raises the alarm).
+//! Strata does not: a write is refused only before it is proposed, so an
+//! error always means nothing was written, and apply stays identical on
+//! every member. Once the alarm is raised, apply refuses writes everywhere
+//! (`StateMachine::apply`).
 
 use proto::etcdserverpb::{self as pb, alarm_request::AlarmAction};
 
