@@ -71,9 +71,21 @@ impl Node {
     /// the NOSPACE alarm for this member (replicated) and fail with
     /// [`Error::NoSpace`].
     pub async fn check_quota(&self, cost: i64) -> Result<()> {
-        let size = self.state.read().db_size();
+        let (size, raised) = {
+            let sm = self.state.read();
+            let raised = sm
+                .alarms
+                .iter()
+                .any(|a| a.member_id == self.member_id && a.alarm == pb::AlarmType::Nospace as i32);
+            (sm.db_size(), raised)
+        };
         if available(size, cost, self.cfg.quota_bytes()) {
             return Ok(());
+        }
+        if raised {
+            // Already recorded: etcd proposes it again for every refused
+            // write; one log entry is enough.
+            return Err(Error::NoSpace);
         }
         tracing::warn!(
             size,
