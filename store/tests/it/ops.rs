@@ -652,3 +652,47 @@ async fn sigterm_and_sigint_stop_a_single_member_cleanly() {
         assert_eq!(r.count() as usize, i + 1, "data kept across the stop");
     }
 }
+
+/// etcd 3.5 hands leadership over on SIGTERM too (the behaviour the Strata
+/// test above expects): once it is gone the others already have a new
+/// leader, one term up.
+#[tokio::test]
+async fn sigterm_on_an_etcd_leader_hands_over_too() {
+    let mut cl = EtcdCluster::start(3, &[]);
+    let mut cs = Vec::new();
+    for ep in &cl.endpoints {
+        let mut c = crate::harness::connect(ep).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.get("ready", None).await.is_err() {
+            assert!(Instant::now() < deadline, "etcd cluster not ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cs.push(c);
+    }
+    let st = cs[0].status().await.unwrap();
+    let (old, term0) = (st.leader(), st.raft_term());
+    let mut leader = 0;
+    for (i, c) in cs.iter_mut().enumerate() {
+        if member_id(c).await == old {
+            leader = i;
+        }
+    }
+    let t = Instant::now();
+    unsafe_sigterm(cl.children[leader].id());
+    let status = loop {
+        if let Some(st) = cl.children[leader].try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "etcd did not exit");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    eprintln!("etcd: SIGTERM to exit: {:?}", t.elapsed());
+    // etcd cleans up, then re-raises the signal with its default action,
+    // so it dies "by SIGTERM"; Strata exits 0 after the same steps.
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(15), "{status:?}");
+    let other = (leader + 1) % 3;
+    let st = cs[other].status().await.unwrap();
+    assert!(st.leader() != 0 && st.leader() != old, "{st:?}");
+    assert_eq!(st.raft_term(), term0 + 1);
+}
