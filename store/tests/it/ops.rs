@@ -457,22 +457,42 @@ async fn auto_compaction_periodic_matches_etcd() {
     let s = Strata::start(&flags);
     let (mut ec, mut sc) = (e.client().await, s.client().await);
     let t = Instant::now();
+    let mut written = Vec::new();
     while t.elapsed() < Duration::from_millis(4500) {
         let a = ec.put("k", "v", None).await.unwrap();
         let b = sc.put("k", "v", None).await.unwrap();
-        assert_eq!(
-            a.header().unwrap().revision(),
-            b.header().unwrap().revision()
-        );
+        let rev = a.header().unwrap().revision();
+        assert_eq!(rev, b.header().unwrap().revision());
+        written.push((t.elapsed(), rev));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (e_rev, s_rev) = (
         ec.hash_kv(0).await.unwrap().compact_version(),
         sc.hash_kv(0).await.unwrap().compact_version(),
     );
-    eprintln!("compacted to: etcd {e_rev}, strata {s_rev}");
-    assert!(e_rev > 1 && s_rev > 1, "etcd {e_rev}, strata {s_rev}");
-    assert!((e_rev - s_rev).abs() <= 15, "etcd {e_rev}, strata {s_rev}");
+    // Neither may have dropped what was written in the last 1.5 s; both
+    // compacted at least once; they differ by at most one compaction step
+    // (2 s of writes), as timing on a loaded machine may shift one of them.
+    let end = t.elapsed();
+    let newest_allowed = written
+        .iter()
+        .rev()
+        .find(|(at, _)| end - *at >= Duration::from_millis(1500))
+        .map_or(0, |w| w.1);
+    let step = written
+        .iter()
+        .filter(|(at, _)| *at < Duration::from_secs(2))
+        .count() as i64;
+    eprintln!(
+        "compacted to: etcd {e_rev}, strata {s_rev} (newest allowed {newest_allowed}, step {step})"
+    );
+    for r in [e_rev, s_rev] {
+        assert!(r > 1 && r <= newest_allowed, "etcd {e_rev}, strata {s_rev}");
+    }
+    assert!(
+        (e_rev - s_rev).abs() <= step,
+        "etcd {e_rev}, strata {s_rev}"
+    );
     for c in [&mut ec, &mut sc] {
         assert_err(
             c.get("k", Some(GetOptions::new().with_revision(1))).await,
