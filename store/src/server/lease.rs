@@ -87,7 +87,16 @@ impl pb::lease_server::Lease for LeaseService {
                     _ = node.stop_serving.cancelled() => return,
                     m = inbound.message() => m,
                 };
-                let Ok(Some(k)) = m else { return };
+                let k = match m {
+                    Ok(Some(k)) => k,
+                    Ok(None) => return,
+                    Err(e) => {
+                        // etcd ends the stream with the receive error.
+                        let e = super::etcd_size_status(&e).unwrap_or(e);
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
                 let resp = match node.renew_lease(k.id).await {
                     Ok(ttl) => Ok(pb::LeaseKeepAliveResponse {
                         header: Some(node.header(node.current_rev())),

@@ -155,7 +155,7 @@ async fn learner_guard(
 /// M)"; tonic says OutOfRange "Error, decoded message length too large:
 /// found N bytes, the limit is: M bytes". Clients check the code, so answer
 /// as etcd does.
-fn etcd_size_status(s: &tonic::Status) -> Option<tonic::Status> {
+pub(crate) fn etcd_size_status(s: &tonic::Status) -> Option<tonic::Status> {
     let rest = s
         .message()
         .strip_prefix("Error, decoded message length too large: found ")?;

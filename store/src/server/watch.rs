@@ -346,7 +346,14 @@ impl StreamState {
                             }
                             None => {}
                         },
-                        _ => return Err(Gone),
+                        Ok(None) => return Err(Gone),
+                        Err(e) => {
+                            // etcd ends the stream with the receive error
+                            // (an oversized message: ResourceExhausted).
+                            let e = super::etcd_size_status(&e).unwrap_or(e);
+                            let _ = self.tx.send(Err(e)).await;
+                            return Err(Gone);
+                        }
                     },
                     c = applied.changed() => if c.is_err() { return Err(Gone) },
                     _ = progress.tick() => self.periodic_progress().await?,

@@ -4,7 +4,7 @@
 //! every case both stores must still serve and hold all their data.
 //!
 //! Covered here: oversized requests (above `--max-request-bytes`, and above
-//! the gRPC receive limit), txns above `--max-txn-ops`, inverted key ranges
+//! the gRPC receive limit, unary and on a watch stream), txns above `--max-txn-ops`, inverted key ranges
 //! for Range and DeleteRange, negative and huge revisions for Range and
 //! Compact, and empty keys. A member started with a wrong
 //! `--initial-cluster-token` is refused by its peers in
@@ -91,6 +91,24 @@ fn cases() -> Vec<Case> {
                 // --max-request-bytes 1024 + 512 KiB of gRPC overhead.
                 let huge = vec![b'y'; 1024 + 512 * 1024 + 100];
                 outcome(c.put("huge", huge, None).await, |_| String::new())
+            }
+            .boxed()
+        }),
+        ("watch create above the gRPC receive limit", |mut c| {
+            async move {
+                let key = vec![b'w'; 1024 + 512 * 1024 + 100];
+                match c.watch(key, None).await {
+                    Err(e) => outcome::<()>(Err(e), |_| String::new()),
+                    Ok(mut ws) => {
+                        let m =
+                            tokio::time::timeout(std::time::Duration::from_secs(10), ws.message())
+                                .await
+                                .expect("the watch stream answers");
+                        outcome(m, |m| {
+                            format!("{:?}", m.as_ref().map(|r| (r.created(), r.canceled())))
+                        })
+                    }
+                }
             }
             .boxed()
         }),
