@@ -494,6 +494,15 @@ impl Node {
         let n = self.clone();
         tokio::spawn(async move { n.lease_loop().await });
         tokio::spawn(crate::compactor::run(self.clone()));
+        // etcd warns above 10 MiB (recommendedMaxRequestBytes).
+        const RECOMMENDED_MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
+        if self.cfg.max_request_bytes > RECOMMENDED_MAX_REQUEST_BYTES {
+            tracing::warn!(
+                max_request_bytes = self.cfg.max_request_bytes,
+                recommended_request_bytes = RECOMMENDED_MAX_REQUEST_BYTES,
+                "exceeded recommended request limit"
+            );
+        }
         match self.cfg.quota_bytes() {
             None => {
                 tracing::info!(
