@@ -65,6 +65,17 @@ pub struct ApplyConfig {
     pub min_lease_ttl: i64,
 }
 
+#[cfg(feature = "failpoints")]
+fn corrupt_put_failpoint(mut p: pb::PutRequest) -> pb::PutRequest {
+    let prefix = fail::eval("strata::apply::put_value", |arg| arg.unwrap_or_default());
+    if let Some(prefix) = prefix {
+        if p.key.starts_with(prefix.as_bytes()) {
+            p.value.extend_from_slice(b"-diverged");
+        }
+    }
+    p
+}
+
 fn header(rev: i64) -> Option<pb::ResponseHeader> {
     Some(pb::ResponseHeader {
         revision: rev,
@@ -90,6 +101,12 @@ impl StateMachine {
                 if nospace {
                     return Err(Error::NoSpace);
                 }
+                // Failpoint `strata::apply::put_value=return(PREFIX)`: a put
+                // of a key starting with PREFIX stores a different value on
+                // this member only, a silent divergence for the corruption
+                // checks' tests.
+                #[cfg(feature = "failpoints")]
+                let p = corrupt_put_failpoint(p);
                 let mut txn = self.mvcc.write();
                 let r = kv::put(&mut txn, &mut self.leases, &p);
                 let rev = txn.commit();
