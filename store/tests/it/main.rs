@@ -2,6 +2,7 @@
 //! crate (and real etcd for the differential tests).
 
 mod cluster;
+mod corrupt;
 mod crash;
 mod differential;
 mod harness;
