@@ -3,7 +3,8 @@
 #   ./scripts/test-all.sh
 # Steps: install peers (etcd 3.4/3.5, etcdctl, protoc), format and lint
 # checks, unit + integration + differential + crash tests, then the
-# etcdctl script test against Strata with etcdctl 3.4 and 3.5.
+# etcdctl script test against Strata with etcdctl 3.4 and 3.5. The
+# corruption-check tests run a second time with the `failpoints` feature.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +21,14 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "cargo clippy (store with failpoints)"
+cargo clippy -p store --all-targets --features failpoints -- -D warnings
+
 step "cargo test (unit, integration, differential, crash)"
 cargo test --workspace
+
+step "cargo test: corruption checks with failpoints (a silently diverged member)"
+cargo test -p store --features failpoints --test it corrupt
 
 step "etcdctl script test (etcdctl 3.4)"
 ETCDCTL="$ETCDCTL34_BIN" store/tests/etcdctl/run.sh target/debug/strata

@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{AlarmAction, AlarmOptions, AlarmType, GetOptions};
+use etcd_client::{AlarmAction, AlarmType, GetOptions};
 
-use crate::harness::{Cluster, Strata};
+use crate::harness::Cluster;
 
 /// Wait until member `c` has applied `rev` (serializable reads are local).
 async fn wait_rev(c: &mut etcd_client::Client, rev: i64) {
@@ -105,7 +105,8 @@ async fn healthy_cluster_with_checks_starts_serves_and_restarts() {
 #[cfg(feature = "failpoints")]
 mod diverged {
     use super::*;
-    use crate::harness::{initial_cluster, peer_flags};
+    use crate::harness::{initial_cluster, peer_flags, Strata};
+    use etcd_client::AlarmOptions;
 
     const FAILPOINT: (&str, &str) = ("FAILPOINTS", "strata::apply::put_value=return(bad/)");
 

@@ -12,4 +12,5 @@ mod maintenance;
 mod membership;
 mod offline;
 mod smoke;
+mod snapshot;
 mod watch;
