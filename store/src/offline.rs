@@ -116,6 +116,14 @@ pub struct RestoreOpts {
     /// `--skip-hash-check`: ignore the SHA-256 trailer (record CRCs are
     /// still verified); needed for a file copied from a data directory.
     pub skip_hash_check: bool,
+    /// `--bump-revision`: how much to raise the latest revision, so that
+    /// clients that cached revisions of the old cluster never see a
+    /// revision go backwards.
+    pub bump_revision: u64,
+    /// `--mark-compacted`: compact at the (bumped) latest revision, so that
+    /// watchers and reads at older revisions get "compacted" instead of
+    /// stale history. Required with `--bump-revision`, refused without.
+    pub mark_compacted: bool,
 }
 
 /// Restore a snapshot into a new data dir for a new cluster: the key space,
@@ -127,6 +135,12 @@ pub fn restore(file: &Path, o: &RestoreOpts) -> anyhow::Result<()> {
     if let Some(w) = o.wal_dir.as_ref().filter(|w| w.exists()) {
         bail!("wal-dir {:?} exists", w.display().to_string());
     }
+    if o.bump_revision > 0 && !o.mark_compacted {
+        bail!("--mark-compacted required if --bump-revision > 0");
+    }
+    if o.bump_revision == 0 && o.mark_compacted {
+        bail!("--mark-compacted is only allowed with --bump-revision > 0");
+    }
     // Everything is checked before anything is written; a failure while
     // writing removes what was created.
     let check = if o.skip_hash_check {
@@ -134,7 +148,19 @@ pub fn restore(file: &Path, o: &RestoreOpts) -> anyhow::Result<()> {
     } else {
         HashCheck::Required
     };
-    let sm = load(file, check)?;
+    let mut sm = load(file, check)?;
+    if o.bump_revision > 0 {
+        let mut m = sm.mvcc.snapshot();
+        m.current = m
+            .current
+            .checked_add(i64::try_from(o.bump_revision).unwrap_or(i64::MAX))
+            .context("--bump-revision overflows the revision")?;
+        let rev = m.current;
+        sm.mvcc = crate::mvcc::Mvcc::from_snapshot(m);
+        sm.mvcc
+            .compact(rev)
+            .map_err(|e| anyhow::anyhow!("cannot mark revision {rev} compacted: {e}"))?;
+    }
     let r = write_restored(sm, o);
     if r.is_err() {
         let _ = std::fs::remove_dir_all(&o.data_dir);
@@ -258,6 +284,16 @@ fn command() -> Command {
                 .arg(flag("initial-cluster", "", "Initial cluster configuration (default: ${name}=<initial-advertise-peer-urls>)."))
                 .arg(flag("initial-cluster-token", "etcd-cluster", "Initial cluster token."))
                 .arg(flag("initial-advertise-peer-urls", "http://localhost:2380", "This member's peer URLs."))
+                .arg(flag("bump-revision", "0", "How much to increase the latest revision after restore."))
+                .arg(
+                    Arg::new("mark-compacted")
+                        .long("mark-compacted")
+                        .help("Mark the latest revision after restore as the point of scheduled compaction (required if --bump-revision > 0, disallowed otherwise).")
+                        .num_args(0..=1)
+                        .default_missing_value("true")
+                        .default_value("false")
+                        .value_parser(clap::value_parser!(bool)),
+                )
                 .arg(
                     Arg::new("skip-hash-check")
                         .long("skip-hash-check")
@@ -331,6 +367,13 @@ pub fn main(args: Vec<String>) -> anyhow::Result<()> {
                 initial_advertise_peer_urls: adv,
                 skip_hash_check: m
                     .get_one::<bool>("skip-hash-check")
+                    .copied()
+                    .unwrap_or(false),
+                bump_revision: s(m, "bump-revision")
+                    .parse()
+                    .context("--bump-revision: expected a non-negative number")?,
+                mark_compacted: m
+                    .get_one::<bool>("mark-compacted")
                     .copied()
                     .unwrap_or(false),
             };
