@@ -51,6 +51,12 @@ fn request_timeout(node: &Node) -> Duration {
     Duration::from_secs(5) + 2 * node.cfg.election_timeout
 }
 
+/// gRPC metadata carrying the asking member's cluster ID (hex).
+pub const CLUSTER_ID_HEADER: &str = "x-etcd-cluster-id";
+
+/// What a peer answers to a member of another cluster.
+pub const CLUSTER_ID_MISMATCH: &str = "etcdserver: cluster ID mismatch";
+
 /// Map a peer's gRPC error back to the etcd error it stands for.
 fn peer_error(s: &tonic::Status) -> Error {
     for e in [Error::Compacted, Error::FutureRev] {
@@ -58,12 +64,15 @@ fn peer_error(s: &tonic::Status) -> Error {
             return e;
         }
     }
+    if s.message() == CLUSTER_ID_MISMATCH {
+        return Error::Internal(CLUSTER_ID_MISMATCH.into());
+    }
     Error::Internal(format!("{}: {}", s.code(), s.message()))
 }
 
 /// Ask one peer (each of its URLs in turn until one answers) for its
 /// HashKV at `rev`.
-async fn peer_hash(id: u64, urls: &[String], rev: i64, timeout: Duration) -> PeerHash {
+async fn peer_hash(node: &Node, id: u64, urls: &[String], rev: i64, timeout: Duration) -> PeerHash {
     let mut last = Error::Internal("member has no peer URLs".into());
     for url in urls {
         let r = async {
@@ -74,8 +83,14 @@ async fn peer_hash(id: u64, urls: &[String], rev: i64, timeout: Duration) -> Pee
                 .connect()
                 .await
                 .map_err(|e| Error::Internal(format!("cannot connect: {e}")))?;
+            let mut req = tonic::Request::new(pb::HashKvRequest { revision: rev });
+            // The peer refuses members of another cluster (etcd sends its
+            // cluster ID with the request too).
+            if let Ok(v) = hex(node.cluster_id).parse() {
+                req.metadata_mut().insert(CLUSTER_ID_HEADER, v);
+            }
             RaftClient::new(ch)
-                .hash_kv(pb::HashKvRequest { revision: rev })
+                .hash_kv(req)
                 .await
                 .map(|r| r.into_inner())
                 .map_err(|s| peer_error(&s))
@@ -94,6 +109,8 @@ async fn peer_hash(id: u64, urls: &[String], rev: i64, timeout: Duration) -> Pee
             }
             Err(e) => {
                 tracing::warn!(
+                    "local-member-id" = %hex(node.member_id),
+                    "requested-revision" = rev,
                     "remote-peer-id" = %hex(id),
                     "remote-peer-endpoint" = %url,
                     error = %e,
@@ -127,7 +144,7 @@ async fn peer_hashes(node: &Node, rev: i64) -> Vec<PeerHash> {
     futures::future::join_all(
         peers
             .iter()
-            .map(|(id, urls)| peer_hash(*id, urls, rev, timeout)),
+            .map(|(id, urls)| peer_hash(node, *id, urls, rev, timeout)),
     )
     .await
 }
@@ -205,14 +222,28 @@ pub async fn initial_check(node: &Arc<Node>) -> anyhow::Result<()> {
             Err(Error::FutureRev) => tracing::warn!(
                 "local-member-id" = %hex(node.member_id),
                 "local-member-revision" = rev,
+                "local-member-compact-revision" = crev,
+                "local-member-hash" = h,
                 "remote-peer-id" = %hex(p.id),
                 "remote-peer-endpoints" = ?p.endpoints,
                 error = %Error::FutureRev,
                 "cannot fetch hash from slow remote peer"
             ),
+            Err(Error::Internal(m)) if m == CLUSTER_ID_MISMATCH => tracing::warn!(
+                "local-member-id" = %hex(node.member_id),
+                "local-member-revision" = rev,
+                "local-member-compact-revision" = crev,
+                "local-member-hash" = h,
+                "remote-peer-id" = %hex(p.id),
+                "remote-peer-endpoints" = ?p.endpoints,
+                error = %m,
+                "cluster ID mismatch"
+            ),
             Err(Error::Compacted) => tracing::warn!(
                 "local-member-id" = %hex(node.member_id),
                 "local-member-revision" = rev,
+                "local-member-compact-revision" = crev,
+                "local-member-hash" = h,
                 "remote-peer-id" = %hex(p.id),
                 "remote-peer-endpoints" = ?p.endpoints,
                 error = %Error::Compacted,

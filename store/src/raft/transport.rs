@@ -612,6 +612,16 @@ impl raft_server::Raft for PeerService {
         &self,
         req: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let asker = req
+            .metadata()
+            .get(crate::corrupt::CLUSTER_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| u64::from_str_radix(v, 16).ok());
+        if asker.is_some_and(|c| c != self.cluster_id) {
+            return Err(Status::failed_precondition(
+                crate::corrupt::CLUSTER_ID_MISMATCH,
+            ));
+        }
         Ok(Response::new(
             self.handler.hash_kv(req.into_inner().revision)?,
         ))

@@ -102,6 +102,75 @@ async fn healthy_cluster_with_checks_starts_serves_and_restarts() {
     c.put("after", "restart", None).await.unwrap();
 }
 
+/// The peer service's HashKv (what the checks ask) answers as the client
+/// HashKV does, with etcd's errors, and refuses another cluster's members.
+#[tokio::test]
+async fn peer_hash_kv_matches_client_hash_kv_and_checks_the_cluster_id() {
+    use proto::etcdserverpb::HashKvRequest;
+    use proto::raftpb::raft_client::RaftClient;
+
+    let cl = Cluster::start(1);
+    let mut c = cl.client(0).await;
+    for i in 0..10 {
+        c.put(format!("k{i}"), "v", None).await.unwrap();
+    }
+    c.compact(5, None).await.unwrap();
+    let rev = c
+        .put("k", "v", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let cluster_id = c.status().await.unwrap().header().unwrap().cluster_id();
+    let mut peer = RaftClient::connect(format!("http://127.0.0.1:{}", cl.ports[0]))
+        .await
+        .unwrap();
+    let ask = |rev: i64, cluster: Option<u64>| {
+        let mut r = tonic::Request::new(HashKvRequest { revision: rev });
+        if let Some(id) = cluster {
+            r.metadata_mut()
+                .insert("x-etcd-cluster-id", format!("{id:x}").parse().unwrap());
+        }
+        r
+    };
+    for r in [rev, rev - 1, 0] {
+        let want = c.hash_kv(r).await.unwrap();
+        let got = peer
+            .hash_kv(ask(r, Some(cluster_id)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.hash, want.hash(), "revision {r}");
+        assert_eq!(got.compact_revision, want.compact_version());
+        assert_eq!(got.header.unwrap().revision, rev);
+    }
+    let e = peer.hash_kv(ask(rev + 1, None)).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision"
+        )
+    );
+    let e = peer.hash_kv(ask(3, None)).await.unwrap_err();
+    assert_eq!(
+        e.message(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    let e = peer
+        .hash_kv(ask(rev, Some(cluster_id ^ 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: cluster ID mismatch"
+        )
+    );
+}
+
 #[cfg(feature = "failpoints")]
 mod diverged {
     use super::*;

@@ -181,13 +181,13 @@ async fn etcdctl_save_status_restore_into_a_new_three_member_cluster() {
     // Three new members from the 3.5 file.
     let (ports, initial) = initial_cluster(3);
     let dirs = tempfile::tempdir().unwrap();
-    for i in 0..3 {
+    for (i, port) in ports.iter().enumerate() {
         let out = restore(
             &files[1],
             &dirs.path().join(format!("n{i}")),
             &format!("n{i}"),
             &initial,
-            ports[i],
+            *port,
             &[],
         );
         ok(&out);
