@@ -69,6 +69,13 @@ async fn healthy_cluster_with_checks_starts_serves_and_restarts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let metrics = crate::membership::http_get(&cl.endpoint(leader), "/metrics");
+    assert!(
+        metrics.contains("strata_corruption_checks_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("result=\"mismatch\""), "{metrics}");
+    assert!(metrics.contains("etcd_mvcc_hash_rev_duration_seconds_count"));
     let alarms = c
         .alarm(AlarmAction::Get, AlarmType::None, None)
         .await
@@ -333,6 +340,12 @@ mod diverged {
         let leader = c0.status().await.unwrap().leader();
         assert_ne!(leader, ids[2], "leadership moved to the diverged member");
         assert_eq!(alarm, (ids[2], AlarmType::Corrupt));
+        let li = ids.iter().position(|i| *i == leader).unwrap();
+        let metrics = crate::membership::http_get(&nodes[li].endpoint, "/metrics");
+        assert!(
+            metrics.contains("strata_corruption_checks_total{result=\"mismatch\"}"),
+            "{metrics}"
+        );
         // Every member refuses writes with etcd's error, and reports the alarm.
         for n in &nodes {
             let mut c = n.client().await;
