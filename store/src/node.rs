@@ -826,13 +826,12 @@ impl Node {
     /// the compact revision is -1 until the first compaction (as etcd).
     pub fn hash_kv(&self, rev: i64) -> Result<pb::HashKvResponse> {
         let timer = METRICS.hash_rev_duration.start_timer();
-        let (hash, compact, cur, hash_rev) = {
-            let sm = self.state.read();
-            let cur = sm.mvcc.current_rev();
-            let rev = if rev == 0 { cur } else { rev };
-            let (h, c) = sm.mvcc.hash_kv(rev)?;
-            (h, c, cur, rev)
-        };
+        // An O(1) copy under the lock; the hash is computed after it is
+        // released, so apply never waits for a hash of the whole store.
+        let snap = self.state.read().mvcc.snapshot();
+        let cur = snap.current;
+        let hash_rev = if rev == 0 { cur } else { rev };
+        let (hash, compact) = snap.hash_kv(hash_rev)?;
         timer.observe_duration();
         Ok(pb::HashKvResponse {
             header: Some(self.header(cur)),

@@ -127,11 +127,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         _req: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
         let timer = crate::metrics::METRICS.hash_duration.start_timer();
-        let (hash, rev) = {
-            let sm = self.node.state.read();
-            let rev = sm.mvcc.current_rev();
-            (sm.mvcc.hash_kv(rev).map_err(Error::from)?.0, rev)
-        };
+        let snap = self.node.state.read().mvcc.snapshot();
+        let rev = snap.current;
+        let hash = snap.hash_kv(rev).map_err(Error::from)?.0;
         timer.observe_duration();
         Ok(Response::new(pb::HashResponse {
             header: Some(self.node.header(rev)),
