@@ -272,7 +272,7 @@ fn command() -> Command {
             Command::new("status")
                 .about("Print the hash, revision, total keys and size of a snapshot file.")
                 .arg(Arg::new("file").required(true))
-                .arg(flag("write-out", "simple", "Output format: simple, table or json.").short('w')),
+                .arg(flag("write-out", "simple", "Output format: simple, table, json or fields.").short('w')),
         )
         .subcommand(
             Command::new("restore")
@@ -317,8 +317,20 @@ pub fn main(args: Vec<String>) -> anyhow::Result<()> {
     let s = |m: &clap::ArgMatches, n: &str| m.get_one::<String>(n).cloned().unwrap_or_default();
     match m.subcommand() {
         Some(("status", m)) => {
+            let format = s(m, "write-out");
+            match format.as_str() {
+                "simple" | "table" | "json" | "fields" => {}
+                "protobuf" => bail!("protobuf not supported as output format"),
+                _ => bail!("unsupported output format"),
+            }
             let st = status(Path::new(&s(m, "file")))?;
-            match s(m, "write-out").as_str() {
+            match format.as_str() {
+                "fields" => {
+                    println!("\"Hash\" : {}", st.hash);
+                    println!("\"Revision\" : {}", st.revision);
+                    println!("\"Keys\" : {}", st.total_keys);
+                    println!("\"Size\" : {}", st.total_size);
+                }
                 "json" => println!(
                     r#"{{"hash":{},"revision":{},"totalKey":{},"totalSize":{}}}"#,
                     st.hash, st.revision, st.total_keys, st.total_size

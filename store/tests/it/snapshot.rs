@@ -177,6 +177,23 @@ async fn etcdctl_save_status_restore_into_a_new_three_member_cluster() {
         "{simple}"
     );
     assert!(simple.trim_end().ends_with(" kB"), "{simple}");
+    let fields = ok(&strata(&[
+        "status",
+        files[1].to_str().unwrap(),
+        "-w",
+        "fields",
+    ]));
+    assert_eq!(
+        fields,
+        format!(
+            "\"Hash\" : {}\n\"Revision\" : {rev}\n\"Keys\" : {live}\n\"Size\" : {}\n",
+            orig.hash(),
+            std::fs::metadata(&files[1]).unwrap().len()
+        )
+    );
+    let bad = strata(&["status", files[1].to_str().unwrap(), "-w", "yaml"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unsupported output format"));
 
     // Three new members from the 3.5 file.
     let (ports, initial) = initial_cluster(3);
