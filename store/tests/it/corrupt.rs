@@ -100,6 +100,16 @@ async fn healthy_cluster_with_checks_starts_serves_and_restarts() {
             "{log}"
         );
     }
+    // All members down, then restarted together: each checks whichever
+    // peers already answer, none blocks the others.
+    for n in cl.nodes.iter_mut() {
+        n.as_mut().unwrap().terminate();
+    }
+    std::thread::scope(|sc| {
+        for n in cl.nodes.iter_mut() {
+            sc.spawn(move || n.as_mut().unwrap().restart());
+        }
+    });
     let mut c = cl.client(1).await;
     let r = c
         .get("k", Some(GetOptions::new().with_prefix()))
