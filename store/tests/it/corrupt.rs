@@ -367,6 +367,19 @@ mod diverged {
             let st = c.status().await.unwrap();
             assert_eq!(st.errors(), [format!("memberID:{} alarm:CORRUPT ", ids[2])],);
         }
+        // As etcd: compaction and lease grants are refused too, reads work.
+        crate::harness::assert_err(
+            c0.compact(2, None).await,
+            tonic::Code::DataLoss,
+            "etcdserver: corrupt cluster",
+        );
+        crate::harness::assert_err(
+            c0.lease_grant(60, None).await,
+            tonic::Code::DataLoss,
+            "etcdserver: corrupt cluster",
+        );
+        let g = c0.get("good", None).await.unwrap();
+        assert_eq!(g.kvs()[0].value(), b"1");
         let a = c0
             .alarm(
                 AlarmAction::Get,
