@@ -273,7 +273,7 @@ async fn etcdctl_save_status_restore_into_a_new_three_member_cluster() {
 
 #[tokio::test]
 async fn corrupted_or_truncated_snapshot_files_are_rejected_and_nothing_is_written() {
-    let s = Strata::start(&[]);
+    let s = Strata::start(&["--snapshot-count", "50"]);
     let mut c = s.client().await;
     for i in 0..100 {
         c.put(format!("k{i:03}"), "v".repeat(200), None)
@@ -301,6 +301,33 @@ async fn corrupted_or_truncated_snapshot_files_are_rejected_and_nothing_is_writt
 
     // (what, file bytes, whether `restore --skip-hash-check` accepts it:
     // only when nothing but the SHA-256 trailer was hit).
+    // A raw state-machine snapshot copied from a data dir has no trailer:
+    // status reads it on its record CRCs, restore wants --skip-hash-check
+    // (etcdutl's rule for a db copied from a data directory).
+    let raw = std::fs::read_dir(s.data_dir.join("member/snap"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "snap"))
+        .expect("a snapshot file after 100 writes with --snapshot-count 50");
+    let js = status_json(&raw);
+    let raw_rev = js["revision"].as_i64().unwrap();
+    assert!(raw_rev > 1, "{js}");
+    assert_eq!(js["totalKey"].as_i64().unwrap(), raw_rev - 1, "{js}");
+    let target = tmp.path().join("raw");
+    let r = restore(&raw, &target, "r", &initial, port, &[]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr)
+        .contains("snapshot missing hash but --skip-hash-check=false"));
+    assert!(!target.exists());
+    ok(&restore(
+        &raw,
+        &target,
+        "r",
+        &initial,
+        port,
+        &["--skip-hash-check"],
+    ));
+
     let mut cases: Vec<(String, Vec<u8>, bool)> = Vec::new();
     for pos in [0, 9, 100, n / 4, n / 2, n - 33, n - 32, n - 1] {
         let mut b = bytes.clone();
