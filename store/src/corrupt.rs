@@ -18,8 +18,12 @@
 //!   compact revision). Apply then refuses writes with "etcdserver: corrupt
 //!   cluster".
 //!
+//! The alarm names the inconsistent member, as etcd 3.5.0-3.5.6 and 3.6
+//! do (3.5.7+ name member 0 instead); either way every member then refuses
+//! writes.
+//!
 //! Peers are asked through the peer service's `HashKv` RPC (etcd uses its
-//! peer port too). This module only reads state and proposes the alarm;
+//! peer port too), which carries the asker's cluster ID. This module only reads state and proposes the alarm;
 //! it never changes the state machine itself. `main` calls both.
 
 use std::sync::Arc;

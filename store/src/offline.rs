@@ -1,10 +1,17 @@
 //! offline: the etcdutl-style offline tools, run as `strata snapshot status
-//! FILE` and `strata snapshot restore FILE --data-dir DIR ...`.
+//! FILE` and `strata snapshot restore FILE --data-dir DIR ...`, with
+//! etcdutl's flags and outputs (`-w simple|table|json|fields`; sizes as
+//! etcdutl prints them).
 //!
 //! They read either a file saved by `etcdctl snapshot save` from Strata (the
 //! snapshot format, zero-padded to 512 bytes, then a SHA-256 of everything
 //! before it) or a raw `member/snap/*.snap` file. The SHA-256 trailer and
-//! every record CRC are verified; a corrupted file is rejected.
+//! every record CRC are verified, and nothing may follow the end record but
+//! the padding; a corrupted or truncated file is rejected. As with
+//! etcdutl, `restore` requires the trailer unless `--skip-hash-check`, and
+//! checks everything before it writes anything (a failure while writing
+//! removes what it created). `--bump-revision N --mark-compacted` starts the
+//! restored store N revisions later, compacted there.
 
 use std::path::{Path, PathBuf};
 
