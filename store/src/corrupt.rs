@@ -18,13 +18,14 @@
 //!   compact revision). Apply then refuses writes with "etcdserver: corrupt
 //!   cluster".
 //!
-//! The alarm names the inconsistent member, as etcd 3.5.0-3.5.6 and 3.6
-//! do (3.5.7+ name member 0 instead); either way every member then refuses
-//! writes.
+//! The alarm names the inconsistent member, as etcd 3.5.1 (the reference
+//! here) and 3.6 do; later 3.5 patch releases name member 0 instead. Either
+//! way every member then refuses writes.
 //!
 //! Peers are asked through the peer service's `HashKv` RPC (etcd uses its
-//! peer port too), which carries the asker's cluster ID. This module only reads state and proposes the alarm;
-//! it never changes the state machine itself. `main` calls both.
+//! peer port too), which carries the asker's cluster ID. This module only
+//! reads state and proposes the alarm; it never changes the state machine
+//! itself. `main` calls both.
 
 use std::sync::Arc;
 use std::time::Duration;
