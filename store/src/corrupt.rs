@@ -173,6 +173,31 @@ async fn wait_replayed(node: &Node) {
     let _ = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|a| a.index >= commit)).await;
 }
 
+/// What the initial check makes of a peer's HashKV at the local revision.
+#[derive(Debug, PartialEq, Eq)]
+enum Initial {
+    /// Same hash.
+    Match,
+    /// Another hash over the same history (same compact revision).
+    Mismatch,
+    /// Another hash, but the histories differ in where they were compacted:
+    /// not comparable, only logged.
+    OtherCompaction,
+}
+
+/// The initial check's rule for one peer. `local` is (hash, revision,
+/// compact revision); the peer hashed at the same revision.
+fn initial_verdict(local: (u32, i64, i64), peer: &pb::HashKvResponse) -> Initial {
+    let (h, _, crev) = local;
+    if peer.hash == h {
+        Initial::Match
+    } else if peer.compact_revision == crev {
+        Initial::Mismatch
+    } else {
+        Initial::OtherCompaction
+    }
+}
+
 /// The initial corruption check (etcd's CheckInitialHashKV). Errors when
 /// a peer at the same revision and compact revision has another hash.
 pub async fn initial_check(node: &Arc<Node>) -> anyhow::Result<()> {
@@ -210,8 +235,9 @@ pub async fn initial_check(node: &Arc<Node>) -> anyhow::Result<()> {
                         "{msg}"
                     )
                 };
-                if resp.hash != h {
-                    if resp.compact_revision == crev {
+                match initial_verdict((h, rev, crev), resp) {
+                    Initial::Match => {}
+                    Initial::Mismatch => {
                         log("found different hash values from remote peer");
                         mismatch.push(format!(
                             "peer {:x} ({}) has hash {} at revision {rev} (compact revision {crev}), local hash is {h}",
@@ -219,8 +245,9 @@ pub async fn initial_check(node: &Arc<Node>) -> anyhow::Result<()> {
                             p.endpoints.join(","),
                             resp.hash
                         ));
-                    } else {
-                        log("found different compact revision values from remote peer");
+                    }
+                    Initial::OtherCompaction => {
+                        log("found different compact revision values from remote peer")
                     }
                 }
             }
@@ -444,6 +471,20 @@ mod tests {
         assert_eq!(find_mismatch(me, s, (9, 10, 5), &[(3, &bad)]), Some(me));
         // A new revision in between is not a mismatch.
         assert_eq!(find_mismatch(me, s, (9, 11, 5), &[(2, &ok)]), None);
+    }
+
+    #[test]
+    fn initial_check_rules() {
+        let local = (7, 10, 5);
+        assert_eq!(initial_verdict(local, &resp(12, 5, 7)), Initial::Match);
+        assert_eq!(initial_verdict(local, &resp(12, 5, 8)), Initial::Mismatch);
+        assert_eq!(
+            initial_verdict(local, &resp(12, 6, 8)),
+            Initial::OtherCompaction
+        );
+        // Never compacted on either side (-1, as etcd reports it).
+        let fresh = (7, 10, -1);
+        assert_eq!(initial_verdict(fresh, &resp(10, -1, 9)), Initial::Mismatch);
     }
 
     #[test]
