@@ -3,7 +3,8 @@
 #   ./scripts/test-all.sh
 # Steps: install peers (etcd 3.4/3.5, etcdctl, protoc), format and lint
 # checks, unit + integration + differential + crash tests, then the
-# etcdctl script test against Strata with etcdctl 3.4 and 3.5.
+# etcdctl script test against Strata with etcdctl 3.4 and 3.5. The
+# corruption-check tests run a second time with the `failpoints` feature.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,9 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "cargo clippy (store with failpoints)"
+cargo clippy -p store --all-targets --features failpoints -- -D warnings
+
 step "cargo test (unit, integration, differential, crash)"
 cargo test --workspace
 
@@ -34,6 +38,11 @@ MEMBERS=3 ETCDCTL="$ETCDCTL34_BIN" store/tests/etcdctl/run.sh target/debug/strat
 
 step "etcdctl script test, 3 members (etcdctl 3.5)"
 MEMBERS=3 ETCDCTL="$ETCDCTL35_BIN" store/tests/etcdctl/run.sh target/debug/strata
+
+# Last: this rebuilds target/debug/strata with failpoints compiled in, and
+# the etcdctl script tests above must run the default build.
+step "cargo test: corruption checks with failpoints (a silently diverged member)"
+cargo test -p store --features failpoints --test it corrupt
 
 echo
 echo "all tests passed"

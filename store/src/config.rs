@@ -119,9 +119,9 @@ const FLAGS: &[(&str, &str, Ty, Kind, &str)] = &[
     ("enable-log-rotation", "false", Bool, Ignored, "Enable log rotation of a single log-outputs file target."),
     ("log-rotation-config-json", "", Value, Ignored, "Configures log rotation if enabled with a JSON logger config."),
     // experimental and 3.6 spellings
-    ("experimental-initial-corrupt-check", "false", Bool, Ignored, "Enable to check data corruption before serving any client/peer traffic."),
-    ("experimental-corrupt-check-time", "0s", Value, Ignored, "Duration of time between cluster corruption check passes."),
-    ("corrupt-check-time", "0s", Value, Ignored, "Duration of time between cluster corruption check passes."),
+    ("experimental-initial-corrupt-check", "false", Bool, Used, "Enable to check data corruption before serving any client/peer traffic."),
+    ("experimental-corrupt-check-time", "0s", Value, Used, "Duration of time between cluster corruption check passes."),
+    ("corrupt-check-time", "0s", Value, Used, "Duration of time between cluster corruption check passes."),
     ("experimental-compact-hash-check-enabled", "false", Bool, Ignored, "Enable leader to periodically check followers compaction hashes."),
     ("experimental-compact-hash-check-time", "1m", Value, Ignored, "Duration of time between leader checks followers compaction hashes."),
     ("compact-hash-check-time", "1m", Value, Ignored, "Duration of time between leader checks followers compaction hashes."),
@@ -156,7 +156,7 @@ const FLAGS: &[(&str, &str, Ty, Kind, &str)] = &[
     ("experimental-downgrade-check-time", "5s", Value, Ignored, "Duration of time between two downgrade status checks."),
     ("downgrade-check-time", "5s", Value, Ignored, "Duration of time between two downgrade status checks."),
     ("experimental-local-address", "", Value, Ignored, "LocalAddr to use when communicating with other etcd members."),
-    ("feature-gates", "", Value, Used, "A set of key=value pairs that describe server level feature gates, e.g. InitialCorruptCheck=true. Strata acts on LeaseCheckpoint and LeaseCheckpointPersist (the 3.6 spellings of --experimental-enable-lease-checkpoint[-persist]); other gates are accepted and ignored."),
+    ("feature-gates", "", Value, Used, "A set of key=value pairs that describe server level feature gates, e.g. InitialCorruptCheck=true. Strata acts on LeaseCheckpoint and LeaseCheckpointPersist (the 3.6 spellings of --experimental-enable-lease-checkpoint[-persist]) and InitialCorruptCheck (--experimental-initial-corrupt-check); other gates are accepted and ignored."),
     ("unsafe-no-fsync", "false", Bool, Used, "Disables fsync, unsafe, will cause data loss."),
     ("config-file", "", Value, Ignored, "Path to the server configuration file (not supported yet: pass flags instead)."),
     // strata
@@ -238,6 +238,12 @@ pub struct Config {
     /// How often revision-mode auto-compaction runs (etcd: 5 minutes; the
     /// hidden Strata-only `--strata-auto-compaction-revision-interval`).
     pub auto_compaction_revision_interval: Duration,
+    /// Compare HashKV with the peers before serving clients
+    /// (`--experimental-initial-corrupt-check`, or the `InitialCorruptCheck` gate).
+    pub initial_corrupt_check: bool,
+    /// Period of the leader's corruption check (`--corrupt-check-time`,
+    /// `--experimental-corrupt-check-time`); zero is off.
+    pub corrupt_check_time: Duration,
     /// Accepted flags that have no effect, for the startup warning.
     pub ignored: Vec<String>,
 }
@@ -523,6 +529,7 @@ fn from_matches(m: &clap::ArgMatches) -> Result<Config, String> {
     }
     let mut lease_checkpoint = b("experimental-enable-lease-checkpoint");
     let mut lease_checkpoint_persist = b("experimental-enable-lease-checkpoint-persist");
+    let mut initial_corrupt_check = b("experimental-initial-corrupt-check");
     for gate in s("feature-gates")
         .split(',')
         .filter(|g| !g.trim().is_empty())
@@ -538,6 +545,7 @@ fn from_matches(m: &clap::ArgMatches) -> Result<Config, String> {
         match k.trim() {
             "LeaseCheckpoint" => lease_checkpoint = on,
             "LeaseCheckpointPersist" => lease_checkpoint_persist = on,
+            "InitialCorruptCheck" => initial_corrupt_check = on,
             other => ignored.push(format!("feature-gates {other}")),
         }
     }
@@ -549,6 +557,16 @@ fn from_matches(m: &clap::ArgMatches) -> Result<Config, String> {
         d if d.is_zero() => Duration::from_secs(300),
         d => d,
     };
+    // The 3.6 name wins over the experimental one when both are given.
+    let corrupt_check_time =
+        if explicit("corrupt-check-time") || !explicit("experimental-corrupt-check-time") {
+            parse_duration(&s("corrupt-check-time"), "corrupt-check-time")?
+        } else {
+            parse_duration(
+                &s("experimental-corrupt-check-time"),
+                "experimental-corrupt-check-time",
+            )?
+        };
     let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
     Ok(Config {
         data_dir,
@@ -614,6 +632,8 @@ fn from_matches(m: &clap::ArgMatches) -> Result<Config, String> {
             d if d.is_zero() => Duration::from_secs(300),
             d => d,
         },
+        initial_corrupt_check,
+        corrupt_check_time,
         ignored,
         name,
     })
@@ -687,6 +707,32 @@ mod tests {
         assert!(e.contains("no-such-flag"), "{e}");
         let e = run(&["--election-timeout", "100"]).unwrap_err();
         assert!(e.contains("5 times"), "{e}");
+    }
+
+    #[test]
+    fn corrupt_check_flags_and_gate() {
+        let c = run(&[]).unwrap();
+        assert!(!c.initial_corrupt_check);
+        assert_eq!(c.corrupt_check_time, Duration::ZERO);
+        let c = run(&[
+            "--experimental-initial-corrupt-check",
+            "--experimental-corrupt-check-time",
+            "2s",
+        ])
+        .unwrap();
+        assert!(c.initial_corrupt_check);
+        assert_eq!(c.corrupt_check_time, Duration::from_secs(2));
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let c = run(&[
+            "--feature-gates=InitialCorruptCheck=true",
+            "--corrupt-check-time=3m",
+            "--experimental-corrupt-check-time=2s",
+        ])
+        .unwrap();
+        assert!(c.initial_corrupt_check);
+        assert_eq!(c.corrupt_check_time, Duration::from_secs(180));
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        assert!(run(&["--corrupt-check-time", "soon"]).is_err());
     }
 
     #[test]

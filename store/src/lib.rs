@@ -16,11 +16,13 @@
 //! - [`membership`]: etcd-compatible member and cluster IDs.
 //! - [`reconfig`]: MemberAdd/Remove/Update/Promote (validation, conf changes).
 //! - [`offline`]: `strata snapshot status|restore` (etcdutl-style tools).
+//! - [`corrupt`]: the initial and periodic corruption checks across members.
 //! - [`metrics`], [`logging`], [`error`].
 
 pub mod apply;
 pub mod compactor;
 pub mod config;
+pub mod corrupt;
 pub mod error;
 pub mod lessor;
 pub mod logging;

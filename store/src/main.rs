@@ -9,6 +9,9 @@ use store::config::{self, Parsed};
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
+    // Failpoints named in the FAILPOINTS env var (test builds only).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("snapshot") {
         if let Err(e) = store::offline::main(args[2..].to_vec()) {
@@ -59,6 +62,16 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
         let node = store::node::Node::start(cfg).await?;
         node.spawn_background();
         let peer_handles = store::server::serve_peers(node.clone()).await?;
+        // etcd checks before serving peers too; Strata's raft already runs
+        // here, and serving HashKv first lets members restarted together
+        // check one another.
+        if node.cfg.initial_corrupt_check {
+            if let Err(e) = store::corrupt::initial_check(&node).await {
+                node.stop();
+                return Err(e);
+            }
+        }
+        tokio::spawn(store::corrupt::monitor(node.clone()));
         // Like etcd (whose client listeners wait on ReadyNotify), serve
         // clients only once this member is ready: a leader is known and
         // everything committed so far is applied. Otherwise the first

@@ -51,6 +51,13 @@ pub struct Metrics {
     pub snapshot_receive_success: IntCounterVec,
     /// etcd_network_snapshot_receive_failures{From}.
     pub snapshot_receive_failures: IntCounterVec,
+    /// etcd_mvcc_hash_duration_seconds (Hash).
+    pub hash_duration: Histogram,
+    /// etcd_mvcc_hash_rev_duration_seconds (HashKV, client and peer).
+    pub hash_rev_duration: Histogram,
+    /// strata_corruption_checks_total{result}: corruption check passes
+    /// (initial and periodic) by outcome: `ok`, `mismatch`.
+    pub corruption_checks: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -198,6 +205,24 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "etcd_network_snapshot_receive_failures",
             "Total number of snapshot receive failures",
             "From",
+        ),
+        hash_duration: histogram(
+            &r,
+            "etcd_mvcc_hash_duration_seconds",
+            "The latency distribution of storage hash operation.",
+            prometheus::exponential_buckets(0.01, 2.0, 15).expect("invariant: buckets"),
+        ),
+        hash_rev_duration: histogram(
+            &r,
+            "etcd_mvcc_hash_rev_duration_seconds",
+            "The latency distribution of storage hash by revision operation.",
+            prometheus::exponential_buckets(0.01, 2.0, 15).expect("invariant: buckets"),
+        ),
+        corruption_checks: counter_vec(
+            &r,
+            "strata_corruption_checks_total",
+            "Corruption check passes against the peers' HashKV, by result (ok or mismatch).",
+            "result",
         ),
         registry: r,
     }

@@ -95,6 +95,10 @@ pub struct Node {
     received: Received,
     /// One membership change at a time from this member.
     pub(crate) conf_lock: tokio::sync::Mutex<()>,
+    /// Whether this member started on an existing raft log (a restart),
+    /// not a fresh bootstrap or join; etcd checks only such members at
+    /// startup. Holds the commit index found on disk.
+    pub(crate) restarted_commit: Option<u64>,
 }
 
 /// How this member came to be: its identity and the peers it starts with.
@@ -236,6 +240,7 @@ impl Node {
             .context("no usable state-machine snapshot")?
             .unwrap_or_default();
         let initial = membership::initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
+        let restarted_commit = (!storage.is_empty()).then(|| storage.hard_state().commit);
         let id = if storage.is_empty() {
             if sm.applied_index != 0 {
                 bail!(
@@ -483,6 +488,7 @@ impl Node {
             transport,
             received,
             conf_lock: tokio::sync::Mutex::new(()),
+            restarted_commit,
             cfg,
         });
         Ok(node)
@@ -853,6 +859,26 @@ impl Node {
     pub fn fill(&self, h: &mut Option<pb::ResponseHeader>) {
         let rev = h.as_ref().map_or(0, |h| h.revision);
         *h = Some(self.header(rev));
+    }
+
+    /// HashKV at `rev` (0: the current revision), as the client and peer
+    /// services answer it: the header carries the current revision, and
+    /// the compact revision is -1 until the first compaction (as etcd).
+    pub fn hash_kv(&self, rev: i64) -> Result<pb::HashKvResponse> {
+        let timer = METRICS.hash_rev_duration.start_timer();
+        // An O(1) copy under the lock; the hash is computed after it is
+        // released, so apply never waits for a hash of the whole store.
+        let snap = self.state.read().mvcc.snapshot();
+        let cur = snap.current;
+        let hash_rev = if rev == 0 { cur } else { rev };
+        let (hash, compact) = snap.hash_kv(hash_rev)?;
+        timer.observe_duration();
+        Ok(pb::HashKvResponse {
+            header: Some(self.header(cur)),
+            hash,
+            compact_revision: if compact == 0 { -1 } else { compact },
+            hash_revision: hash_rev,
+        })
     }
 
     /// Current revision as applied here.

@@ -307,6 +307,9 @@ impl PeerHandler for NodePeer {
     fn remaining(&self, id: i64) -> Result<i64> {
         self.0.remaining_local(id)
     }
+    fn hash_kv(&self, rev: i64) -> Result<pb::HashKvResponse> {
+        self.0.hash_kv(rev)
+    }
     async fn promote(&self, id: u64) -> Result<pb::MemberPromoteResponse> {
         if !self.0.status.is_leader() {
             return Err(Error::NotLeader);

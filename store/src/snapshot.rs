@@ -280,7 +280,26 @@ fn corrupt(msg: impl Into<String>) -> SnapError {
 
 /// Decode a snapshot into a state machine, verifying every CRC.
 pub fn read_from<R: Read>(r: R) -> Result<StateMachine, SnapError> {
-    let mut r = BufReader::new(r);
+    parse(BufReader::new(r))
+}
+
+/// Like [`read_from`] on a whole file's bytes, which must end with the end
+/// record, or with fewer than 512 zero bytes after it when `padded` (the
+/// body of an `etcdctl snapshot save` file). Other trailing bytes (say, a
+/// truncated saved file that lost part of its SHA-256 trailer) are an error.
+pub fn read_exact_from(mut bytes: &[u8], padded: bool) -> Result<StateMachine, SnapError> {
+    let sm = parse(&mut bytes)?;
+    let padding_ok = padded && bytes.len() < 512 && bytes.iter().all(|b| *b == 0);
+    if !bytes.is_empty() && !padding_ok {
+        return Err(corrupt(format!(
+            "{} bytes of trailing data after the end record",
+            bytes.len()
+        )));
+    }
+    Ok(sm)
+}
+
+fn parse<R: Read>(mut r: R) -> Result<StateMachine, SnapError> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)
         .map_err(|_| corrupt("file too short for the snapshot header"))?;

@@ -65,6 +65,17 @@ pub struct ApplyConfig {
     pub min_lease_ttl: i64,
 }
 
+#[cfg(feature = "failpoints")]
+fn corrupt_put_failpoint(mut p: pb::PutRequest) -> pb::PutRequest {
+    let prefix = fail::eval("strata::apply::put_value", |arg| arg.unwrap_or_default());
+    if let Some(prefix) = prefix {
+        if p.key.starts_with(prefix.as_bytes()) {
+            p.value.extend_from_slice(b"-diverged");
+        }
+    }
+    p
+}
+
 fn header(rev: i64) -> Option<pb::ResponseHeader> {
     Some(pb::ResponseHeader {
         revision: rev,
@@ -117,7 +128,19 @@ impl StateMachine {
     /// Apply one operation. Errors are results for the client; the entry is
     /// applied either way (a failed op changes nothing).
     pub fn apply(&mut self, op: Op, cfg: &ApplyConfig) -> Result<ApplyResult> {
-        if self.has_alarm(pb::AlarmType::Corrupt) && !matches!(op, Op::Alarm(_) | Op::Compaction(_))
+        // etcd's corrupt applier: the key space and leases are frozen
+        // (compaction too, so the evidence stays); alarms, membership and
+        // lease checkpoints still apply.
+        if self.has_alarm(pb::AlarmType::Corrupt)
+            && matches!(
+                op,
+                Op::Put(_)
+                    | Op::DeleteRange(_)
+                    | Op::Txn(_)
+                    | Op::Compaction(_)
+                    | Op::LeaseGrant(_)
+                    | Op::LeaseRevoke(_)
+            )
         {
             return Err(Error::Corrupt);
         }
@@ -127,6 +150,12 @@ impl StateMachine {
                 if nospace {
                     return Err(Error::NoSpace);
                 }
+                // Failpoint `strata::apply::put_value=return(PREFIX)`: a put
+                // of a key starting with PREFIX stores a different value on
+                // this member only, a silent divergence for the corruption
+                // checks' tests.
+                #[cfg(feature = "failpoints")]
+                let p = corrupt_put_failpoint(p);
                 let mut txn = self.mvcc.write();
                 let r = kv::put(&mut txn, &mut self.leases, &p);
                 let rev = txn.commit();
@@ -254,4 +283,63 @@ fn has_put(t: &pb::TxnRequest) -> bool {
             Some(Request::RequestTxn(t)) => has_put(t),
             _ => false,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_alarm_freezes_the_key_space_and_leases_as_etcd_does() {
+        let cfg = ApplyConfig { min_lease_ttl: 1 };
+        let mut sm = StateMachine::default();
+        let put = || {
+            Op::Put(pb::PutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+        };
+        sm.apply(put(), &cfg).unwrap();
+        sm.apply(
+            Op::Alarm(pb::AlarmRequest {
+                action: AlarmAction::Activate as i32,
+                member_id: 7,
+                alarm: pb::AlarmType::Corrupt as i32,
+            }),
+            &cfg,
+        )
+        .unwrap();
+        let refused = [
+            put(),
+            Op::DeleteRange(pb::DeleteRangeRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            }),
+            Op::Txn(pb::TxnRequest::default()),
+            Op::Compaction(pb::CompactionRequest {
+                revision: 1,
+                ..Default::default()
+            }),
+            Op::LeaseGrant(pb::LeaseGrantRequest { ttl: 10, id: 1 }),
+            Op::LeaseRevoke(pb::LeaseRevokeRequest { id: 1 }),
+        ];
+        for op in refused {
+            let what = format!("{op:?}");
+            assert!(matches!(sm.apply(op, &cfg), Err(Error::Corrupt)), "{what}");
+        }
+        assert_eq!(sm.mvcc.current_rev(), 2, "nothing was written");
+        // Alarms still apply: the alarm can be listed and disarmed.
+        let r = sm.apply(
+            Op::Alarm(pb::AlarmRequest {
+                action: AlarmAction::Deactivate as i32,
+                member_id: 7,
+                alarm: pb::AlarmType::Corrupt as i32,
+            }),
+            &cfg,
+        );
+        assert!(r.is_ok());
+        sm.apply(put(), &cfg).unwrap();
+        assert_eq!(sm.mvcc.current_rev(), 3);
+    }
 }

@@ -180,6 +180,45 @@ pub struct MvccSnapshot {
     pub compact: i64,
 }
 
+impl MvccSnapshot {
+    /// [`Mvcc::hash_kv`] of the store this copy was taken from, computed
+    /// without access to it (callers take the copy under the state lock and
+    /// hash after releasing it, so apply is never stalled by a hash).
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64), MvccError> {
+        if rev > self.current {
+            return Err(MvccError::FutureRev);
+        }
+        let rev = if rev <= 0 { self.current } else { rev };
+        if rev < self.compact {
+            return Err(MvccError::Compacted);
+        }
+        Ok((hash_index(&self.index, rev), self.compact))
+    }
+}
+
+/// The HashKV hash of `index` up to main revision `rev`.
+fn hash_index(index: &OrdMap<Bytes, Arc<KeyHistory>>, rev: i64) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for (k, hist) in index.iter() {
+        for e in &hist.entries {
+            if e.rev.main > rev {
+                break;
+            }
+            h.update(k);
+            h.update(&e.rev.main.to_be_bytes());
+            h.update(&e.rev.sub.to_be_bytes());
+            h.update(&[e.tombstone as u8]);
+            if !e.tombstone {
+                h.update(&e.kv.create_revision.to_be_bytes());
+                h.update(&e.kv.version.to_be_bytes());
+                h.update(&e.kv.lease.to_be_bytes());
+                h.update(&e.kv.value);
+            }
+        }
+    }
+    h.finalize()
+}
+
 /// The multi-version key space.
 #[derive(Clone, Default)]
 pub struct Mvcc {
@@ -424,27 +463,11 @@ impl Mvcc {
 
     /// A hash of all retained history with main revision <= `rev`, the same on
     /// every member that has the same history. Returns (hash, compact_rev).
+    /// To hash without holding a lock on the store, hash a [`Mvcc::snapshot`]
+    /// (an O(1) copy) instead.
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64), MvccError> {
         let rev = self.check_rev(rev)?;
-        let mut h = crc32fast::Hasher::new();
-        for (k, hist) in self.index.iter() {
-            for e in &hist.entries {
-                if e.rev.main > rev {
-                    break;
-                }
-                h.update(k);
-                h.update(&e.rev.main.to_be_bytes());
-                h.update(&e.rev.sub.to_be_bytes());
-                h.update(&[e.tombstone as u8]);
-                if !e.tombstone {
-                    h.update(&e.kv.create_revision.to_be_bytes());
-                    h.update(&e.kv.version.to_be_bytes());
-                    h.update(&e.kv.lease.to_be_bytes());
-                    h.update(&e.kv.value);
-                }
-            }
-        }
-        Ok((h.finalize(), self.compact))
+        Ok((hash_index(&self.index, rev), self.compact))
     }
 
     /// A point-in-time copy for snapshotting.

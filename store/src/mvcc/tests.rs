@@ -589,3 +589,34 @@ fn size_in_use_and_high_water_mark() {
         "a reload starts defragmented"
     );
 }
+
+#[test]
+fn hash_of_a_point_in_time_copy_matches_the_store() {
+    let mut m = Mvcc::new();
+    for i in 0..20u8 {
+        put(&mut m, &[b'a' + i % 5], &[i]);
+    }
+    del(&mut m, b"a");
+    m.compact(8).unwrap();
+    let snap = m.snapshot();
+    let cur = m.current_rev();
+    for rev in [0, 7, 8, 9, 15, cur, cur + 1] {
+        assert_eq!(snap.hash_kv(rev), m.hash_kv(rev), "hash_kv({rev})");
+    }
+    assert_eq!(snap.hash_kv(cur + 1), Err(MvccError::FutureRev));
+    assert_eq!(snap.hash_kv(7), Err(MvccError::Compacted));
+    // Later writes change the store, not the copy.
+    put(&mut m, b"b", b"new");
+    assert_eq!(snap.hash_kv(cur), m.hash_kv(cur));
+    assert_ne!(snap.hash_kv(0), m.hash_kv(0));
+    // A different value at the same revision changes the hash.
+    let mut other = Mvcc::new();
+    for i in 0..20u8 {
+        let v = if i == 19 { vec![i, 1] } else { vec![i] };
+        put(&mut other, &[b'a' + i % 5], &v);
+    }
+    assert_ne!(
+        other.hash_kv(19).unwrap().0,
+        Mvcc::from_snapshot(snap).hash_kv(19).unwrap().0
+    );
+}

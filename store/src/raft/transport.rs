@@ -448,6 +448,8 @@ pub trait PeerHandler: Send + Sync + 'static {
     fn remaining(&self, id: i64) -> Result<i64, Error>;
     /// Promote a learner (this member must lead).
     async fn promote(&self, id: u64) -> Result<pb::MemberPromoteResponse, Error>;
+    /// HashKV at `rev` (0: the current revision).
+    fn hash_kv(&self, rev: i64) -> Result<pb::HashKvResponse, Error>;
 }
 
 /// The receiving side of the peer transport.
@@ -604,6 +606,25 @@ impl raft_server::Raft for PeerService {
             cluster_id: self.cluster_id,
             members: self.handler.members(),
         }))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let asker = req
+            .metadata()
+            .get(crate::corrupt::CLUSTER_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| u64::from_str_radix(v, 16).ok());
+        if asker.is_some_and(|c| c != self.cluster_id) {
+            return Err(Status::failed_precondition(
+                crate::corrupt::CLUSTER_ID_MISMATCH,
+            ));
+        }
+        Ok(Response::new(
+            self.handler.hash_kv(req.into_inner().revision)?,
+        ))
     }
 
     async fn promote(

@@ -136,11 +136,11 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         _req: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        let (hash, rev) = {
-            let sm = self.node.state.read();
-            let rev = sm.mvcc.current_rev();
-            (sm.mvcc.hash_kv(rev).map_err(Error::from)?.0, rev)
-        };
+        let timer = crate::metrics::METRICS.hash_duration.start_timer();
+        let snap = self.node.state.read().mvcc.snapshot();
+        let rev = snap.current;
+        let hash = snap.hash_kv(rev).map_err(Error::from)?.0;
+        timer.observe_duration();
         Ok(Response::new(pb::HashResponse {
             header: Some(self.node.header(rev)),
             hash,
@@ -151,21 +151,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         req: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        let r = req.into_inner();
-        let (hash, compact, cur, hash_rev) = {
-            let sm = self.node.state.read();
-            let cur = sm.mvcc.current_rev();
-            let rev = if r.revision == 0 { cur } else { r.revision };
-            let (h, c) = sm.mvcc.hash_kv(rev).map_err(Error::from)?;
-            (h, c, cur, rev)
-        };
-        Ok(Response::new(pb::HashKvResponse {
-            header: Some(self.node.header(cur)),
-            hash,
-            // etcd reports -1 until the first compaction.
-            compact_revision: if compact == 0 { -1 } else { compact },
-            hash_revision: hash_rev,
-        }))
+        Ok(Response::new(self.node.hash_kv(req.into_inner().revision)?))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;

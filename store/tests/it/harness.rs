@@ -20,6 +20,8 @@ pub struct Strata {
     pub log: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     args: Vec<String>,
+    /// Extra environment variables (kept across restarts).
+    env: Vec<(String, String)>,
 }
 
 pub fn strata_bin() -> PathBuf {
@@ -60,6 +62,21 @@ impl Strata {
 
     /// Like `try_start_in` with a member name other than `s1`.
     pub fn try_start_named(data_dir: &Path, name: &str, extra: &[&str]) -> Result<Strata, String> {
+        Strata::try_start_env(data_dir, name, extra, &[])
+    }
+
+    /// Like `try_start_named` with extra environment variables (e.g.
+    /// `FAILPOINTS`), which restarts keep.
+    pub fn try_start_env(
+        data_dir: &Path,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Strata, String> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut args: Vec<String> = vec![
             "--name".into(),
             name.into(),
@@ -73,6 +90,7 @@ impl Strata {
         let mut child = Command::new(strata_bin())
             .args(&args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -111,6 +129,7 @@ impl Strata {
                     log,
                     _tmp: None,
                     args,
+                    env,
                 });
             }
             if let Ok(Some(_)) = child.try_wait() {
@@ -156,7 +175,12 @@ impl Strata {
         let extra: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
         let tmp = self._tmp.take();
         let name = self.args[1].clone();
-        let mut s = Strata::try_start_named(&self.data_dir.clone(), &name, &extra)
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut s = Strata::try_start_env(&self.data_dir.clone(), &name, &extra, &env)
             .unwrap_or_else(|e| panic!("strata did not restart: {e}"));
         s._tmp = tmp;
         *self = s;
@@ -164,6 +188,12 @@ impl Strata {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The flags after the name, data dir and client URL (for restarting
+    /// with changes).
+    pub fn extra_args(&self) -> Vec<String> {
+        self.args[6..].to_vec()
     }
 }
 

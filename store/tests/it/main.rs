@@ -3,6 +3,7 @@
 
 mod badinput;
 mod cluster;
+mod corrupt;
 mod crash;
 mod differential;
 mod harness;
@@ -13,4 +14,5 @@ mod membership;
 mod offline;
 mod ops;
 mod smoke;
+mod snapshot;
 mod watch;

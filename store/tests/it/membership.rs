@@ -42,7 +42,7 @@ async fn wait_value(c: &mut Client, key: &str, want: &str) {
 }
 
 /// GET `path` on a member's client URL (plain HTTP/1.1), returning the body.
-fn http_get(endpoint: &str, path: &str) -> String {
+pub(crate) fn http_get(endpoint: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let addr = endpoint.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
