@@ -408,7 +408,15 @@ mod tests {
         let (tx, rx) = flume::bounded(16);
         let (apply_tx, _apply_rx) = flume::bounded(16);
         let transport =
-            transport::Transport::start(1, 7, vec![], tx.clone(), storage.clone(), rt.handle());
+            transport::Transport::start(
+                1,
+                7,
+                vec![],
+                tx.clone(),
+                storage.clone(),
+                rt.handle(),
+                Default::default(),
+            );
         let l = RaftLoop {
             raw,
             rx,
