@@ -159,7 +159,7 @@ async fn discover(cfg: &Config, dialer: &PeerDialer) -> anyhow::Result<Identity>
                         members: resp.members.clone(),
                     });
                 }
-                Ok(Err(e)) => errors.push(format!("{url}: {e}")),
+                Ok(Err(e)) => errors.push(format!("{url}: {e:#}")),
                 Err(_) => errors.push(format!("{url}: timed out")),
             }
         }

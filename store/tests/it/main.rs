@@ -11,4 +11,5 @@ mod maintenance;
 mod membership;
 mod offline;
 mod smoke;
+mod tls;
 mod watch;
