@@ -285,6 +285,8 @@ pub fn command() -> Command {
         )
         .version(env!("CARGO_PKG_VERSION"))
         .disable_version_flag(true)
+        // As with Go's flag package, a repeated flag takes its last value.
+        .args_override_self(true)
         .arg(
             Arg::new("version")
                 .long("version")
@@ -661,6 +663,8 @@ mod tests {
         assert_eq!(c.snapshot_count, 5);
         assert!(c.client_tls.client_cert_auth);
         assert_eq!(c.ignored, vec!["max-wals".to_string()]);
+        let c = run(&["--name", "a", "--name", "b"]).unwrap();
+        assert_eq!(c.name, "b", "the last of repeated flags wins, as in etcd");
         let e = run(&["--no-such-flag", "1"]).unwrap_err();
         assert!(e.contains("no-such-flag"), "{e}");
         let e = run(&["--election-timeout", "100"]).unwrap_err();

@@ -45,7 +45,7 @@ use super::RaftMsg;
 use crate::apply::StateMachine;
 use crate::error::Error;
 use crate::metrics::METRICS;
-use crate::server::tls::PeerDialer;
+use crate::server::tls::{PeerDialer, PeerEndpoint};
 use crate::snapshot::{self, SnapDir, SnapshotView};
 
 /// Messages buffered per peer before new ones are dropped.
@@ -206,9 +206,9 @@ impl Transport {
     }
 }
 
-fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, String> {
+fn endpoint(url: &str) -> Result<PeerEndpoint, String> {
     PeerDialer::endpoint(url, Duration::from_secs(1))
-        .map(|e| e.http2_keep_alive_interval(Duration::from_secs(5)))
+        .map(|e| e.map(|e| e.http2_keep_alive_interval(Duration::from_secs(5))))
         .map_err(|e| e.to_string())
 }
 

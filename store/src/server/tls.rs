@@ -483,34 +483,43 @@ impl PeerDialer {
         })
     }
 
-    /// An endpoint for `url` with the given connect timeout.
+    /// An endpoint for peer URL `url` with the given connect timeout.
     pub fn endpoint(
         url: &str,
         connect_timeout: Duration,
-    ) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
-        Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
+    ) -> Result<PeerEndpoint, tonic::transport::Error> {
+        // tonic refuses https URIs unless its own TLS connector is
+        // configured; ours does TLS below the URI, so the URI says http.
+        let tls = url.starts_with("https://");
+        let plain = if tls {
+            url.replacen("https://", "http://", 1)
+        } else {
+            url.to_string()
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(plain)?
             .connect_timeout(connect_timeout)
-            .tcp_nodelay(true))
+            .tcp_nodelay(true);
+        Ok(PeerEndpoint { endpoint, tls })
     }
 
     /// Connect now.
     pub async fn connect(
         &self,
-        ep: &tonic::transport::Endpoint,
+        ep: &PeerEndpoint,
     ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-        if ep.uri().scheme_str() == Some("https") {
-            ep.connect_with_connector(self.connector()).await
+        if ep.tls {
+            ep.endpoint.connect_with_connector(self.connector()).await
         } else {
-            ep.connect().await
+            ep.endpoint.connect().await
         }
     }
 
     /// Connect on first use.
-    pub fn connect_lazy(&self, ep: &tonic::transport::Endpoint) -> tonic::transport::Channel {
-        if ep.uri().scheme_str() == Some("https") {
-            ep.connect_with_connector_lazy(self.connector())
+    pub fn connect_lazy(&self, ep: &PeerEndpoint) -> tonic::transport::Channel {
+        if ep.tls {
+            ep.endpoint.connect_with_connector_lazy(self.connector())
         } else {
-            ep.connect_lazy()
+            ep.endpoint.connect_lazy()
         }
     }
 
@@ -550,6 +559,27 @@ impl PeerDialer {
                 Ok(hyper_util::rt::TokioIo::new(s))
             }
         })
+    }
+}
+
+/// A peer endpoint: tonic's endpoint settings, and whether the peer URL
+/// is https.
+#[derive(Clone, Debug)]
+pub struct PeerEndpoint {
+    endpoint: tonic::transport::Endpoint,
+    tls: bool,
+}
+
+impl PeerEndpoint {
+    /// Adjust the tonic endpoint settings.
+    pub fn map(
+        self,
+        f: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
+    ) -> Self {
+        PeerEndpoint {
+            endpoint: f(self.endpoint),
+            tls: self.tls,
+        }
     }
 }
 
