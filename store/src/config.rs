@@ -513,7 +513,8 @@ fn from_matches(m: &clap::ArgMatches) -> Result<Config, String> {
         d => d,
     };
     let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
-    let path = |n: &str| -> Option<PathBuf> { Some(s(n)).filter(|v| !v.is_empty()).map(PathBuf::from) };
+    let path =
+        |n: &str| -> Option<PathBuf> { Some(s(n)).filter(|v| !v.is_empty()).map(PathBuf::from) };
     let client_tls = TlsInfo {
         cert_file: path("cert-file"),
         key_file: path("key-file"),

@@ -28,9 +28,9 @@ use crate::metrics::METRICS;
 use crate::raft::apply::{run_apply, Applied, ApplyLoop, SnapshotPolicy, Waiters};
 use crate::raft::storage::RaftStorage;
 use crate::raft::transport::{PeerService, Received, Transport};
-use crate::server::tls::{PeerDialer, Tls};
 use crate::raft::{run_raft, RaftLoop, RaftMsg, RaftStatus};
 use crate::request::{ApplyResult, InternalRequest, Op};
+use crate::server::tls::{PeerDialer, Tls};
 use crate::snapshot::SnapDir;
 
 /// Extra bytes gRPC may carry beyond `--max-request-bytes` (etcd's grpcOverheadBytes).

@@ -397,9 +397,9 @@ async fn peer_loop_inner(p: PeerLoop, rx: flume::Receiver<Message>) {
                     tracing::warn!(peer = %format!("{to:x}"), url, error = %error_chain(&e), "cannot connect to peer");
                 }
                 let _ = raft_tx.try_send(RaftMsg::Unreachable(to));
-            // Drop what queued up meanwhile: raft resends what matters.
-            while rx.try_recv().is_ok() {}
-            tokio::time::sleep(Duration::from_millis(100)).await;
+                // Drop what queued up meanwhile: raft resends what matters.
+                while rx.try_recv().is_ok() {}
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };

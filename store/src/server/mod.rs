@@ -204,7 +204,13 @@ pub async fn serve_peers(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::Joi
         let svc = proto::raftpb::raft_server::RaftServer::new(node.peer_service())
             .max_decoding_message_size(usize::MAX);
         let server = tonic::transport::Server::builder().add_service(svc);
-        handles.push(spawn_server(server, listener, tls, node.shutdown.clone(), "peer"));
+        handles.push(spawn_server(
+            server,
+            listener,
+            tls,
+            node.shutdown.clone(),
+            "peer",
+        ));
     }
     Ok(handles)
 }
@@ -276,7 +282,13 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandl
             .http2_keepalive_interval(keepalive)
             .http2_keepalive_timeout(keepalive_timeout.or(Some(Duration::from_secs(20))))
             .add_routes(tonic::service::Routes::from(router));
-        handles.push(spawn_server(server, listener, tls, node.shutdown.clone(), "client"));
+        handles.push(spawn_server(
+            server,
+            listener,
+            tls,
+            node.shutdown.clone(),
+            "client",
+        ));
     }
     Ok(handles)
 }
@@ -296,7 +308,13 @@ pub async fn serve_metrics(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::J
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
             .add_routes(tonic::service::Routes::from(http_routes(node.clone())));
-        handles.push(spawn_server(server, listener, tls, node.shutdown.clone(), "metrics"));
+        handles.push(spawn_server(
+            server,
+            listener,
+            tls,
+            node.shutdown.clone(),
+            "metrics",
+        ));
     }
     Ok(handles)
 }

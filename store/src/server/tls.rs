@@ -240,7 +240,10 @@ fn server_config(info: &TlsInfo, cert: &Path, key: &Path) -> Result<Arc<ServerCo
             v = v.with_crls(load_crls(crl)?);
         }
         let v = v.build().map_err(|e| {
-            Error::Config(format!("cannot verify client certificates with {}: {e}", ca.display()))
+            Error::Config(format!(
+                "cannot verify client certificates with {}: {e}",
+                ca.display()
+            ))
         })?;
         builder.with_client_cert_verifier(v)
     } else {
@@ -653,8 +656,14 @@ mod tests {
 
     #[test]
     fn common_name_of_generated_certs() {
-        assert_eq!(common_name(&cert_with_cn(Some("alice"))).as_deref(), Some("alice"));
-        assert_eq!(common_name(&cert_with_cn(Some("root"))).as_deref(), Some("root"));
+        assert_eq!(
+            common_name(&cert_with_cn(Some("alice"))).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            common_name(&cert_with_cn(Some("root"))).as_deref(),
+            Some("root")
+        );
         assert_eq!(common_name(&cert_with_cn(None)), None);
         assert_eq!(common_name(b"not a certificate"), None);
     }
@@ -673,7 +682,11 @@ mod tests {
         let (c, k) = self_cert(&dir, &hosts, 1).unwrap();
         let first = std::fs::read(&c).unwrap();
         let (c2, _) = self_cert(&dir, &hosts, 1).unwrap();
-        assert_eq!(std::fs::read(&c2).unwrap(), first, "reused, not regenerated");
+        assert_eq!(
+            std::fs::read(&c2).unwrap(),
+            first,
+            "reused, not regenerated"
+        );
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&k).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -684,7 +697,10 @@ mod tests {
     #[test]
     fn missing_and_bad_files_are_clear_errors() {
         let e = load_certs(Path::new("/nonexistent/c.pem")).unwrap_err();
-        assert_eq!(e.to_string(), "open /nonexistent/c.pem: no such file or directory");
+        assert_eq!(
+            e.to_string(),
+            "open /nonexistent/c.pem: no such file or directory"
+        );
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("empty.pem");
         std::fs::write(&p, "hello\n").unwrap();

@@ -176,14 +176,23 @@ impl Strata {
     }
 
     /// `scheme://addr` of every listener whose start line has `message`
-    /// ("serving client traffic", "serving metrics"), in log order.
-    pub fn listeners(&self, message: &str) -> Vec<String> {
-        self.log_text()
-            .lines()
-            .filter(|l| l.contains(&format!("\"message\":\"{message}\"")))
-            .filter_map(listener_of)
-            .map(|(scheme, addr)| format!("{scheme}://{addr}"))
-            .collect()
+    /// ("serving client traffic", "serving metrics"), in log order; waits
+    /// (up to 10 s) until there are at least `n`.
+    pub fn listeners(&self, message: &str, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found: Vec<String> = self
+                .log_text()
+                .lines()
+                .filter(|l| l.contains(&format!("\"message\":\"{message}\"")))
+                .filter_map(listener_of)
+                .map(|(scheme, addr)| format!("{scheme}://{addr}"))
+                .collect();
+            if found.len() >= n || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
