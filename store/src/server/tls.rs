@@ -228,7 +228,8 @@ fn server_config(info: &TlsInfo, cert: &Path, key: &Path) -> Result<Arc<ServerCo
             context: "TLS versions".into(),
             source: e,
         })?;
-    let builder = if info.client_cert_auth {
+    // As etcd: a trusted CA alone also makes client certificates required.
+    let builder = if info.client_cert_auth || info.trusted_ca_file.is_some() {
         let ca = info.trusted_ca_file.as_deref().ok_or_else(|| {
             Error::Config(
                 "client certificate authentication needs a trusted CA file (--trusted-ca-file / --peer-trusted-ca-file)"

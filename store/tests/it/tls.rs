@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SerialNumber,
 };
 
 use crate::harness::{free_port, start_all, Cluster, Etcd, Strata};
@@ -86,6 +87,8 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        // A serial derived from the file name, so a CRL can name it.
+        p.serial_number = Some(SerialNumber::from(serial_of(file)));
         let kp = KeyPair::generate().unwrap();
         let cert = p.signed_by(&kp, &self.issuer).unwrap();
         let pair = Pair {
@@ -95,6 +98,38 @@ impl Ca {
         std::fs::write(&pair.cert, cert.pem()).unwrap();
         std::fs::write(&pair.key, kp.serialize_pem()).unwrap();
         pair
+    }
+}
+
+fn serial_of(file: &str) -> u64 {
+    file.bytes().fold(1469598103934665603u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(1099511628211)
+    }) >> 1
+}
+
+impl Ca {
+    /// A CRL of this CA revoking the certificates issued as `files`.
+    fn crl(&self, dir: &Path, files: &[&str]) -> PathBuf {
+        let params = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2090, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: files
+                .iter()
+                .map(|f| RevokedCertParams {
+                    serial_number: SerialNumber::from(serial_of(f)),
+                    revocation_time: rcgen::date_time_ymd(2021, 1, 1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).unwrap();
+        let path = dir.join("crl.pem");
+        std::fs::write(&path, crl.pem().unwrap()).unwrap();
+        path
     }
 }
 
@@ -359,31 +394,58 @@ fn client_cert_auth_accepts_the_trusted_ca_only_like_etcd() {
     );
 
     // A real etcd 3.5 with the same TLS flags decides the same way.
-    let etcd35 = crate::harness::etcd_bin();
-    if etcd35.to_string_lossy().contains("3.5") {
-        let ep = https_url();
-        let e = Etcd::start_bin(
-            &etcd35,
-            &[
-                &["--listen-client-urls", &ep, "--advertise-client-urls", &ep][..],
-                &tls_flags[..],
-            ]
-            .concat(),
-        );
-        // Wait for it to serve (with the good cert).
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let good = loop {
-            let r = client_cert_auth_cases(&ep, &p);
-            if r[0].0 || Instant::now() > deadline {
-                break r;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        drop(e);
-        let outcome = |r: &[(bool, String); 3]| r.iter().map(|x| x.0).collect::<Vec<_>>();
-        assert_eq!(outcome(&good), vec![true, false, false], "etcd: {good:?}");
-        assert_eq!(outcome(&good), outcome(&[with, without, wrong]));
+    let outcome = |r: &[(bool, String); 3]| r.iter().map(|x| x.0).collect::<Vec<_>>();
+    let etcd = etcd_cases(&tls_flags, &p);
+    assert_eq!(outcome(&etcd), vec![true, false, false], "etcd: {etcd:?}");
+    assert_eq!(outcome(&etcd), outcome(&[with, without, wrong]));
+}
+
+/// The client-cert-auth cases against a real etcd 3.5 started with
+/// `tls_flags` on an https client URL.
+fn etcd_cases(tls_flags: &[&str], p: &Pki) -> [(bool, String); 3] {
+    let ep = https_url();
+    let bin = PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/strata/etcd-3.5/bin/etcd");
+    let bin = std::env::var("ETCD35_BIN")
+        .map(PathBuf::from)
+        .unwrap_or(bin);
+    assert!(bin.exists(), "no etcd 3.5: run scripts/install-peers.sh");
+    let _e = Etcd::start_bin(
+        &bin,
+        &[
+            &["--listen-client-urls", &ep, "--advertise-client-urls", &ep][..],
+            tls_flags,
+        ]
+        .concat(),
+    );
+    // Wait until it serves (the good cert works once it is up).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client_cert_auth_cases(&ep, p);
+        if r[0].0 || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn trusted_ca_file_alone_requires_client_certs_as_in_etcd() {
+    let p = pki();
+    let url = https_url();
+    let tls_flags = [
+        "--cert-file",
+        p.server.cert(),
+        "--key-file",
+        p.server.key(),
+        "--trusted-ca-file",
+        p.ca.pem(),
+    ];
+    let s = start(&[&["--listen-client-urls", url.as_str()][..], &tls_flags[..]].concat());
+    let outcome = |r: &[(bool, String); 3]| r.iter().map(|x| x.0).collect::<Vec<_>>();
+    let ours = client_cert_auth_cases(&s.endpoint, &p);
+    let etcd = etcd_cases(&tls_flags, &p);
+    assert_eq!(outcome(&etcd), vec![true, false, false], "etcd: {etcd:?}");
+    assert_eq!(outcome(&ours), outcome(&etcd), "strata: {ours:?}");
 }
 
 #[test]
@@ -730,4 +792,140 @@ async fn peer_tls_cluster_replicates_and_refuses_a_member_from_another_ca() {
     // The cluster is unaffected.
     c.put("after", "ok", None).await.unwrap();
     wait_value(&mut c3, "after", "ok").await;
+}
+
+#[test]
+fn client_crl_file_refuses_a_revoked_client_certificate() {
+    let p = pki();
+    let d = p.dir.path();
+    let mallory = p.ca.issue(d, "mallory", "mallory");
+    let crl = p.ca.crl(d, &["mallory"]);
+    let url = https_url();
+    let s = start(&[
+        "--listen-client-urls",
+        &url,
+        "--cert-file",
+        p.server.cert(),
+        "--key-file",
+        p.server.key(),
+        "--trusted-ca-file",
+        p.ca.pem(),
+        "--client-cert-auth",
+        "--client-crl-file",
+        crl.to_str().unwrap(),
+    ]);
+    let ca = ["--cacert", p.ca.pem()];
+    put_get(
+        "3.5",
+        &s.endpoint,
+        &[
+            ca[0],
+            ca[1],
+            "--cert",
+            p.alice.cert(),
+            "--key",
+            p.alice.key(),
+        ],
+        "crl",
+        "alice-ok",
+    );
+    let (ok, out, err) = etcdctl(
+        "3.5",
+        &s.endpoint,
+        &[
+            ca[0],
+            ca[1],
+            "--cert",
+            mallory.cert(),
+            "--key",
+            mallory.key(),
+        ],
+        &["put", "crl", "mallory"],
+    );
+    assert!(!ok, "a revoked certificate must be refused: {out} {err}");
+    assert!(
+        s.log_text().contains("Revoked"),
+        "the server names the revocation: {}",
+        s.log_text()
+    );
+}
+
+async fn replicated(cl: &Cluster, key: &str, value: &str) {
+    let mut c = cl.client(cl.leader().await).await;
+    c.put(key, value, None).await.unwrap();
+    for i in 0..cl.nodes.len() {
+        wait_value(&mut cl.client(i).await, key, value).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peer_auto_tls_cluster_elects_and_replicates() {
+    let cl = Cluster::start_scheme("https", 3, |_| vec!["--peer-auto-tls".to_string()]);
+    replicated(&cl, "auto", "peer-tls").await;
+    for i in 0..3 {
+        let n = cl.nodes[i].as_ref().unwrap();
+        assert!(
+            n.data_dir.join("fixtures/peer/cert.pem").exists(),
+            "member {i}"
+        );
+        assert!(
+            n.log_text().contains(r#""tls":true"#),
+            "member {i} serves peers over TLS"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peer_cert_allowed_cn_refuses_other_common_names() {
+    let p = pki();
+    let d = p.dir.path();
+    let certs: Vec<Pair> = (0..3)
+        .map(|i| p.ca.issue(d, &format!("peer{i}"), "etcd-peer"))
+        .collect();
+    let with_cn = |pair: &Pair| {
+        let mut f = peer_tls(&p.ca, pair);
+        f.extend([
+            "--peer-cert-allowed-cn".to_string(),
+            "etcd-peer".to_string(),
+        ]);
+        f
+    };
+    let cl = Cluster::start_scheme("https", 3, |i| with_cn(&certs[i]));
+    replicated(&cl, "cn", "ok").await;
+    // Same CA, another CN: refused by the CN check after the handshake.
+    let mut c = cl.client(cl.leader().await).await;
+    let p4 = free_port();
+    let url4 = format!("https://127.0.0.1:{p4}");
+    c.member_add([url4.clone()], None).await.unwrap();
+    let intruder = p.ca.issue(d, "intruder", "intruder");
+    let mut f = crate::harness::peer_flags_scheme(
+        "https",
+        p4,
+        &format!("{},n4={url4}", cl.initial),
+        "it-cluster",
+    );
+    f.extend([
+        "--initial-cluster-state".to_string(),
+        "existing".to_string(),
+    ]);
+    f.extend(with_cn(&intruder));
+    let started = Instant::now();
+    let r = start_all(cl.dir(), vec![("n4".to_string(), f)])
+        .pop()
+        .unwrap();
+    let log = match r {
+        Ok(s) => panic!("a member with another CN joined: {}", s.log_text()),
+        Err(log) => log,
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "refused in bounded time"
+    );
+    assert!(log.contains("cannot fetch the cluster's members"), "{log}");
+    let refused = (0..3).all(|i| {
+        cl.nodes[i].as_ref().unwrap().log_text().lines().any(|l| {
+            l.contains("client certificate CN is not the allowed one") && l.contains("intruder")
+        })
+    });
+    assert!(refused, "every member refuses CN intruder");
 }
