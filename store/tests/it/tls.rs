@@ -716,10 +716,17 @@ async fn peer_tls_cluster_replicates_and_refuses_a_member_from_another_ca() {
     let lease = clients[f].lease_grant(30, None).await.unwrap().id();
     let (mut keeper, mut responses) = clients[f].lease_keep_alive(lease).await.unwrap();
     keeper.keep_alive().await.unwrap();
-    let r = responses.message().await.unwrap().expect("a keepalive response");
+    let r = responses
+        .message()
+        .await
+        .unwrap()
+        .expect("a keepalive response");
     assert!(r.ttl() > 0, "keepalive forwarded by the follower: {r:?}");
     let ttl = clients[f].lease_time_to_live(lease, None).await.unwrap();
-    assert!(ttl.ttl() > 0, "TimeToLive forwarded by the follower: {ttl:?}");
+    assert!(
+        ttl.ttl() > 0,
+        "TimeToLive forwarded by the follower: {ttl:?}"
+    );
 
     // A member with a certificate from the cluster's CA joins as a learner
     // and catches up through a raft snapshot streamed over TLS.
