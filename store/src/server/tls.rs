@@ -343,6 +343,17 @@ impl Tls {
             }
         }
         out.dialer = PeerDialer::new(&cfg.peer_tls, peer_cert.as_ref())?;
+        let https_peer = cfg
+            .initial_cluster
+            .values()
+            .flatten()
+            .any(|u| u.starts_with("https://"));
+        if https_peer && out.dialer.tls.is_none() {
+            tracing::warn!(
+                "https peer URLs, but neither --peer-trusted-ca-file nor --peer-auto-tls is set: \
+                 this member cannot dial its peers"
+            );
+        }
         Ok(out)
     }
 }
