@@ -101,8 +101,8 @@ const FLAGS: &[(&str, &str, Ty, Kind, &str)] = &[
     ("cipher-suites", "", Value, Ignored, "Comma-separated list of supported TLS cipher suites between client/server and peers."),
     ("cors", "*", Value, Ignored, "Comma-separated whitelist of origins for CORS, or cross-origin resource sharing."),
     ("host-whitelist", "*", Value, Ignored, "Acceptable hostnames from HTTP client requests, if server is not secure."),
-    ("tls-min-version", "TLS1.2", Value, Ignored, "Minimum TLS version supported by etcd."),
-    ("tls-max-version", "", Value, Ignored, "Maximum TLS version supported by etcd."),
+    ("tls-min-version", "TLS1.2", Value, Used, "Minimum TLS version of client and peer connections: TLS1.2 or TLS1.3."),
+    ("tls-max-version", "", Value, Used, "Maximum TLS version of client and peer connections: TLS1.2 or TLS1.3 (default: the highest, TLS1.3)."),
     // auth
     ("auth-token", "simple", Value, Ignored, "Specify a v3 authentication token type and its options ('simple' or 'jwt')."),
     ("bcrypt-cost", "10", Value, Ignored, "Specify the cost / strength of the bcrypt algorithm for hashing auth passwords."),
@@ -182,6 +182,32 @@ pub struct TlsInfo {
     pub auto_tls: bool,
     /// Only client certificates with this CN are accepted (peers only).
     pub allowed_cn: Option<String>,
+    /// `--tls-min-version` (both sides).
+    pub min_version: TlsVersion,
+    /// `--tls-max-version` (both sides).
+    pub max_version: TlsVersion,
+}
+
+/// A TLS protocol version rustls offers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    #[default]
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+fn parse_tls_version(v: &str, flag: &str, empty: TlsVersion) -> Result<TlsVersion, String> {
+    match v {
+        "" => Ok(empty),
+        "TLS1.2" => Ok(TlsVersion::Tls12),
+        "TLS1.3" => Ok(TlsVersion::Tls13),
+        "TLS1.0" | "TLS1.1" => Err(format!(
+            "--{flag}: {v} is not supported: only TLS1.2 and TLS1.3 are"
+        )),
+        _ => Err(format!("--{flag}: unknown TLS version {v:?}")),
+    }
 }
 
 impl TlsInfo {
@@ -513,6 +539,17 @@ fn from_matches(m: &clap::ArgMatches) -> Result<Config, String> {
         d => d,
     };
     let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+    let min_version =
+        parse_tls_version(&s("tls-min-version"), "tls-min-version", TlsVersion::Tls12)?;
+    let max_version =
+        parse_tls_version(&s("tls-max-version"), "tls-max-version", TlsVersion::Tls13)?;
+    if min_version > max_version {
+        return Err(format!(
+            "min version ({}) is greater than max version ({})",
+            s("tls-min-version"),
+            s("tls-max-version")
+        ));
+    }
     let path =
         |n: &str| -> Option<PathBuf> { Some(s(n)).filter(|v| !v.is_empty()).map(PathBuf::from) };
     let client_tls = TlsInfo {
@@ -523,6 +560,8 @@ fn from_matches(m: &clap::ArgMatches) -> Result<Config, String> {
         crl_file: path("client-crl-file"),
         auto_tls: b("auto-tls"),
         allowed_cn: None,
+        min_version,
+        max_version,
     };
     let peer_tls = TlsInfo {
         cert_file: path("peer-cert-file"),
@@ -532,6 +571,8 @@ fn from_matches(m: &clap::ArgMatches) -> Result<Config, String> {
         crl_file: path("peer-crl-file"),
         auto_tls: b("peer-auto-tls"),
         allowed_cn: Some(s("peer-cert-allowed-cn")).filter(|v| !v.is_empty()),
+        min_version,
+        max_version,
     };
     let listen_metrics_urls = parse_urls(&s("listen-metrics-urls"), "listen-metrics-urls")?;
     Ok(Config {
@@ -697,6 +738,37 @@ mod tests {
             run(&["--experimental-enable-lease-checkpoint-interval", "1s"]).is_err(),
             "not an etcd flag"
         );
+    }
+
+    #[test]
+    fn tls_flags() {
+        let c = run(&[]).unwrap();
+        assert_eq!(
+            (c.client_tls.min_version, c.client_tls.max_version),
+            (TlsVersion::Tls12, TlsVersion::Tls13)
+        );
+        assert!(!c.client_tls.has_cert() && !c.peer_tls.client_cert_auth);
+        let c = run(&[
+            "--cert-file=c.pem",
+            "--key-file=k.pem",
+            "--peer-client-cert-auth",
+            "--peer-cert-allowed-cn=etcd",
+            "--tls-min-version=TLS1.3",
+            "--listen-metrics-urls=http://127.0.0.1:1,https://127.0.0.1:2",
+        ])
+        .unwrap();
+        assert_eq!(c.client_tls.cert_file, Some(PathBuf::from("c.pem")));
+        assert!(c.peer_tls.client_cert_auth);
+        assert_eq!(c.peer_tls.allowed_cn.as_deref(), Some("etcd"));
+        assert_eq!(c.peer_tls.min_version, TlsVersion::Tls13);
+        assert_eq!(c.listen_metrics_urls.len(), 2);
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let e = run(&["--tls-min-version=TLS1.3", "--tls-max-version=TLS1.2"]).unwrap_err();
+        assert!(
+            e.contains("min version (TLS1.3) is greater than max version (TLS1.2)"),
+            "{e}"
+        );
+        assert!(run(&["--tls-min-version=TLS1.1"]).is_err());
     }
 
     #[test]

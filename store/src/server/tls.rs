@@ -36,7 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use crate::config::{Config, TlsInfo};
+use crate::config::{Config, TlsInfo, TlsVersion};
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,6 +83,18 @@ pub enum Error {
 
 /// `Result` of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The protocol versions between `--tls-min-version` and `--tls-max-version`.
+fn versions(info: &TlsInfo) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    let mut v = Vec::new();
+    if info.min_version <= TlsVersion::Tls13 && info.max_version >= TlsVersion::Tls13 {
+        v.push(&rustls::version::TLS13);
+    }
+    if info.min_version <= TlsVersion::Tls12 && info.max_version >= TlsVersion::Tls12 {
+        v.push(&rustls::version::TLS12);
+    }
+    v
+}
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -223,7 +235,7 @@ fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
 fn server_config(info: &TlsInfo, cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
     let p = provider();
     let builder = ServerConfig::builder_with_provider(p.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&versions(info))
         .map_err(|e| Error::Rustls {
             context: "TLS versions".into(),
             source: e,
@@ -470,7 +482,7 @@ impl PeerDialer {
     fn new(info: &TlsInfo, cert: Option<&(PathBuf, PathBuf)>) -> Result<PeerDialer> {
         let p = provider();
         let builder = ClientConfig::builder_with_provider(p.clone())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(&versions(info))
             .map_err(|e| Error::Rustls {
                 context: "TLS versions".into(),
                 source: e,
@@ -704,6 +716,25 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         // It loads as a server certificate.
         server_config(&TlsInfo::default(), &c, &k).unwrap();
+    }
+
+    #[test]
+    fn tls_versions_follow_the_flags() {
+        let v = |min, max| {
+            versions(&TlsInfo {
+                min_version: min,
+                max_version: max,
+                ..Default::default()
+            })
+            .iter()
+            .map(|v| v.version)
+            .collect::<Vec<_>>()
+        };
+        use rustls::ProtocolVersion::{TLSv1_2, TLSv1_3};
+        use TlsVersion::*;
+        assert_eq!(v(Tls12, Tls13), vec![TLSv1_3, TLSv1_2]);
+        assert_eq!(v(Tls13, Tls13), vec![TLSv1_3]);
+        assert_eq!(v(Tls12, Tls12), vec![TLSv1_2]);
     }
 
     #[test]

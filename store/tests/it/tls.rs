@@ -946,3 +946,47 @@ async fn peer_cert_allowed_cn_refuses_other_common_names() {
     });
     assert!(refused, "every member refuses CN intruder");
 }
+
+#[test]
+fn tls_min_and_max_version_bound_the_handshake() {
+    let p = pki();
+    let ca = ["--cacert", p.ca.pem()];
+    let url = https_url();
+    let s = start(&[
+        "--listen-client-urls",
+        &url,
+        "--cert-file",
+        p.server.cert(),
+        "--key-file",
+        p.server.key(),
+        "--tls-min-version",
+        "TLS1.3",
+    ]);
+    let livez = format!("{}/livez", s.endpoint);
+    assert_eq!(curl(&livez, &ca).0, 200);
+    assert_eq!(
+        curl(&livez, &[ca[0], ca[1], "--tls-max", "1.2"]).0,
+        0,
+        "TLS 1.2 refused"
+    );
+    drop(s);
+    let url = https_url();
+    let s = start(&[
+        "--listen-client-urls",
+        &url,
+        "--cert-file",
+        p.server.cert(),
+        "--key-file",
+        p.server.key(),
+        "--tls-max-version",
+        "TLS1.2",
+    ]);
+    let livez = format!("{}/livez", s.endpoint);
+    assert_eq!(curl(&livez, &[ca[0], ca[1], "--tls-max", "1.2"]).0, 200);
+    assert_eq!(
+        curl(&livez, &[ca[0], ca[1], "--tlsv1.3"]).0,
+        0,
+        "TLS 1.3 refused"
+    );
+    put_get("3.5", &s.endpoint, &ca, "tls12", "ok");
+}
