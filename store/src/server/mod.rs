@@ -199,7 +199,7 @@ pub async fn serve_peers(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::Joi
             }
             Err(e) => return Err(e).with_context(|| format!("cannot listen for peers on {u}")),
         };
-        let tls = tls_for(u, &node.tls.peer, &node.tls.peer_allowed_cn)?;
+        let tls = tls_for(u, &node.tls.peer, &node.tls.peer_rule)?;
         tracing::info!(url = %u, tls = tls.is_some(), "serving peer traffic");
         let svc = proto::raftpb::raft_server::RaftServer::new(node.peer_service())
             .max_decoding_message_size(usize::MAX);
@@ -242,7 +242,7 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandl
                 *cu = bound.clone();
             }
         }
-        let tls = tls_for(u, &node.tls.client, &None)?;
+        let tls = tls_for(u, &node.tls.client, &node.tls.client_rule)?;
         tracing::info!(url = %u, addr = %local, tls = tls.is_some(), "serving client traffic");
         let routes = tonic::service::Routes::new(
             KvServer::new(kv::KvService::new(node.clone()))
@@ -303,7 +303,7 @@ pub async fn serve_metrics(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::J
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for metrics on {u}"))?;
-        let tls = tls_for(u, &node.tls.client, &None)?;
+        let tls = tls_for(u, &node.tls.client, &node.tls.client_rule)?;
         tracing::info!(url = %u, addr = %listener.local_addr()?, tls = tls.is_some(), "serving metrics");
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
@@ -324,13 +324,13 @@ pub async fn serve_metrics(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::J
 fn tls_for(
     u: &url::Url,
     config: &Option<Arc<rustls::ServerConfig>>,
-    allowed_cn: &Option<String>,
-) -> anyhow::Result<Option<(Arc<rustls::ServerConfig>, Option<String>)>> {
+    rule: &tls::ClientCertRule,
+) -> anyhow::Result<Option<(Arc<rustls::ServerConfig>, tls::ClientCertRule)>> {
     if u.scheme() != "https" {
         return Ok(None);
     }
     match config {
-        Some(c) => Ok(Some((c.clone(), allowed_cn.clone()))),
+        Some(c) => Ok(Some((c.clone(), rule.clone()))),
         None => bail!("{u}: https needs a certificate"),
     }
 }
@@ -339,16 +339,16 @@ fn tls_for(
 fn spawn_server(
     server: tonic::transport::server::Router,
     listener: TcpListener,
-    tls: Option<(Arc<rustls::ServerConfig>, Option<String>)>,
+    tls: Option<(Arc<rustls::ServerConfig>, tls::ClientCertRule)>,
     shutdown: tokio_util::sync::CancellationToken,
     what: &'static str,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let stop = shutdown.cancelled_owned();
         let r = match tls {
-            Some((cfg, cn)) => {
+            Some((cfg, rule)) => {
                 server
-                    .serve_with_incoming_shutdown(tls::tls_incoming(listener, cfg, cn), stop)
+                    .serve_with_incoming_shutdown(tls::tls_incoming(listener, cfg, rule), stop)
                     .await
             }
             None => {

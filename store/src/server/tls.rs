@@ -291,8 +291,10 @@ pub struct Tls {
     pub client: Option<Arc<ServerConfig>>,
     /// For https peer listeners.
     pub peer: Option<Arc<ServerConfig>>,
-    /// `--peer-cert-allowed-cn`.
-    pub peer_allowed_cn: Option<String>,
+    /// `--client-cert-allowed-hostname`.
+    pub client_rule: ClientCertRule,
+    /// `--peer-cert-allowed-cn`, `--peer-cert-allowed-hostname`.
+    pub peer_rule: ClientCertRule,
     /// Dials peers (TLS on https peer URLs).
     pub dialer: PeerDialer,
 }
@@ -305,7 +307,14 @@ impl Tls {
         let fixtures = cfg.data_dir.join("fixtures");
         let validity = cfg.self_signed_cert_validity;
         let mut out = Tls {
-            peer_allowed_cn: cfg.peer_tls.allowed_cn.clone(),
+            client_rule: ClientCertRule {
+                cn: None,
+                hostname: cfg.client_tls.allowed_hostname.clone(),
+            },
+            peer_rule: ClientCertRule {
+                cn: cfg.peer_tls.allowed_cn.clone(),
+                hostname: cfg.peer_tls.allowed_hostname.clone(),
+            },
             ..Default::default()
         };
         let client_urls: Vec<url::Url> = cfg
@@ -383,12 +392,12 @@ fn host_port(u: &url::Url) -> String {
 /// Accepted TLS connections of `listener`. Handshakes run concurrently,
 /// each bounded in time, so a slow or hostile client cannot stall the
 /// others; a failed one is logged ("rejected connection", as etcd logs it)
-/// and dropped. With `allowed_cn`, a client certificate with another CN is
-/// rejected too. The accept task ends when the returned stream is dropped.
+/// and dropped, and so is one whose client certificate breaks `rule`. The
+/// accept task ends when the returned stream is dropped.
 pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
-    allowed_cn: Option<String>,
+    rule: ClientCertRule,
 ) -> impl futures::Stream<Item = io::Result<TlsStream<TcpStream>>> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     // Bounded: accepted connections wait here until the server takes them.
@@ -407,7 +416,7 @@ pub fn tls_incoming(
                 },
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx, allowed_cn) = (acceptor.clone(), tx.clone(), allowed_cn.clone());
+            let (acceptor, tx, rule) = (acceptor.clone(), tx.clone(), rule.clone());
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
                 {
@@ -421,24 +430,78 @@ pub fn tls_incoming(
                         return;
                     }
                 };
-                if let Some(want) = allowed_cn {
-                    let cn = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| common_name(c));
-                    if cn.as_deref() != Some(want.as_str()) {
-                        tracing::warn!(remote_addr = %remote, common_name = ?cn, allowed_cn = %want,
-                            "rejected connection: client certificate CN is not the allowed one");
-                        return;
-                    }
+                let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                if let Err(why) = rule.check(cert) {
+                    tracing::warn!(remote_addr = %remote, "rejected connection: {why}");
+                    return;
                 }
                 let _ = tx.send(Ok(tls)).await;
             });
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// What a verified client certificate must also satisfy:
+/// `--peer-cert-allowed-cn` (its CN) and `--client-cert-allowed-hostname` /
+/// `--peer-cert-allowed-hostname` (a SAN matching the host name or IP, with
+/// `*.` wildcards, as Go's VerifyHostname).
+#[derive(Clone, Debug, Default)]
+pub struct ClientCertRule {
+    /// The only CN accepted.
+    pub cn: Option<String>,
+    /// A host name (or IP) the certificate must be valid for.
+    pub hostname: Option<String>,
+}
+
+impl ClientCertRule {
+    /// Ok, or why `cert` (the client's leaf certificate, if it sent one)
+    /// is refused.
+    pub fn check(&self, cert: Option<&CertificateDer<'_>>) -> std::result::Result<(), String> {
+        if let Some(want) = &self.cn {
+            let cn = cert.and_then(|c| common_name(c));
+            if cn.as_deref() != Some(want.as_str()) {
+                return Err(format!(
+                    "client certificate CN {cn:?} is not the allowed one ({want})"
+                ));
+            }
+        }
+        if let Some(host) = &self.hostname {
+            if !cert.is_some_and(|c| valid_for_host(c, host)) {
+                return Err(format!(
+                    "client certificate is not valid for the allowed hostname {host}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a DER certificate's SANs cover `host` (an IP or a DNS name).
+pub fn valid_for_host(der: &[u8], host: &str) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    let ip: Option<std::net::IpAddr> = host.trim_matches(['[', ']']).parse().ok();
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    san.value.general_names.iter().any(|n| match (n, ip) {
+        (GeneralName::IPAddress(b), Some(std::net::IpAddr::V4(v4))) => *b == v4.octets(),
+        (GeneralName::IPAddress(b), Some(std::net::IpAddr::V6(v6))) => *b == v6.octets(),
+        (GeneralName::DNSName(d), None) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            match d.strip_prefix("*.") {
+                Some(rest) => host
+                    .split_once('.')
+                    .is_some_and(|(first, tail)| !first.is_empty() && tail == rest),
+                None => d == host,
+            }
+        }
+        _ => false,
+    })
 }
 
 /// The Common Name of a DER certificate's subject.
@@ -690,6 +753,50 @@ mod tests {
         );
         assert_eq!(common_name(&cert_with_cn(None)), None);
         assert_eq!(common_name(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn client_cert_rules_check_cn_and_hostname() {
+        let mut p = rcgen::CertificateParams::new(vec![
+            "127.0.0.1".to_string(),
+            "node1.example.com".to_string(),
+            "*.peers.example.com".to_string(),
+        ])
+        .unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "etcd-peer");
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let der = p.self_signed(&kp).unwrap().der().clone();
+        for host in [
+            "127.0.0.1",
+            "node1.example.com",
+            "NODE1.example.com",
+            "a.peers.example.com",
+        ] {
+            assert!(valid_for_host(&der, host), "{host}");
+        }
+        for host in [
+            "127.0.0.2",
+            "node2.example.com",
+            "a.b.peers.example.com",
+            "peers.example.com",
+        ] {
+            assert!(!valid_for_host(&der, host), "{host}");
+        }
+        let rule = |cn: Option<&str>, host: Option<&str>| ClientCertRule {
+            cn: cn.map(str::to_string),
+            hostname: host.map(str::to_string),
+        };
+        assert!(rule(None, None).check(None).is_ok());
+        assert!(rule(Some("etcd-peer"), Some("127.0.0.1"))
+            .check(Some(&der))
+            .is_ok());
+        assert!(rule(Some("other"), None).check(Some(&der)).is_err());
+        assert!(rule(None, Some("10.0.0.1")).check(Some(&der)).is_err());
+        assert!(
+            rule(Some("etcd-peer"), None).check(None).is_err(),
+            "no certificate"
+        );
     }
 
     #[test]

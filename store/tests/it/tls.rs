@@ -951,7 +951,9 @@ async fn peer_cert_allowed_cn_refuses_other_common_names() {
     assert!(log.contains("cannot fetch the cluster's members"), "{log}");
     let refused = (0..3).all(|i| {
         cl.nodes[i].as_ref().unwrap().log_text().lines().any(|l| {
-            l.contains("client certificate CN is not the allowed one") && l.contains("intruder")
+            l.contains("rejected connection: client certificate CN")
+                && l.contains("is not the allowed one")
+                && l.contains("intruder")
         })
     });
     assert!(refused, "every member refuses CN intruder");
@@ -999,4 +1001,49 @@ fn tls_min_and_max_version_bound_the_handshake() {
         "TLS 1.3 refused"
     );
     put_get("3.5", &s.endpoint, &ca, "tls12", "ok");
+}
+
+#[test]
+fn client_cert_allowed_hostname_checks_the_client_certificate_san() {
+    let p = pki();
+    let alice = [
+        "--cacert",
+        p.ca.pem(),
+        "--cert",
+        p.alice.cert(),
+        "--key",
+        p.alice.key(),
+    ];
+    let server = |host: &str| {
+        let url = https_url();
+        start(&[
+            "--listen-client-urls",
+            &url,
+            "--cert-file",
+            p.server.cert(),
+            "--key-file",
+            p.server.key(),
+            "--trusted-ca-file",
+            p.ca.pem(),
+            "--client-cert-auth",
+            "--client-cert-allowed-hostname",
+            host,
+        ])
+    };
+    // alice's certificate is valid for 127.0.0.1 and localhost.
+    let s = server("localhost");
+    put_get("3.5", &s.endpoint, &alice, "host", "ok");
+    drop(s);
+    let s = server("other.example.com");
+    let (ok, out, err) = etcdctl("3.5", &s.endpoint, &alice, &["put", "host", "no"]);
+    assert!(
+        !ok,
+        "a certificate not valid for the allowed hostname: {out} {err}"
+    );
+    assert!(
+        s.log_text()
+            .contains("client certificate is not valid for the allowed hostname other.example.com"),
+        "{}",
+        s.log_text()
+    );
 }
