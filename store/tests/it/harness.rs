@@ -66,7 +66,8 @@ impl Strata {
     }
 
     /// Like `try_start_named` with extra environment variables (e.g.
-    /// `FAILPOINTS`), which restarts keep.
+    /// `FAILPOINTS`, or a `RUST_LOG` other than `info`), which restarts
+    /// keep. The endpoint is `https://` when the first client listener is.
     pub fn try_start_env(
         data_dir: &Path,
         name: &str,
@@ -109,23 +110,19 @@ impl Strata {
                 let Ok(line) = line else { break };
                 let _ = writeln!(f, "{line}");
                 if line.contains("serving client traffic") {
-                    if let Some(addr) = line
-                        .split("\"addr\":\"")
-                        .nth(1)
-                        .and_then(|r| r.split('"').next())
-                    {
-                        let _ = tx.send(addr.to_string());
+                    if let Some((scheme, addr)) = listener_of(&line) {
+                        let _ = tx.send(format!("{scheme}://{addr}"));
                     }
                 }
             }
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(50)) {
+            if let Ok(endpoint) = rx.recv_timeout(Duration::from_millis(50)) {
                 return Ok(Strata {
                     child,
                     data_dir: data_dir.to_path_buf(),
-                    endpoint: format!("http://{addr}"),
+                    endpoint,
                     log,
                     _tmp: None,
                     args,
@@ -195,6 +192,39 @@ impl Strata {
     pub fn extra_args(&self) -> Vec<String> {
         self.args[6..].to_vec()
     }
+
+    /// `scheme://addr` of every listener whose start line has `message`
+    /// ("serving client traffic", "serving metrics"), in log order; waits
+    /// (up to 10 s) until there are at least `n`.
+    pub fn listeners(&self, message: &str, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found: Vec<String> = self
+                .log_text()
+                .lines()
+                .filter(|l| l.contains(&format!("\"message\":\"{message}\"")))
+                .filter_map(listener_of)
+                .map(|(scheme, addr)| format!("{scheme}://{addr}"))
+                .collect();
+            if found.len() >= n || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// (scheme, bound address) of a listener's start log line.
+fn listener_of(line: &str) -> Option<(String, String)> {
+    let field = |name: &str| {
+        line.split(&format!("\"{name}\":\""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .map(str::to_string)
+    };
+    let url = field("url")?;
+    let addr = field("addr")?;
+    Some((url.split("://").next()?.to_string(), addr))
 }
 
 impl Drop for Strata {
@@ -335,7 +365,12 @@ pub const ELECTION_MS: &str = "500";
 /// The peer and bootstrap flags of one member of a static cluster; identical
 /// for Strata and etcd.
 pub fn peer_flags(port: u16, initial: &str, token: &str) -> Vec<String> {
-    let url = format!("http://127.0.0.1:{port}");
+    peer_flags_scheme("http", port, initial, token)
+}
+
+/// [`peer_flags`] with `https` (or `http`) peer URLs.
+pub fn peer_flags_scheme(scheme: &str, port: u16, initial: &str, token: &str) -> Vec<String> {
+    let url = format!("{scheme}://127.0.0.1:{port}");
     vec![
         "--listen-peer-urls".into(),
         url.clone(),
@@ -355,9 +390,14 @@ pub fn peer_flags(port: u16, initial: &str, token: &str) -> Vec<String> {
 /// `n` fresh peer ports on 127.0.0.1 and the matching `--initial-cluster`
 /// value (members `n0`, `n1`, ...).
 pub fn initial_cluster(n: usize) -> (Vec<u16>, String) {
+    initial_cluster_scheme("http", n)
+}
+
+/// [`initial_cluster`] with `https` (or `http`) peer URLs.
+pub fn initial_cluster_scheme(scheme: &str, n: usize) -> (Vec<u16>, String) {
     let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let initial = (0..n)
-        .map(|i| format!("n{i}=http://127.0.0.1:{}", ports[i]))
+        .map(|i| format!("n{i}={scheme}://127.0.0.1:{}", ports[i]))
         .collect::<Vec<_>>()
         .join(",");
     (ports, initial)
@@ -397,12 +437,19 @@ impl Cluster {
 
     /// Start `n` members with extra flags for every member.
     pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Cluster::start_scheme("http", n, |_| extra.clone())
+    }
+
+    /// Start `n` members on `scheme` (`http` or `https`) peer URLs, member
+    /// `i` with the extra flags `extra(i)` (e.g. its own peer certificate).
+    pub fn start_scheme(scheme: &str, n: usize, extra: impl Fn(usize) -> Vec<String>) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
-        let (ports, initial) = initial_cluster(n);
+        let (ports, initial) = initial_cluster_scheme(scheme, n);
         let specs = (0..n)
             .map(|i| {
-                let mut flags = peer_flags(ports[i], &initial, "it-cluster");
-                flags.extend(extra.iter().map(|s| s.to_string()));
+                let mut flags = peer_flags_scheme(scheme, ports[i], &initial, "it-cluster");
+                flags.extend(extra(i));
                 (format!("n{i}"), flags)
             })
             .collect();

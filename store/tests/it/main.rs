@@ -15,4 +15,5 @@ mod offline;
 mod ops;
 mod smoke;
 mod snapshot;
+mod tls;
 mod watch;
