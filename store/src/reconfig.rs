@@ -188,8 +188,14 @@ impl Node {
 
     /// MemberUpdate: new peer URLs.
     pub async fn update_member(&self, id: u64, peer_urls: &[String]) -> Result<Vec<pb::Member>> {
+        // etcd parses the URLs first, but an empty list parses: a missing
+        // member is then "member not found", not "URLs are invalid".
+        let exists = self.state.read().members.contains_key(&id);
+        if peer_urls.is_empty() && !exists {
+            return Err(Error::MemberNotFound);
+        }
         let urls = check_urls(peer_urls)?;
-        if !self.state.read().members.contains_key(&id) {
+        if !exists {
             return Err(Error::MemberNotFound);
         }
         match self

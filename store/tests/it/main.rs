@@ -4,6 +4,7 @@
 mod cluster;
 mod crash;
 mod differential;
+mod gateway;
 mod harness;
 mod kv;
 mod lease;

@@ -200,12 +200,7 @@ impl Gateway {
             return error_response(&crate::error::Error::NotSupportedForLearner.into());
         }
         let (parts, body) = req.into_parts();
-        let mut md = MetadataMap::new();
-        if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
-            if let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes()) {
-                md.insert("authorization", v);
-            }
-        }
+        let md = metadata(&parts.headers);
         self.dispatch(&path, Call { md, body })
             .await
             .unwrap_or_else(|| plain(StatusCode::NOT_FOUND, "Not Found\n"))
@@ -236,6 +231,19 @@ impl Gateway {
         }
         out
     }
+}
+
+/// The gRPC metadata a gateway call carries: the HTTP `Authorization`
+/// header as `authorization` (etcd's gateway forwards it so the token
+/// reaches the auth checks).
+fn metadata(headers: &http::HeaderMap) -> MetadataMap {
+    let mut md = MetadataMap::new();
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        if let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes()) {
+            md.insert("authorization", v);
+        }
+    }
+    md
 }
 
 fn desc_in(pool: &DescriptorPool, name: &str) -> MessageDescriptor {
@@ -587,6 +595,17 @@ mod tests {
             assert!(seen.insert(p), "duplicate {p}");
         }
         assert_eq!(PATHS.len(), 27);
+    }
+
+    #[test]
+    fn authorization_header_becomes_metadata() {
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("tok.en"));
+        h.insert("x-other", HeaderValue::from_static("no"));
+        let md = metadata(&h);
+        assert_eq!(md.get("authorization").unwrap(), "tok.en");
+        assert!(md.get("x-other").is_none());
+        assert!(metadata(&http::HeaderMap::new()).is_empty());
     }
 
     #[test]
