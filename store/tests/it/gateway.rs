@@ -180,6 +180,9 @@ impl Pair {
             e.headers.get("content-type").cloned(),
             s.headers.get("content-type").cloned(),
         );
+        for h in ["access-control-allow-origin", "grpc-metadata-content-type"] {
+            assert_eq!(e.headers.get(h), s.headers.get(h), "{h} of {method} {path} {body}");
+        }
         let (et, st) = (e.text().await, s.text().await);
         assert_eq!(
             (es, norm_text(&et)),
@@ -187,6 +190,7 @@ impl Pair {
             "{method} {path} {body}\n etcd:   {es} {et}\n strata: {ss} {st}"
         );
         assert_eq!(ect, sct, "content-type of {path} {body}");
+
         norm_text(&et)
     }
 
@@ -444,6 +448,8 @@ async fn gateway_bad_input_matches_etcd() {
     p.same_method("GET", "/v3/kv/range", "").await;
     p.same_method("PUT", "/v3/kv/put", "{}").await;
     p.same_method("GET", "/v3/nothing", "").await;
+    p.same_method("OPTIONS", "/v3/kv/range", "").await;
+    p.same_method("OPTIONS", "/v3/nothing", "").await;
     // A malformed first watch request fails the call (Unknown, 500).
     p.same(
         "/v3/watch",
@@ -451,6 +457,10 @@ async fn gateway_bad_input_matches_etcd() {
     )
     .await;
     p.same("/v3/watch", r#"{"create_request":{"key":5}}"#).await;
+    p.same("/v3/watch", r#"{"create_request":{"key":"YQ==","filters":["NOPE"]}}"#)
+        .await;
+    p.same("/v3/watch", r#"{"create_request":{"key":"YQ==","filters":"NOPUT"}}"#)
+        .await;
     p.same("/v3/lease/keepalive", r#"{"ID":"x"}"#).await;
     p.same("/v3/maintenance/snapshot", r#"{"#).await;
 }

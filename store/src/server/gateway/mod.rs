@@ -20,7 +20,9 @@
 //!   reading. The request stream stays open after the body ends, as etcd's
 //!   does, so a watch keeps streaming until the client disconnects;
 //! - an unknown path is `404 Not Found`, a known one with another method
-//!   `405 Method Not Allowed`, both in plain text.
+//!   `405 Method Not Allowed`, both in plain text; `OPTIONS` (a CORS
+//!   preflight) is an empty `200` on any path. Every answer carries etcd's
+//!   `Access-Control-Allow-*` headers.
 //!
 //! It must never answer for a service: no response is made up here, so
 //! every check (learner, quota, auth once it lands) is the service's.
@@ -190,6 +192,12 @@ impl Gateway {
 
     async fn handle(self: Arc<Self>, req: axum::extract::Request) -> Response {
         let path = req.uri().path().to_string();
+        if req.method() == http::Method::OPTIONS {
+            // etcd's CORS handler answers every preflight itself.
+            let mut r = Response::new(Body::empty());
+            cors(r.headers_mut());
+            return r;
+        }
         if !PATHS.contains(&path.as_str()) {
             return plain(StatusCode::NOT_FOUND, "Not Found\n");
         }
