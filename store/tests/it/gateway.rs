@@ -440,6 +440,14 @@ async fn gateway_bad_input_matches_etcd() {
     p.same("/v3/cluster/member/remove", r#"{"ID":"-1"}"#).await;
     p.same("/v3/cluster/member/remove", r#"{"ID":-1}"#).await;
     p.same("/v3/kv/put", r#"{"value":"MQ=="}"#).await;
+    // Over --max-request-bytes (etcd's own check), and over the gRPC
+    // receive limit (max-request-bytes + 512 KiB, grpc-go's message).
+    use base64::Engine as _;
+    for n in [1_600_000, 2_500_000] {
+        let v = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; n]);
+        p.same("/v3/kv/put", &format!(r#"{{"key":"YQ==","value":"{v}"}}"#))
+            .await;
+    }
     p.same("/v3/kv/put", r#"{"key":"YQ==","lease":"77"}"#).await;
     // Unknown paths and wrong methods.
     p.same("/v3/kv/nothing", "{}").await;

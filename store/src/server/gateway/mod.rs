@@ -220,8 +220,15 @@ impl Gateway {
         desc_in(&self.pool, name)
     }
 
-    fn body_limit(&self) -> usize {
+    /// The largest request message, as the gRPC server's receive limit.
+    fn message_limit(&self) -> usize {
         self.node.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
+    }
+
+    /// The largest JSON body read: base64 and JSON make a message's body up
+    /// to about 4/3 of its size, so twice the message limit is ample.
+    fn body_limit(&self) -> usize {
+        2 * self.message_limit() + 64 * 1024
     }
 
     /// Encode a response message as jsonpb, optionally wrapped as `{"result":…}`.
@@ -358,10 +365,18 @@ fn stream_error_chunk(s: &Status) -> String {
     out
 }
 
+/// grpc-go's answer to a message over the server's receive limit, which is
+/// what etcd's gateway relays.
+fn too_large(len: usize, limit: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "grpc: received message larger than max ({len} vs. {limit})"
+    ))
+}
+
 async fn read_body(gw: &Gateway, body: Body) -> Result<Bytes, Status> {
     axum::body::to_bytes(body, gw.body_limit())
         .await
-        .map_err(|_| crate::error::Error::RequestTooLarge.into())
+        .map_err(|_| too_large(gw.body_limit(), gw.message_limit()))
 }
 
 async fn decode_unary<Req: prost::Message + Default>(
@@ -370,9 +385,14 @@ async fn decode_unary<Req: prost::Message + Default>(
     req_name: &str,
 ) -> Result<Req, Status> {
     let bytes = read_body(gw, body).await?;
-    json::decode_body(&gw.desc(req_name), &bytes)
+    let req: Req = json::decode_body(&gw.desc(req_name), &bytes)
         .and_then(transcode)
-        .map_err(|e| Status::invalid_argument(e.0))
+        .map_err(|e| Status::invalid_argument(e.0))?;
+    let len = req.encoded_len();
+    if len > gw.message_limit() {
+        return Err(too_large(len, gw.message_limit()));
+    }
+    Ok(req)
 }
 
 fn request<Req>(md: MetadataMap, r: Req) -> tonic::Request<Req> {
