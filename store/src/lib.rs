@@ -3,7 +3,8 @@
 //!
 //! Module map (requests flow top to bottom):
 //! - [`config`]: etcd-compatible flags and `ETCD_*` environment variables.
-//! - [`server`]: one file per etcd gRPC service, plus `/health`, `/metrics`.
+//! - [`server`]: one file per etcd gRPC service, plus `/health`, `/metrics`
+//!   and the `/v3/*` JSON gateway (`server::gateway`).
 //! - [`node`]: a running member; `propose`, `linearizable` (ReadIndex), recovery.
 //! - [`raft`]: the raft thread (raft-rs `RawNode` on raft-engine) and the apply thread.
 //! - [`request`]: the replicated operation carried in every raft entry.

@@ -181,7 +181,11 @@ impl Pair {
             s.headers.get("content-type").cloned(),
         );
         for h in ["access-control-allow-origin", "grpc-metadata-content-type"] {
-            assert_eq!(e.headers.get(h), s.headers.get(h), "{h} of {method} {path} {body}");
+            assert_eq!(
+                e.headers.get(h),
+                s.headers.get(h),
+                "{h} of {method} {path} {body}"
+            );
         }
         let (et, st) = (e.text().await, s.text().await);
         assert_eq!(
@@ -465,10 +469,16 @@ async fn gateway_bad_input_matches_etcd() {
     )
     .await;
     p.same("/v3/watch", r#"{"create_request":{"key":5}}"#).await;
-    p.same("/v3/watch", r#"{"create_request":{"key":"YQ==","filters":["NOPE"]}}"#)
-        .await;
-    p.same("/v3/watch", r#"{"create_request":{"key":"YQ==","filters":"NOPUT"}}"#)
-        .await;
+    p.same(
+        "/v3/watch",
+        r#"{"create_request":{"key":"YQ==","filters":["NOPE"]}}"#,
+    )
+    .await;
+    p.same(
+        "/v3/watch",
+        r#"{"create_request":{"key":"YQ==","filters":"NOPUT"}}"#,
+    )
+    .await;
     p.same("/v3/lease/keepalive", r#"{"ID":"x"}"#).await;
     p.same("/v3/maintenance/snapshot", r#"{"#).await;
 }
