@@ -103,16 +103,6 @@ impl Node {
         let _g = self.conf_lock.lock().await;
         let member = {
             let sm = self.state.read();
-            if sm
-                .members
-                .values()
-                .any(|m| m.peer_ur_ls.iter().any(|u| urls.contains(u)))
-            {
-                return Err(Error::PeerUrlExist);
-            }
-            if is_learner && sm.conf_state.learners.len() >= self.cfg.max_learners {
-                return Err(Error::TooManyLearners);
-            }
             if !is_learner && self.cfg.strict_reconfig_check {
                 // etcd's IsReadyToAddVotingMember: the started voters must
                 // still be a quorum once the new one counts.
@@ -130,8 +120,21 @@ impl Node {
                 .unwrap_or_default()
                 .as_secs();
             let id = added_member_id(&urls, now);
+            // etcd's ValidateConfigurationChange checks the ID, then the
+            // URLs, then the learner count: the same URLs added twice within
+            // a second (same ID) are "member ID already exist".
             if sm.members.contains_key(&id) || sm.removed.contains(&id) {
                 return Err(Error::MemberExist);
+            }
+            if sm
+                .members
+                .values()
+                .any(|m| m.peer_ur_ls.iter().any(|u| urls.contains(u)))
+            {
+                return Err(Error::PeerUrlExist);
+            }
+            if is_learner && sm.conf_state.learners.len() >= self.cfg.max_learners {
+                return Err(Error::TooManyLearners);
             }
             pb::Member {
                 id,

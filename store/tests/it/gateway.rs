@@ -130,15 +130,24 @@ fn normalize(v: &mut Value) {
                     }
                     // The server version in a status (not a key's version).
                     "version" if is_status => *x = Value::String("<norm>".into()),
-                    // Member IDs in member lists (not lease IDs: those are chosen).
+                    // Member IDs (not lease IDs: those are chosen).
+                    "member" => {
+                        if let Some(id) = x.get_mut("ID") {
+                            *id = Value::String("<norm>".into());
+                        }
+                        normalize(x);
+                    }
+                    // Members come sorted by ID, which differ: sort them
+                    // again once normalised.
                     "members" => {
                         if let Value::Array(ms) = x {
-                            for m in ms {
+                            for m in ms.iter_mut() {
                                 if let Some(id) = m.get_mut("ID") {
                                     *id = Value::String("<norm>".into());
                                 }
                                 normalize(m);
                             }
+                            ms.sort_by_key(|m| m.to_string());
                         }
                     }
                     _ => normalize(x),
@@ -238,6 +247,7 @@ async fn pair() -> (Etcd, Strata, Pair) {
     // Both ready (leader elected) before the first request.
     let _ = etcd.client().await;
     let _ = strata.client().await;
+    eprintln!("etcd at {}, strata at {}", etcd.endpoint, strata.endpoint);
     let p = Pair {
         etcd: etcd.endpoint.clone(),
         strata: strata.endpoint.clone(),
@@ -612,9 +622,7 @@ async fn gateway_lease_cluster_maintenance_match_etcd() {
     assert_eq!(m["members"].as_array().unwrap().len(), 1);
     p.same("/v3/cluster/member/list", r#"{"linearizable":true}"#)
         .await;
-    // etcd 3.5.1 sometimes holds a remove/update/promote of an unknown
-    // member on a freshly started cluster past any test bound, so these are
-    // checked on Strata alone, against the answer etcd gives once settled.
+    // Membership changes for an unknown member: Strata alone (see below).
     for path in [
         "/v3/cluster/member/remove",
         "/v3/cluster/member/update",
@@ -631,6 +639,90 @@ async fn gateway_lease_cluster_maintenance_match_etcd() {
     p.same("/v3/cluster/member/add", r#"{"peerURLs":["bad"]}"#)
         .await;
     p.same("/v3/cluster/member/add", r#"{}"#).await;
+    // A learner added, updated and removed again. etcd 3.5.1 started by
+    // the harness now and then holds a membership change (even one for an
+    // unknown ID) past any test bound, so the changes that go through raft
+    // are checked on Strata alone, against the answers etcd gives when it
+    // does answer (recorded from runs that completed).
+    let strata = |path: &'static str, body: String| {
+        let ep = p.strata.clone();
+        async move {
+            let o = send(&ep, "POST", path, &body).await;
+            (o.status, o.text().await)
+        }
+    };
+    let (code, a) = strata(
+        "/v3/cluster/member/add",
+        r#"{"peerURLs":["http://127.0.0.1:1"],"isLearner":true}"#.into(),
+    )
+    .await;
+    assert_eq!(code, 200, "{a}");
+    let a: Value = serde_json::from_str(&a).unwrap();
+    assert_eq!(a["member"]["isLearner"], true);
+    assert!(a["member"].get("name").is_none());
+    assert!(a["header"].get("revision").is_none());
+    assert_eq!(a["members"].as_array().unwrap().len(), 2);
+    // Taken URLs (with another URL, so another ID: the same URLs within
+    // the same second would collide on the ID first).
+    assert_eq!(
+        strata(
+            "/v3/cluster/member/add",
+            r#"{"peerURLs":["http://127.0.0.1:1","http://127.0.0.1:3"],"isLearner":true}"#.into()
+        )
+        .await,
+        (
+            400,
+            r#"{"error":"etcdserver: Peer URLs already exists","code":9,"message":"etcdserver: Peer URLs already exists"}"#.into()
+        )
+    );
+    // A second learner is one too many (--max-learners 1).
+    assert_eq!(
+        strata(
+            "/v3/cluster/member/add",
+            r#"{"peerURLs":["http://127.0.0.1:4"],"isLearner":true}"#.into()
+        )
+        .await,
+        (
+            400,
+            r#"{"error":"etcdserver: too many learner members in cluster","code":9,"message":"etcdserver: too many learner members in cluster"}"#.into()
+        )
+    );
+    // Updating and removing it.
+    let l: Value = serde_json::from_str(
+        &send(&p.strata, "POST", "/v3/cluster/member/list", "{}")
+            .await
+            .text()
+            .await,
+    )
+    .unwrap();
+    let id = l["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["isLearner"] == true)
+        .unwrap()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = format!(r#"{{"ID":"{id}","peerURLs":["http://127.0.0.1:2"]}}"#);
+    let u = send(&p.strata, "POST", "/v3/cluster/member/update", &body).await;
+    assert_eq!(u.status, 200);
+    let u: Value = serde_json::from_str(&u.text().await).unwrap();
+    assert!(u["header"].get("revision").is_none());
+    let updated = u["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["ID"] == id.as_str())
+        .unwrap();
+    assert_eq!(updated["peerURLs"][0], "http://127.0.0.1:2");
+    let body = format!(r#"{{"ID":"{id}"}}"#);
+    let r = send(&p.strata, "POST", "/v3/cluster/member/remove", &body).await;
+    assert_eq!(r.status, 200);
+    let r: Value = serde_json::from_str(&r.text().await).unwrap();
+    assert_eq!(r["members"].as_array().unwrap().len(), 1);
+    let r = send(&p.strata, "POST", "/v3/cluster/member/remove", &body).await;
+    assert_eq!(r.status, 404);
 
     // Maintenance.
     let st = p.same("/v3/maintenance/status", "{}").await;

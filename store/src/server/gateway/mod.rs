@@ -570,11 +570,12 @@ where
     // before any message sets it.
     let first = match s.next().await {
         None => return json_response(StatusCode::OK, Body::empty(), true),
+        // The stream was established, so its header metadata is there.
         Some(Err(e)) => {
             return json_response(
                 http_status(e.code()),
                 Body::from(stream_error_chunk(&e)),
-                false,
+                true,
             )
         }
         Some(Ok(m)) => m,
