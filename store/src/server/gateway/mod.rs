@@ -523,29 +523,31 @@ impl BodyReader {
     /// The next request, `None` at the end of the body.
     async fn next<Req: prost::Message + Default>(&mut self) -> Result<Option<Req>, DecodeError> {
         loop {
-            let (text, complete) = match std::str::from_utf8(&self.buf) {
+            // A UTF-8 sequence cut by a chunk boundary waits for the next
+            // chunk; anything else invalid is replaced, as Go reads it.
+            let (text, lossless) = match std::str::from_utf8(&self.buf) {
                 Ok(s) => (std::borrow::Cow::Borrowed(s), true),
-                Err(e) if e.error_len().is_none() => (
+                Err(e) if e.error_len().is_none() && !self.done => (
                     std::borrow::Cow::Owned(
                         String::from_utf8_lossy(&self.buf[..e.valid_up_to()]).into_owned(),
                     ),
-                    false,
+                    true,
                 ),
-                Err(_) => (String::from_utf8_lossy(&self.buf), true),
+                Err(_) => (String::from_utf8_lossy(&self.buf), false),
             };
             let step = match json::next_value(&text)? {
                 Next::Value(v, used) => Some((json::decode_message(&self.desc, &v), used)),
-                Next::End if self.done && complete => return Ok(None),
+                Next::End if self.done => return Ok(None),
                 Next::Partial if self.done => return Err(DecodeError("unexpected EOF".into())),
                 Next::End | Next::Partial => None,
             };
+            drop(text);
             if let Some((msg, used)) = step {
-                let used = text[..used].len();
-                drop(text);
-                self.buf.drain(..used);
+                // Replacement characters change lengths: then drop it all.
+                let used = if lossless { used } else { self.buf.len() };
+                self.buf.drain(..used.min(self.buf.len()));
                 return transcode(msg?).map(Some);
             }
-            drop(text);
             match self.body.next().await {
                 Some(Ok(chunk)) => {
                     if self.buf.len() + chunk.len() > self.limit {
@@ -624,6 +626,46 @@ mod tests {
         }
         // 27 without auth; the 17 `/v3/auth/*` lines make it 44.
         assert_eq!(PATHS.len(), 27);
+    }
+
+    fn reader(chunks: Vec<&'static [u8]>) -> BodyReader {
+        let stream = futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, Infallible>(Bytes::from_static(c))),
+        );
+        let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).unwrap();
+        BodyReader {
+            body: Body::from_stream(stream).into_data_stream(),
+            buf: Vec::new(),
+            done: false,
+            limit: 1 << 20,
+            desc: desc_in(&pool, "etcdserverpb.PutRequest"),
+        }
+    }
+
+    #[tokio::test]
+    async fn body_reader_splits_requests_across_chunks() {
+        // "é" is 0xc3 0xa9: cut between two chunks.
+        let mut r = reader(vec![
+            b"{\"key\":\"YQ==\",\"x\":\"\xc3",
+            b"\xa9\"} {\"ke",
+            b"y\":\"Yg==\"}  ",
+        ]);
+        let a: pb::PutRequest = r.next().await.unwrap().unwrap();
+        assert_eq!(a.key, b"a");
+        let b: pb::PutRequest = r.next().await.unwrap().unwrap();
+        assert_eq!(b.key, b"b");
+        assert!(r.next::<pb::PutRequest>().await.unwrap().is_none());
+        // A body ending inside a value, or inside a UTF-8 sequence, ends.
+        let mut r = reader(vec![b"{\"key\":\"YQ==\"", b", \"x\": 1"]);
+        assert_eq!(
+            r.next::<pb::PutRequest>().await.unwrap_err().0,
+            "unexpected EOF"
+        );
+        let mut r = reader(vec![b"{\"key\":\"YQ==\"} \xc3"]);
+        assert!(r.next::<pb::PutRequest>().await.unwrap().is_some());
+        assert!(r.next::<pb::PutRequest>().await.is_err());
     }
 
     #[test]
