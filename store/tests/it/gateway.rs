@@ -467,6 +467,9 @@ async fn gateway_bad_input_matches_etcd() {
     p.same("/v3/kv/nothing", "{}").await;
     p.same("/v3/nothing", "{}").await;
     p.same("/v3/kv/range/", "{}").await;
+    p.same("/v3/", "{}").await;
+    p.same("/v3", "{}").await;
+    p.same_method("GET", "/v3", "").await;
     p.same_method("GET", "/v3/kv/range", "").await;
     p.same_method("PUT", "/v3/kv/put", "{}").await;
     p.same_method("GET", "/v3/nothing", "").await;

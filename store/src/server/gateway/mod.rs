@@ -178,15 +178,18 @@ impl Gateway {
         })
     }
 
-    /// The axum routes: every `/v3/*` path.
+    /// The axum routes: every `/v3/*` path, and `/v3` itself, which Go's
+    /// ServeMux redirects to `/v3/`.
     pub fn router(self: Arc<Self>) -> axum::Router {
-        axum::Router::new().route(
-            "/v3/{*rest}",
-            axum::routing::any(move |req: axum::extract::Request| {
-                let gw = self.clone();
-                async move { gw.handle(req).await }
-            }),
-        )
+        let gw = self.clone();
+        let handler = axum::routing::any(move |req: axum::extract::Request| {
+            let gw = gw.clone();
+            async move { gw.handle(req).await }
+        });
+        axum::Router::new()
+            .route("/v3/{*rest}", handler.clone())
+            .route("/v3/", handler)
+            .route("/v3", axum::routing::any(redirect_v3))
     }
 
     async fn handle(self: Arc<Self>, req: axum::extract::Request) -> Response {
@@ -271,6 +274,27 @@ fn desc_in(pool: &DescriptorPool, name: &str) -> MessageDescriptor {
 
 fn transcode<Req: prost::Message + Default>(dm: DynamicMessage) -> Result<Req, DecodeError> {
     Req::decode(dm.encode_to_vec().as_slice()).map_err(|e| DecodeError(e.to_string()))
+}
+
+/// Go's ServeMux answer for `/v3` (the gateway is mounted at `/v3/`).
+async fn redirect_v3(req: axum::extract::Request) -> Response {
+    let get = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+    let mut r = Response::new(if get {
+        Body::from("<a href=\"/v3/\">Moved Permanently</a>.\n\n")
+    } else {
+        Body::empty()
+    });
+    *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    let h = r.headers_mut();
+    if get {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+    }
+    h.insert(header::LOCATION, HeaderValue::from_static("/v3/"));
+    cors(h);
+    r
 }
 
 fn plain(code: StatusCode, text: &'static str) -> Response {
