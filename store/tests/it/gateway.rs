@@ -212,6 +212,13 @@ impl Pair {
         let e = send(&self.etcd, "POST", path, body).await;
         let s = send(&self.strata, "POST", path, body).await;
         assert_eq!(e.status, s.status, "{path} {body}");
+        for h in [
+            "content-type",
+            "grpc-metadata-content-type",
+            "access-control-allow-origin",
+        ] {
+            assert_eq!(e.headers.get(h), s.headers.get(h), "{h} of {path} {body}");
+        }
         (e, s)
     }
 }
