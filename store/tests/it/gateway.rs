@@ -577,6 +577,24 @@ async fn gateway_watch_matches_etcd() {
     assert_eq!(l[1]["result"]["compact_revision"], "5");
     drop((e, s));
 
+    // A malformed request after the first stops the reading there: the
+    // third create is never sent, the stream stays open.
+    let (mut e, mut s) = p
+        .open(
+            "/v3/watch",
+            r#"{"create_request":{"key":"YQ=="}} {"create_request":{"key":5}} {"create_request":{"key":"Yg=="}}"#,
+        )
+        .await;
+    same_lines("bad second request", &mut e, &mut s, 1).await;
+    both_quiet(
+        "bad second request",
+        &mut e,
+        &mut s,
+        Duration::from_millis(500),
+    )
+    .await;
+    drop((e, s));
+
     // An empty body: the call starts but nothing is sent, not even the
     // response head (grpc-gateway writes it with the first message).
     let wait = Duration::from_millis(500);
