@@ -5,7 +5,9 @@
 //! prost messages plus tonic clients and servers, one file per package
 //! (`mvccpb.rs`, `authpb.rs`, `etcdserverpb.rs`, `v3lockpb.rs`,
 //! `v3electionpb.rs`, and Strata's own peer transport `raftpb.rs`) in
-//! `OUT_DIR`.
+//! `OUT_DIR`, plus the encoded `FileDescriptorSet` (`etcd_descriptor_set.bin`)
+//! that `proto::FILE_DESCRIPTOR_SET`
+//! exposes for reflection.
 
 use std::path::Path;
 
@@ -31,6 +33,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|f| Path::new(PROTO_ROOT).join(f))
         .collect();
     let fds = protox::compile(&files, [PROTO_ROOT])?;
+    // The descriptor set itself, for reflection (the JSON gateway maps JSON
+    // to these messages by field name and type).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("etcd_descriptor_set.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
 
     tonic_prost_build::configure()
         .build_server(true)

@@ -10,6 +10,12 @@
 //! that the generated cross-package paths (e.g. `super::mvccpb::KeyValue`)
 //! resolve.
 
+/// The encoded `google.protobuf.FileDescriptorSet` of every `.proto` above,
+/// for reflection (the JSON gateway decodes and encodes messages by field
+/// name with it).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/etcd_descriptor_set.bin"));
+
 /// MVCC records: `KeyValue` and watch `Event`.
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");

@@ -3,9 +3,9 @@
 //!
 //! Module map (requests flow top to bottom):
 //! - [`config`]: etcd-compatible flags and `ETCD_*` environment variables.
-//! - [`server`]: one file per etcd gRPC service, plus `/health`, `/metrics`;
-//!   [`server::tls`] holds TLS for the client, metrics and peer listeners and for
-//!   dialing peers.
+//! - [`server`]: one file per etcd gRPC service, plus `/health`, `/metrics`
+//!   and the `/v3/*` JSON gateway (`server::gateway`); [`server::tls`] holds
+//!   TLS for the client, metrics and peer listeners and for dialing peers.
 //! - [`node`]: a running member; `propose`, `linearizable` (ReadIndex), recovery.
 //! - [`raft`]: the raft thread (raft-rs `RawNode` on raft-engine) and the apply thread.
 //! - [`request`]: the replicated operation carried in every raft entry.

@@ -103,16 +103,6 @@ impl Node {
         let _g = self.conf_lock.lock().await;
         let member = {
             let sm = self.state.read();
-            if sm
-                .members
-                .values()
-                .any(|m| m.peer_ur_ls.iter().any(|u| urls.contains(u)))
-            {
-                return Err(Error::PeerUrlExist);
-            }
-            if is_learner && sm.conf_state.learners.len() >= self.cfg.max_learners {
-                return Err(Error::TooManyLearners);
-            }
             if !is_learner && self.cfg.strict_reconfig_check {
                 // etcd's IsReadyToAddVotingMember: the started voters must
                 // still be a quorum once the new one counts.
@@ -130,8 +120,21 @@ impl Node {
                 .unwrap_or_default()
                 .as_secs();
             let id = added_member_id(&urls, now);
+            // etcd's ValidateConfigurationChange checks the ID, then the
+            // URLs, then the learner count: the same URLs added twice within
+            // a second (same ID) are "member ID already exist".
             if sm.members.contains_key(&id) || sm.removed.contains(&id) {
                 return Err(Error::MemberExist);
+            }
+            if sm
+                .members
+                .values()
+                .any(|m| m.peer_ur_ls.iter().any(|u| urls.contains(u)))
+            {
+                return Err(Error::PeerUrlExist);
+            }
+            if is_learner && sm.conf_state.learners.len() >= self.cfg.max_learners {
+                return Err(Error::TooManyLearners);
             }
             pb::Member {
                 id,
@@ -188,8 +191,14 @@ impl Node {
 
     /// MemberUpdate: new peer URLs.
     pub async fn update_member(&self, id: u64, peer_urls: &[String]) -> Result<Vec<pb::Member>> {
+        // etcd parses the URLs first, but an empty list parses: a missing
+        // member is then "member not found", not "URLs are invalid".
+        let exists = self.state.read().members.contains_key(&id);
+        if peer_urls.is_empty() && !exists {
+            return Err(Error::MemberNotFound);
+        }
         let urls = check_urls(peer_urls)?;
-        if !self.state.read().members.contains_key(&id) {
+        if !exists {
             return Err(Error::MemberNotFound);
         }
         match self

@@ -1,12 +1,14 @@
 //! server: the client-facing listeners. One file per etcd gRPC service
 //! (kv, watch, lease, maintenance, cluster); each turns requests into
 //! proposals ([`Node::propose`]) or local reads. The same port also answers
-//! plain HTTP: `/health`, `/livez`, `/readyz`, `/version` and `/metrics`,
-//! as etcd's client port does; `--listen-metrics-urls` listeners serve only
-//! those routes. Each listener is http or https on its own (etcd allows a
-//! mix); https ones use [`tls`].
+//! plain HTTP: `/health`, `/livez`, `/readyz`, `/version`, `/metrics` and
+//! etcd's JSON gateway under `/v3/*` ([`gateway`]), as etcd's client port
+//! does; `--listen-metrics-urls` listeners serve only the first five. Each
+//! listener is http or https on its own (etcd allows a mix); https ones use
+//! [`tls`].
 
 pub mod cluster;
+pub mod gateway;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -119,6 +121,7 @@ fn http_routes(node: Arc<Node>) -> axum::Router {
             }),
         )
         .route("/metrics", get(|| async { crate::metrics::render() }))
+        .merge(gateway::Gateway::new(node).router())
 }
 
 /// Accepted connections with TCP_NODELAY set. Serving our own listener

@@ -727,6 +727,32 @@ c_alarm_list() {
   eq "alarm list (empty)" "$(ctl alarm list)" ""
 }
 
+# The JSON gateway (/v3/*) with curl: a put through one member, the value
+# read back through another, and a streamed watch on the third.
+c_gateway() {
+  command -v curl >/dev/null || skip "curl not installed"
+  local f="$TMP/gw_watch.out" wp k v r
+  k="$(b64 gw/k)"; v="$(b64 hello)"
+  : >"$f"
+  curl -sN -X POST "http://$EPB/v3/watch" \
+    -d "{\"create_request\":{\"key\":\"$k\",\"prev_kv\":true}}" >"$f" 2>"$f.err" &
+  wp=$!; echo "$wp" >>"$TMP/bg.pids"
+  wait_lines "$f" 1 5
+  matches "watch created" "$(head -n1 "$f")" '^\{"result":\{"header":\{.*\},"created":true\}\}$'
+  r="$(curl -s -X POST "http://$EPW/v3/kv/put" -d "{\"key\":\"$k\",\"value\":\"$v\"}")"
+  matches "put" "$r" '^\{"header":\{"cluster_id":"[0-9]+","member_id":"[0-9]+","revision":"[0-9]+","raft_term":"[0-9]+"\}\}$'
+  r="$(curl -s -X POST "http://$EP/v3/kv/range" -d "{\"key\":\"$k\"}")"
+  eq "range value" "$(jq -r '.kvs[0].value' <<<"$r" | base64 -d)" "hello"
+  eq "range count" "$(jq -r '.count' <<<"$r")" "1"
+  curl -s -X POST "http://$EPW/v3/kv/put" -d "{\"key\":\"$k\",\"value\":\"$(b64 again)\"}" >/dev/null
+  wait_lines "$f" 3 5
+  kill "$wp" 2>/dev/null || true; wait "$wp" 2>/dev/null || true
+  eq "watch event" "$(sed -n 2p "$f" | jq -r '.result.events[0].kv.value' | base64 -d)" "hello"
+  eq "watch prev_kv" "$(sed -n 3p "$f" | jq -r '.result.events[0].prev_kv.value' | base64 -d)" "hello"
+  r="$(curl -s -w ' %{http_code}' -X POST "http://$EP/v3/kv/range" -d '{"key":')"
+  eq "malformed body" "$r" '{"error":"unexpected EOF","code":3,"message":"unexpected EOF"} 400'
+}
+
 c_err_future_rev() {
   local cur; cur="$(rev_now)"
   must_fail "get --rev future" "required revision is a future revision" ctl get kv/k1 --rev=$((cur + 1000))
@@ -811,6 +837,7 @@ run_check snapshot.save         c_snapshot
 run_check defrag                c_defrag
 run_check alarm.list            c_alarm_list
 run_check member.reconfig       c_member_reconfig
+run_check gateway               c_gateway
 
 if [ "$MEMBERS" = 3 ]; then
   for i in 0 1 2; do

@@ -6,6 +6,7 @@ mod cluster;
 mod corrupt;
 mod crash;
 mod differential;
+mod gateway;
 mod harness;
 mod kv;
 mod lease;
