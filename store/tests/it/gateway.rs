@@ -121,6 +121,11 @@ fn normalize(v: &mut Value) {
     match v {
         Value::Object(m) => {
             let is_status = m.contains_key("raftIndex");
+            if is_status {
+                // etcd 3.6's field (Strata reports a 3.6 server version);
+                // etcd 3.5.1 has no quota in its status.
+                m.remove("dbSizeQuota");
+            }
             for (k, x) in m.iter_mut() {
                 match k.as_str() {
                     "cluster_id" | "member_id" | "raft_term" | "leader" | "raftIndex"
