@@ -104,9 +104,9 @@ const FLAGS: &[(&str, &str, Ty, Kind, &str)] = &[
     ("tls-min-version", "TLS1.2", Value, Ignored, "Minimum TLS version supported by etcd."),
     ("tls-max-version", "", Value, Ignored, "Maximum TLS version supported by etcd."),
     // auth
-    ("auth-token", "simple", Value, Ignored, "Specify a v3 authentication token type and its options ('simple' or 'jwt')."),
-    ("bcrypt-cost", "10", Value, Ignored, "Specify the cost / strength of the bcrypt algorithm for hashing auth passwords."),
-    ("auth-token-ttl", "300", Value, Ignored, "Time (in seconds) of the auth-token-ttl."),
+    ("auth-token", "simple", Value, Used, "Specify a v3 authentication token type and its options ('simple' or 'jwt')."),
+    ("bcrypt-cost", "10", Value, Used, "Specify the cost / strength of the bcrypt algorithm for hashing auth passwords."),
+    ("auth-token-ttl", "300", Value, Used, "Time (in seconds) of the auth-token-ttl."),
     // profiling and monitoring
     ("enable-pprof", "false", Bool, Ignored, "Enable runtime profiling data via HTTP server."),
     ("metrics", "basic", Value, Ignored, "Set level of detail for exported metrics, specify 'extensive' to include server side grpc histogram metrics."),
@@ -231,6 +231,12 @@ pub struct Config {
     pub lease_checkpoint_interval: Duration,
     /// Accepted flags that have no effect, for the startup warning.
     pub ignored: Vec<String>,
+    /// `--auth-token`: simple or jwt (with its options).
+    pub auth_token: crate::auth::token::TokenSpec,
+    /// `--bcrypt-cost` for password hashes (4..=31).
+    pub bcrypt_cost: u32,
+    /// `--auth-token-ttl`: idle lifetime of a simple token.
+    pub auth_token_ttl: Duration,
 }
 
 fn env_name(flag: &str) -> String {
@@ -474,7 +480,20 @@ fn from_matches(m: &clap::ArgMatches) -> Result<Config, String> {
         d => d,
     };
     let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+    let auth_token = crate::auth::token::parse_spec(&s("auth-token"))
+        .map_err(|e| format!("--auth-token: {e}"))?;
+    let bcrypt_cost: u32 = parse_num(&s("bcrypt-cost"), "bcrypt-cost")?;
+    if !(4..=31).contains(&bcrypt_cost) {
+        // etcd: "invalid bcrypt-cost: must be between 4 and 31"
+        return Err(format!(
+            "invalid bcrypt-cost: {bcrypt_cost} (must be between 4 and 31)"
+        ));
+    }
+    let auth_token_ttl: u64 = parse_num(&s("auth-token-ttl"), "auth-token-ttl")?;
     Ok(Config {
+        auth_token,
+        bcrypt_cost,
+        auth_token_ttl: Duration::from_secs(auth_token_ttl.max(1)),
         data_dir,
         wal_dir,
         snapshot_count: parse_num(&s("snapshot-count"), "snapshot-count")?,

@@ -17,6 +17,7 @@
 //! - [`metrics`], [`logging`], [`error`].
 
 pub mod apply;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod lessor;

@@ -14,6 +14,7 @@ pub mod membership;
 
 use proto::etcdserverpb::{self as pb, alarm_request::AlarmAction};
 
+use crate::auth::{AuthApplied, AuthInfo, AuthOp, PermType};
 use crate::error::{Error, Result};
 use crate::mvcc::{KeyRange, Mvcc};
 use crate::request::{ApplyResult, Op};
@@ -41,6 +42,8 @@ pub struct StateMachine {
     pub members: std::collections::BTreeMap<u64, pb::Member>,
     /// IDs of removed members (refused if they come back).
     pub removed: std::collections::BTreeSet<u64>,
+    /// Users, roles and the auth switch.
+    pub auth: crate::auth::AuthStore,
 }
 
 impl Default for StateMachine {
@@ -54,15 +57,19 @@ impl Default for StateMachine {
             conf_state: Default::default(),
             members: Default::default(),
             removed: Default::default(),
+            auth: Default::default(),
         }
     }
 }
 
-/// Settings that shape apply (identical on every member).
-#[derive(Debug, Clone, Copy)]
+/// Settings that shape apply (identical on every member), plus this
+/// member's token keeper, which Authenticate entries register tokens in.
+#[derive(Clone)]
 pub struct ApplyConfig {
     /// Minimum lease TTL in seconds (1.5 election timeouts, rounded up).
     pub min_lease_ttl: i64,
+    /// This member's auth tokens (`None`: Authenticate fails).
+    pub tokens: Option<std::sync::Arc<crate::auth::token::TokenProvider>>,
 }
 
 fn header(rev: i64) -> Option<pb::ResponseHeader> {
@@ -75,6 +82,85 @@ fn header(rev: i64) -> Option<pb::ResponseHeader> {
 impl StateMachine {
     fn has_alarm(&self, t: pb::AlarmType) -> bool {
         self.alarms.iter().any(|a| a.alarm == t as i32)
+    }
+
+    /// Apply one client operation issued as `who` (etcd's authApplierV3):
+    /// with auth enabled, writes are checked against the user's
+    /// permissions and the auth revision the request was checked at, and
+    /// auth management needs root. `who == None` is the server itself.
+    /// `index` is the entry's raft index (simple tokens embed it).
+    pub fn apply_as(
+        &mut self,
+        op: Op,
+        who: Option<&AuthInfo>,
+        index: u64,
+        cfg: &ApplyConfig,
+    ) -> Result<ApplyResult> {
+        if let Some(ai) = who {
+            self.check_write(ai, &op)?;
+        }
+        let Op::Auth(a) = op else {
+            return self.apply(op, cfg);
+        };
+        let Some(a) = a.op else {
+            return Err(Error::Internal("empty auth request".into()));
+        };
+        let user = match &a {
+            AuthOp::UserDelete(r) => Some(r.name.clone()),
+            AuthOp::UserChangePassword(r) => Some(r.name.clone()),
+            _ => None,
+        };
+        let disable = matches!(a, AuthOp::Disable(_));
+        let prefix = match &a {
+            AuthOp::Authenticate(r) => r.simple_token.clone(),
+            _ => String::new(),
+        };
+        match self.auth.apply(a)? {
+            AuthApplied::Done => {
+                if let Some(t) = &cfg.tokens {
+                    if let Some(u) = user {
+                        t.invalidate_user(&u);
+                    }
+                    if disable {
+                        t.clear();
+                    }
+                }
+                Ok(ApplyResult::Auth(None))
+            }
+            AuthApplied::Authenticated { name, revision } => {
+                let Some(t) = &cfg.tokens else {
+                    return Err(Error::Internal("no token provider".into()));
+                };
+                Ok(ApplyResult::Auth(Some(t.assign(&name, revision, &prefix, index)?)))
+            }
+        }
+    }
+
+    /// The apply-time permission check of one write.
+    fn check_write(&self, ai: &AuthInfo, op: &Op) -> Result<()> {
+        let a = &self.auth;
+        if !a.enabled {
+            return Ok(());
+        }
+        match op {
+            Op::Put(p) => a.check_put(Some(ai), p),
+            Op::DeleteRange(d) => a.check_delete(Some(ai), d),
+            Op::Txn(t) => a.check_txn(Some(ai), t),
+            Op::LeaseRevoke(r) => {
+                // etcd's checkLeasePuts: write on every attached key.
+                if let Some(l) = self.leases.get(r.id) {
+                    for k in l.keys.iter() {
+                        a.is_op_permitted(Some(ai), k, &[], PermType::Write)?;
+                    }
+                }
+                Ok(())
+            }
+            Op::Auth(r) => match &r.op {
+                Some(o) => a.check_op(Some(ai), o),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
     }
 
     /// Apply one operation. Errors are results for the client; the entry is
@@ -171,6 +257,7 @@ impl StateMachine {
                 Ok(ApplyResult::Empty)
             }
             Op::MemberUpdate(m) => self.update_member(m),
+            Op::Auth(_) => self.apply_as(op, None, self.applied_index + 1, cfg),
             Op::MemberAdd(_) | Op::MemberRemove(_) | Op::MemberPromote(_) => Err(Error::Internal(
                 "membership change outside a conf-change entry".into(),
             )),
