@@ -1,5 +1,6 @@
 //! server::maintenance: the etcd Maintenance service (Status, Hash, HashKV,
-//! Alarm, Defragment, Snapshot, MoveLeader).
+//! Alarm, Defragment, Snapshot, MoveLeader). With auth enabled, Defragment,
+//! Snapshot, Hash, HashKV and MoveLeader need root; Status needs nothing.
 
 use std::io::Read;
 use std::pin::Pin;
@@ -114,8 +115,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _req: Request<pb::DefragmentRequest>,
+        req: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        // etcd's authMaintenanceServer: root only.
+        super::auth::require_admin(&self.node, &req)?;
         // The in-memory layout does not fragment: compaction frees space immediately.
         Ok(Response::new(pb::DefragmentResponse {
             header: Some(self.node.header(self.node.current_rev())),
@@ -124,8 +127,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn hash(
         &self,
-        _req: Request<pb::HashRequest>,
+        req: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
+        // etcd's authMaintenanceServer: root only.
+        super::auth::require_admin(&self.node, &req)?;
         let (hash, rev) = {
             let sm = self.node.state.read();
             let rev = sm.mvcc.current_rev();
@@ -141,6 +146,8 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         req: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        // etcd's authMaintenanceServer: root only.
+        super::auth::require_admin(&self.node, &req)?;
         let r = req.into_inner();
         let (hash, compact, cur, hash_rev) = {
             let sm = self.node.state.read();
@@ -162,8 +169,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _req: Request<pb::SnapshotRequest>,
+        req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        // etcd's authMaintenanceServer: root only.
+        super::auth::require_admin(&self.node, &req)?;
         let view = self.node.state.read().view();
         let rev = view.mvcc.current;
         let header = self.node.header(rev);
@@ -229,6 +238,8 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         req: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        // etcd's authMaintenanceServer: root only.
+        super::auth::require_admin(&self.node, &req)?;
         let r = req.into_inner();
         if !self.node.status.is_leader() {
             return Err(Error::NotLeader.into());

@@ -1,9 +1,10 @@
 //! server: the client-facing listeners. One file per etcd gRPC service
-//! (kv, watch, lease, maintenance, cluster); each turns requests into
+//! (kv, watch, lease, maintenance, cluster, auth); each turns requests into
 //! proposals ([`Node::propose`]) or local reads. The same port also answers
 //! plain HTTP: `/health`, `/livez`, `/readyz`, `/version` and `/metrics`,
 //! as etcd's client port does.
 
+pub mod auth;
 pub mod cluster;
 pub mod kv;
 pub mod lease;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use axum::routing::get;
 use proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use tokio::net::TcpListener;
@@ -262,6 +263,10 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandl
         )
         .add_service(
             ClusterServer::new(cluster::ClusterService::new(node.clone()))
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            AuthServer::new(auth::AuthService::new(node.clone()))
                 .max_decoding_message_size(max_recv),
         );
         let router = routes
