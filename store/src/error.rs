@@ -155,6 +155,10 @@ pub enum Error {
     /// Deleting root, or taking its root role, while auth is enabled.
     #[error("etcdserver: invalid auth management")]
     InvalidAuthMgmt,
+    /// Authenticate of a user added with `no_password` (etcd 3.5 returns
+    /// its internal auth error here, untranslated: code Unknown).
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
     /// The auth store changed between the request and its apply.
     #[error("etcdserver: revision of auth store is old")]
     AuthOldRevision,
@@ -197,6 +201,7 @@ impl Error {
             | NotSupportedForLearner
             | Unhealthy => Code::Unavailable,
             Corrupt => Code::DataLoss,
+            NoPasswordUser => Code::Unknown,
             RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound
             | RoleAlreadyExist | RoleNotFound | RoleNotGranted | PermissionNotGranted
             | AuthNotEnabled => Code::FailedPrecondition,

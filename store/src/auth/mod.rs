@@ -508,7 +508,7 @@ impl AuthStore {
         }
         let u = self.users.get(name).ok_or(Error::AuthFailed)?;
         if u.options.as_ref().is_some_and(|o| o.no_password) {
-            return Err(Error::AuthFailed);
+            return Err(Error::NoPasswordUser);
         }
         Ok((self.revision, u.password.clone()))
     }
