@@ -621,6 +621,39 @@ mod tests {
     }
 
     #[test]
+    fn auth_flags_are_used_and_validated() {
+        let c = run(&[]).unwrap();
+        assert_eq!(c.auth_token, crate::auth::token::TokenSpec::Simple);
+        assert_eq!(c.bcrypt_cost, 10);
+        assert_eq!(c.auth_token_ttl, Duration::from_secs(300));
+        assert!(c.ignored.is_empty());
+        let c = run(&[
+            "--bcrypt-cost",
+            "4",
+            "--auth-token-ttl",
+            "7",
+            "--auth-token",
+            "jwt,pub-key=p.pem,priv-key=k.pem,sign-method=ES256,ttl=1m",
+        ])
+        .unwrap();
+        assert_eq!(c.bcrypt_cost, 4);
+        assert_eq!(c.auth_token_ttl, Duration::from_secs(7));
+        assert!(matches!(
+            c.auth_token,
+            crate::auth::token::TokenSpec::Jwt { ref sign_method, ttl, .. }
+                if sign_method == "ES256" && ttl == Duration::from_secs(60)
+        ));
+        let e = run(&["--bcrypt-cost", "3"]).unwrap_err();
+        assert!(e.contains("invalid bcrypt-cost"), "{e}");
+        let e = run(&["--bcrypt-cost", "32"]).unwrap_err();
+        assert!(e.contains("invalid bcrypt-cost"), "{e}");
+        let e = run(&["--auth-token", "magic"]).unwrap_err();
+        assert!(e.contains("unknown token type"), "{e}");
+        let e = run(&["--auth-token", "jwt,pub-key=p.pem"]).unwrap_err();
+        assert!(e.contains("sign-method"), "{e}");
+    }
+
+    #[test]
     fn lease_checkpoint_flags_and_feature_gates() {
         let c = run(&[]).unwrap();
         assert!(!c.lease_checkpoint && !c.lease_checkpoint_persist);

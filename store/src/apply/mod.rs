@@ -143,24 +143,34 @@ impl StateMachine {
             return Ok(());
         }
         match op {
-            Op::Put(p) => a.check_put(Some(ai), p),
+            Op::Put(p) => {
+                a.is_op_permitted(Some(ai), &p.key, &[], PermType::Write)?;
+                // etcd's checkLeasePuts: attaching to a lease needs write
+                // on the keys already attached (or the user could not revoke it).
+                self.check_lease_keys(ai, p.lease)?;
+                a.check_put(Some(ai), p)
+            }
             Op::DeleteRange(d) => a.check_delete(Some(ai), d),
             Op::Txn(t) => a.check_txn(Some(ai), t),
-            Op::LeaseRevoke(r) => {
-                // etcd's checkLeasePuts: write on every attached key.
-                if let Some(l) = self.leases.get(r.id) {
-                    for k in l.keys.iter() {
-                        a.is_op_permitted(Some(ai), k, &[], PermType::Write)?;
-                    }
-                }
-                Ok(())
-            }
+            // etcd's checkLeasePuts: write on every attached key.
+            Op::LeaseRevoke(r) => self.check_lease_keys(ai, r.id),
             Op::Auth(r) => match &r.op {
                 Some(o) => a.check_op(Some(ai), o),
                 None => Ok(()),
             },
             _ => Ok(()),
         }
+    }
+
+    /// Write permission on every key attached to `lease` (none: nothing to check).
+    fn check_lease_keys(&self, ai: &AuthInfo, lease: i64) -> Result<()> {
+        if let Some(l) = self.leases.get(lease) {
+            for k in l.keys.iter() {
+                self.auth
+                    .is_op_permitted(Some(ai), k, &[], PermType::Write)?;
+            }
+        }
+        Ok(())
     }
 
     /// Apply one operation. Errors are results for the client; the entry is
@@ -304,4 +314,146 @@ fn has_put(t: &pb::TxnRequest) -> bool {
             Some(Request::RequestTxn(t)) => has_put(t),
             _ => false,
         })
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+    use crate::auth::AuthRequest;
+    use proto::authpb;
+
+    fn cfg() -> ApplyConfig {
+        ApplyConfig {
+            min_lease_ttl: 1,
+            tokens: None,
+        }
+    }
+
+    fn auth(sm: &mut StateMachine, op: AuthOp) {
+        sm.apply(Op::Auth(AuthRequest { op: Some(op) }), &cfg())
+            .unwrap();
+    }
+
+    /// root; alice with readwrite on [a, b); auth enabled.
+    fn enabled() -> StateMachine {
+        let mut sm = StateMachine::default();
+        for u in ["root", "alice"] {
+            auth(
+                &mut sm,
+                AuthOp::UserAdd(pb::AuthUserAddRequest {
+                    name: u.into(),
+                    hashed_password: "h".into(),
+                    ..Default::default()
+                }),
+            );
+        }
+        auth(&mut sm, AuthOp::RoleAdd(pb::AuthRoleAddRequest { name: "r".into() }));
+        auth(
+            &mut sm,
+            AuthOp::RoleGrantPermission(pb::AuthRoleGrantPermissionRequest {
+                name: "r".into(),
+                perm: Some(authpb::Permission {
+                    perm_type: authpb::permission::Type::Readwrite as i32,
+                    key: b"a".to_vec(),
+                    range_end: b"b".to_vec(),
+                }),
+            }),
+        );
+        for (u, r) in [("alice", "r"), ("root", "root")] {
+            auth(
+                &mut sm,
+                AuthOp::UserGrantRole(pb::AuthUserGrantRoleRequest {
+                    user: u.into(),
+                    role: r.into(),
+                }),
+            );
+        }
+        auth(&mut sm, AuthOp::Enable(Default::default()));
+        sm
+    }
+
+    fn put(k: &str, lease: i64) -> Op {
+        Op::Put(pb::PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn writes_are_rechecked_at_apply_against_the_auth_revision() {
+        let mut sm = enabled();
+        let rev = sm.auth.revision;
+        let alice = AuthInfo {
+            username: "alice".into(),
+            revision: rev,
+        };
+        assert!(sm.apply_as(put("a1", 0), Some(&alice), 10, &cfg()).is_ok());
+        assert_eq!(
+            sm.apply_as(put("c", 0), Some(&alice), 11, &cfg()).unwrap_err(),
+            Error::PermissionDenied
+        );
+        // The auth store changes between the request and its apply.
+        auth(&mut sm, AuthOp::RoleAdd(pb::AuthRoleAddRequest { name: "x".into() }));
+        assert_eq!(
+            sm.apply_as(put("a2", 0), Some(&alice), 12, &cfg()).unwrap_err(),
+            Error::AuthOldRevision
+        );
+        assert_eq!(
+            sm.apply_as(put("a2", 0), Some(&AuthInfo::default()), 13, &cfg())
+                .unwrap_err(),
+            Error::UserEmpty
+        );
+        // The server's own proposals are not checked.
+        assert!(sm.apply_as(put("zz", 0), None, 14, &cfg()).is_ok());
+        // Management needs root, and root's request applies.
+        let mgmt = Op::Auth(AuthRequest {
+            op: Some(AuthOp::RoleAdd(pb::AuthRoleAddRequest { name: "y".into() })),
+        });
+        let now = AuthInfo {
+            username: "alice".into(),
+            revision: sm.auth.revision,
+        };
+        assert_eq!(
+            sm.apply_as(mgmt.clone(), Some(&now), 15, &cfg()).unwrap_err(),
+            Error::PermissionDenied
+        );
+        let root = AuthInfo {
+            username: "root".into(),
+            revision: sm.auth.revision,
+        };
+        assert!(sm.apply_as(mgmt, Some(&root), 16, &cfg()).is_ok());
+    }
+
+    #[test]
+    fn lease_revoke_and_lease_puts_need_write_on_attached_keys() {
+        let mut sm = enabled();
+        sm.apply(
+            Op::LeaseGrant(pb::LeaseGrantRequest { ttl: 60, id: 7 }),
+            &cfg(),
+        )
+        .unwrap();
+        sm.apply(put("zz", 7), &cfg()).unwrap();
+        let alice = AuthInfo {
+            username: "alice".into(),
+            revision: sm.auth.revision,
+        };
+        assert_eq!(
+            sm.apply_as(put("a1", 7), Some(&alice), 20, &cfg()).unwrap_err(),
+            Error::PermissionDenied,
+            "attaching to a lease that holds a key alice cannot write"
+        );
+        assert_eq!(
+            sm.apply_as(
+                Op::LeaseRevoke(pb::LeaseRevokeRequest { id: 7 }),
+                Some(&alice),
+                21,
+                &cfg()
+            )
+            .unwrap_err(),
+            Error::PermissionDenied
+        );
+        assert!(sm.leases.contains(7));
+    }
 }
