@@ -131,7 +131,9 @@ impl StateMachine {
                 let Some(t) = &cfg.tokens else {
                     return Err(Error::Internal("no token provider".into()));
                 };
-                Ok(ApplyResult::Auth(Some(t.assign(&name, revision, &prefix, index)?)))
+                Ok(ApplyResult::Auth(Some(
+                    t.assign(&name, revision, &prefix, index)?,
+                )))
             }
         }
     }
@@ -347,7 +349,10 @@ mod auth_tests {
                 }),
             );
         }
-        auth(&mut sm, AuthOp::RoleAdd(pb::AuthRoleAddRequest { name: "r".into() }));
+        auth(
+            &mut sm,
+            AuthOp::RoleAdd(pb::AuthRoleAddRequest { name: "r".into() }),
+        );
         auth(
             &mut sm,
             AuthOp::RoleGrantPermission(pb::AuthRoleGrantPermissionRequest {
@@ -391,13 +396,18 @@ mod auth_tests {
         };
         assert!(sm.apply_as(put("a1", 0), Some(&alice), 10, &cfg()).is_ok());
         assert_eq!(
-            sm.apply_as(put("c", 0), Some(&alice), 11, &cfg()).unwrap_err(),
+            sm.apply_as(put("c", 0), Some(&alice), 11, &cfg())
+                .unwrap_err(),
             Error::PermissionDenied
         );
         // The auth store changes between the request and its apply.
-        auth(&mut sm, AuthOp::RoleAdd(pb::AuthRoleAddRequest { name: "x".into() }));
+        auth(
+            &mut sm,
+            AuthOp::RoleAdd(pb::AuthRoleAddRequest { name: "x".into() }),
+        );
         assert_eq!(
-            sm.apply_as(put("a2", 0), Some(&alice), 12, &cfg()).unwrap_err(),
+            sm.apply_as(put("a2", 0), Some(&alice), 12, &cfg())
+                .unwrap_err(),
             Error::AuthOldRevision
         );
         assert_eq!(
@@ -416,7 +426,8 @@ mod auth_tests {
             revision: sm.auth.revision,
         };
         assert_eq!(
-            sm.apply_as(mgmt.clone(), Some(&now), 15, &cfg()).unwrap_err(),
+            sm.apply_as(mgmt.clone(), Some(&now), 15, &cfg())
+                .unwrap_err(),
             Error::PermissionDenied
         );
         let root = AuthInfo {
@@ -440,7 +451,8 @@ mod auth_tests {
             revision: sm.auth.revision,
         };
         assert_eq!(
-            sm.apply_as(put("a1", 7), Some(&alice), 20, &cfg()).unwrap_err(),
+            sm.apply_as(put("a1", 7), Some(&alice), 20, &cfg())
+                .unwrap_err(),
             Error::PermissionDenied,
             "attaching to a lease that holds a key alice cannot write"
         );

@@ -59,10 +59,7 @@ pub struct InternalAuthenticate {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AuthRequest {
     /// The operation.
-    #[prost(
-        oneof = "AuthOp",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12"
-    )]
+    #[prost(oneof = "AuthOp", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
     pub op: Option<AuthOp>,
 }
 
@@ -156,7 +153,8 @@ pub enum PermType {
 }
 
 fn grants(p: &authpb::Permission, t: PermType) -> bool {
-    let pt = authpb::permission::Type::try_from(p.perm_type).unwrap_or(authpb::permission::Type::Read);
+    let pt =
+        authpb::permission::Type::try_from(p.perm_type).unwrap_or(authpb::permission::Type::Read);
     matches!(
         (pt, t),
         (authpb::permission::Type::Readwrite, _)
@@ -370,7 +368,10 @@ impl AuthStore {
                 if r.role != ROOT_ROLE && !self.roles.contains_key(&r.role) {
                     return Err(Error::RoleNotFound);
                 }
-                let u = self.users.get_mut(&r.user).expect("invariant: checked above");
+                let u = self
+                    .users
+                    .get_mut(&r.user)
+                    .expect("invariant: checked above");
                 if u.roles.contains(&r.role) {
                     // etcd ignores a repeated grant without bumping the revision.
                     return Ok(AuthApplied::Done);
@@ -583,10 +584,19 @@ mod tests {
             s.is_range_permitted(Some(&ai("alice", rev - 1)), b"a", b""),
             Err(Error::AuthOldRevision)
         );
-        assert_eq!(s.is_range_permitted(Some(&ai("root", rev)), b"zz", b"\0"), Ok(()));
+        assert_eq!(
+            s.is_range_permitted(Some(&ai("root", rev)), b"zz", b"\0"),
+            Ok(())
+        );
         assert_eq!(s.is_admin_permitted(Some(&a)), Err(Error::PermissionDenied));
-        assert_eq!(s.is_admin_permitted(Some(&ai("bob", rev))), Err(Error::UserNotFound));
-        assert_eq!(s.is_admin_permitted(Some(&ai("", 0))), Err(Error::UserEmpty));
+        assert_eq!(
+            s.is_admin_permitted(Some(&ai("bob", rev))),
+            Err(Error::UserNotFound)
+        );
+        assert_eq!(
+            s.is_admin_permitted(Some(&ai("", 0))),
+            Err(Error::UserEmpty)
+        );
         // A txn whose compare reads outside the grant is denied.
         let t = pb::TxnRequest {
             compare: vec![pb::Compare {
@@ -602,7 +612,9 @@ mod tests {
     fn root_is_protected_while_enabled() {
         let mut s = setup();
         assert_eq!(
-            s.apply(AuthOp::UserDelete(pb::AuthUserDeleteRequest { name: "root".into() })),
+            s.apply(AuthOp::UserDelete(pb::AuthUserDeleteRequest {
+                name: "root".into()
+            })),
             Err(Error::InvalidAuthMgmt)
         );
         assert_eq!(
@@ -613,8 +625,10 @@ mod tests {
             Err(Error::InvalidAuthMgmt)
         );
         s.apply(AuthOp::Disable(Default::default())).unwrap();
-        s.apply(AuthOp::UserDelete(pb::AuthUserDeleteRequest { name: "root".into() }))
-            .unwrap();
+        s.apply(AuthOp::UserDelete(pb::AuthUserDeleteRequest {
+            name: "root".into(),
+        }))
+        .unwrap();
         assert_eq!(
             s.apply(AuthOp::Enable(Default::default())),
             Err(Error::RootUserNotExist)
@@ -625,15 +639,19 @@ mod tests {
     fn revoke_and_role_delete() {
         let mut s = setup();
         assert_eq!(
-            s.apply(AuthOp::RoleRevokePermission(pb::AuthRoleRevokePermissionRequest {
-                role: "r".into(),
-                key: b"a".to_vec(),
-                range_end: vec![],
-            })),
+            s.apply(AuthOp::RoleRevokePermission(
+                pb::AuthRoleRevokePermissionRequest {
+                    role: "r".into(),
+                    key: b"a".to_vec(),
+                    range_end: vec![],
+                }
+            )),
             Err(Error::PermissionNotGranted)
         );
-        s.apply(AuthOp::RoleDelete(pb::AuthRoleDeleteRequest { role: "r".into() }))
-            .unwrap();
+        s.apply(AuthOp::RoleDelete(pb::AuthRoleDeleteRequest {
+            role: "r".into(),
+        }))
+        .unwrap();
         assert_eq!(s.user_get("alice"), Ok(vec![]));
         assert_eq!(
             s.apply(AuthOp::UserRevokeRole(pb::AuthUserRevokeRoleRequest {

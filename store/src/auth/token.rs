@@ -50,7 +50,9 @@ pub fn parse_spec(s: &str) -> std::result::Result<TokenSpec, String> {
                 (None, None, String::new(), Duration::from_secs(300));
             for p in parts {
                 let Some((k, v)) = p.split_once('=') else {
-                    return Err(format!("invalid --auth-token option {p:?} (want key=value)"));
+                    return Err(format!(
+                        "invalid --auth-token option {p:?} (want key=value)"
+                    ));
                 };
                 match k {
                     "pub-key" => pub_key = Some(v.to_string()),
@@ -150,10 +152,14 @@ impl TokenProvider {
                 };
                 let hmac = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
                 let (enc, dec) = if hmac {
-                    let k = read(priv_key.as_deref().or(pub_key.as_deref()).ok_or(
-                        "jwt HMAC sign-method needs priv-key (the shared secret file)",
-                    )?)?;
-                    (Some(EncodingKey::from_secret(&k)), DecodingKey::from_secret(&k))
+                    let k =
+                        read(priv_key.as_deref().or(pub_key.as_deref()).ok_or(
+                            "jwt HMAC sign-method needs priv-key (the shared secret file)",
+                        )?)?;
+                    (
+                        Some(EncodingKey::from_secret(&k)),
+                        DecodingKey::from_secret(&k),
+                    )
                 } else {
                     let pk = read(pub_key.as_deref().ok_or("jwt needs pub-key")?)?;
                     let dec = match alg {
@@ -291,9 +297,13 @@ mod tests {
     #[test]
     fn spec_parsing() {
         assert_eq!(parse_spec("simple"), Ok(TokenSpec::Simple));
-        assert!(parse_spec("bogus").unwrap_err().contains("unknown token type"));
+        assert!(parse_spec("bogus")
+            .unwrap_err()
+            .contains("unknown token type"));
         match parse_spec("jwt,pub-key=a,priv-key=b,sign-method=RS256,ttl=10m").unwrap() {
-            TokenSpec::Jwt { ttl, sign_method, .. } => {
+            TokenSpec::Jwt {
+                ttl, sign_method, ..
+            } => {
                 assert_eq!(ttl, Duration::from_secs(600));
                 assert_eq!(sign_method, "RS256");
             }

@@ -42,7 +42,11 @@ pub fn tls_client_cn<T>(_req: &Request<T>) -> Option<String> {
 /// token, a verified client certificate's CN (`tls_cn`) names the user;
 /// with neither, `Ok(None)`, which the permission checks answer with
 /// "etcdserver: user name is empty".
-pub fn caller(node: &Node, md: &MetadataMap, tls_cn: Option<&str>) -> Result<Option<AuthInfo>, Error> {
+pub fn caller(
+    node: &Node,
+    md: &MetadataMap,
+    tls_cn: Option<&str>,
+) -> Result<Option<AuthInfo>, Error> {
     let (enabled, revision) = {
         let sm = node.state.read();
         (sm.auth.enabled, sm.auth.revision)
@@ -78,7 +82,12 @@ pub fn as_header(ai: Option<AuthInfo>) -> Option<AuthInfo> {
 }
 
 /// Read permission on `[key, range_end)` for `ai`.
-pub fn check_range(node: &Node, ai: Option<&AuthInfo>, key: &[u8], end: &[u8]) -> Result<(), Status> {
+pub fn check_range(
+    node: &Node,
+    ai: Option<&AuthInfo>,
+    key: &[u8],
+    end: &[u8],
+) -> Result<(), Status> {
     Ok(node.state.read().auth.is_range_permitted(ai, key, end)?)
 }
 
@@ -133,7 +142,9 @@ impl AuthService {
             .await?
         {
             ApplyResult::Auth(t) => Ok(t),
-            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 
@@ -152,7 +163,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         req: Request<pb::AuthEnableRequest>,
     ) -> Result<Response<pb::AuthEnableResponse>, Status> {
-        self.manage(&req, AuthOp::Enable(req.get_ref().clone())).await?;
+        self.manage(&req, AuthOp::Enable(*req.get_ref())).await?;
         Ok(Response::new(pb::AuthEnableResponse {
             header: self.header(),
         }))
@@ -162,7 +173,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         req: Request<pb::AuthDisableRequest>,
     ) -> Result<Response<pb::AuthDisableResponse>, Status> {
-        self.manage(&req, AuthOp::Disable(req.get_ref().clone())).await?;
+        self.manage(&req, AuthOp::Disable(*req.get_ref())).await?;
         Ok(Response::new(pb::AuthDisableResponse {
             header: self.header(),
         }))
@@ -327,7 +338,8 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         req: Request<pb::AuthRoleAddRequest>,
     ) -> Result<Response<pb::AuthRoleAddResponse>, Status> {
-        self.manage(&req, AuthOp::RoleAdd(req.get_ref().clone())).await?;
+        self.manage(&req, AuthOp::RoleAdd(req.get_ref().clone()))
+            .await?;
         Ok(Response::new(pb::AuthRoleAddResponse {
             header: self.header(),
         }))
@@ -343,7 +355,10 @@ impl pb::auth_server::Auth for AuthService {
         let role = &req.get_ref().role;
         // etcd: root, or a user asking about one of its own roles.
         if let Err(e) = sm.auth.is_admin_permitted(ai.as_ref()) {
-            if ai.as_ref().is_none_or(|a| !sm.auth.has_role(&a.username, role)) {
+            if ai
+                .as_ref()
+                .is_none_or(|a| !sm.auth.has_role(&a.username, role))
+            {
                 return Err(e.into());
             }
         }

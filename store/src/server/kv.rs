@@ -61,7 +61,11 @@ impl pb::kv_server::Kv for KvService {
         let who = auth::caller_of(&self.node, &req)?;
         let r = req.into_inner();
         ops::check_put(&r)?;
-        match self.node.propose_as(Op::Put(r), auth::as_header(who)).await? {
+        match self
+            .node
+            .propose_as(Op::Put(r), auth::as_header(who))
+            .await?
+        {
             ApplyResult::Put(mut p) => {
                 self.node.fill(&mut p.header);
                 Ok(Response::new(p))
@@ -108,7 +112,11 @@ impl pb::kv_server::Kv for KvService {
             self.node.fill(&mut resp.header);
             return Ok(Response::new(resp));
         }
-        match self.node.propose_as(Op::Txn(r), auth::as_header(who)).await? {
+        match self
+            .node
+            .propose_as(Op::Txn(r), auth::as_header(who))
+            .await?
+        {
             ApplyResult::Txn(mut p) => {
                 self.node.fill(&mut p.header);
                 Ok(Response::new(p))

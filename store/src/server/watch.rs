@@ -95,7 +95,8 @@ impl StreamState {
 
     /// etcd's isWatchPermitted: read permission on the watched range.
     fn watch_permitted(&self, c: &pb::WatchCreateRequest) -> bool {
-        let Ok(who) = super::auth::caller(&self.node, &self.metadata, self.tls_cn.as_deref()) else {
+        let Ok(who) = super::auth::caller(&self.node, &self.metadata, self.tls_cn.as_deref())
+        else {
             return false;
         };
         let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };

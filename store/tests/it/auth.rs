@@ -42,7 +42,10 @@ async fn channel(endpoint: &str) -> Channel {
         {
             Ok(c) => return c,
             Err(e) => {
-                assert!(std::time::Instant::now() < deadline, "connect {endpoint}: {e}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "connect {endpoint}: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -271,27 +274,50 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
     let leases = setup(&anon).await;
     let mut res: Vec<(String, Outcome)> = Vec::new();
     // Authenticate: bad password, unknown user, no-password user, good.
-    push(&mut res, (
-        "Authenticate/bad-password".into(),
-        anon.authenticate("alice", "nope").await.map(|_| "token".into()),
-    ));
-    push(&mut res, (
-        "Authenticate/unknown-user".into(),
-        anon.authenticate("carol", "x").await.map(|_| "token".into()),
-    ));
-    push(&mut res, (
-        "Authenticate/no-password-user".into(),
-        anon.authenticate("nopw", "").await.map(|_| "token".into()),
-    ));
+    push(
+        &mut res,
+        (
+            "Authenticate/bad-password".into(),
+            anon.authenticate("alice", "nope")
+                .await
+                .map(|_| "token".into()),
+        ),
+    );
+    push(
+        &mut res,
+        (
+            "Authenticate/unknown-user".into(),
+            anon.authenticate("carol", "x")
+                .await
+                .map(|_| "token".into()),
+        ),
+    );
+    push(
+        &mut res,
+        (
+            "Authenticate/no-password-user".into(),
+            anon.authenticate("nopw", "").await.map(|_| "token".into()),
+        ),
+    );
     let alice = anon.as_user(Some(&anon.authenticate("alice", "alicepw").await.unwrap()));
     let bob = anon.as_user(Some(&anon.authenticate("bob", "bobpw").await.unwrap()));
     let root = anon.as_user(Some(&anon.authenticate("root", "rootpw").await.unwrap()));
     let forged = anon.as_user(Some("forged.token"));
-    push(&mut res, ("Range/forged-token".into(), forged.get("k/a", "").await));
-    push(&mut res, ("Put/forged-token".into(), forged.put("k/a", "x", 0).await));
+    push(
+        &mut res,
+        ("Range/forged-token".into(), forged.get("k/a", "").await),
+    );
+    push(
+        &mut res,
+        ("Put/forged-token".into(), forged.put("k/a", "x", 0).await),
+    );
 
     // (label, caller for KV-level permission, caller for admin permission)
-    let callers = [("anon", &anon, &anon), ("bob", &bob, &bob), ("ok", &alice, &root)];
+    let callers = [
+        ("anon", &anon, &anon),
+        ("bob", &bob, &bob),
+        ("ok", &alice, &root),
+    ];
     for (i, (who, kv, admin)) in callers.iter().enumerate() {
         let c = |n: &str| format!("{n}/{who}");
         push(&mut res, (c("Range"), kv.get("k/a", "").await));
@@ -299,7 +325,10 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
         push(&mut res, (c("Range-outside"), kv.get("secret", "").await));
         push(&mut res, (c("Range-fromkey-z"), kv.get("z", "\0").await));
         push(&mut res, (c("Put"), kv.put("k/p", "v", 0).await));
-        push(&mut res, (c("Put-readonly-range"), kv.put("z1", "v", 0).await));
+        push(
+            &mut res,
+            (c("Put-readonly-range"), kv.put("z1", "v", 0).await),
+        );
         let r = kv
             .kv()
             .put(kv.req(pb::PutRequest {
@@ -309,7 +338,13 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 ..Default::default()
             }))
             .await;
-        push(&mut res, (c("Put-prevkv"), out(r, |r| format!("prev={}", r.prev_kv.is_some()))));
+        push(
+            &mut res,
+            (
+                c("Put-prevkv"),
+                out(r, |r| format!("prev={}", r.prev_kv.is_some())),
+            ),
+        );
         let r = kv
             .kv()
             .delete_range(kv.req(pb::DeleteRangeRequest {
@@ -317,7 +352,13 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 ..Default::default()
             }))
             .await;
-        push(&mut res, (c("DeleteRange"), out(r, |r| format!("deleted={}", r.deleted))));
+        push(
+            &mut res,
+            (
+                c("DeleteRange"),
+                out(r, |r| format!("deleted={}", r.deleted)),
+            ),
+        );
         let txn = |cmp_key: &str, put_key: &str| pb::TxnRequest {
             compare: vec![pb::Compare {
                 key: cmp_key.into(),
@@ -336,9 +377,18 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
             failure: vec![],
         };
         let r = kv.kv().txn(kv.req(txn("k/a", "k/t"))).await;
-        push(&mut res, (c("Txn"), out(r, |r| format!("succeeded={}", r.succeeded))));
+        push(
+            &mut res,
+            (c("Txn"), out(r, |r| format!("succeeded={}", r.succeeded))),
+        );
         let r = kv.kv().txn(kv.req(txn("secret", "k/t"))).await;
-        push(&mut res, (c("Txn-compare-outside"), out(r, |r| format!("succeeded={}", r.succeeded))));
+        push(
+            &mut res,
+            (
+                c("Txn-compare-outside"),
+                out(r, |r| format!("succeeded={}", r.succeeded)),
+            ),
+        );
         let ro = pb::TxnRequest {
             success: vec![pb::RequestOp {
                 request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
@@ -349,7 +399,13 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
             ..Default::default()
         };
         let r = kv.kv().txn(kv.req(ro)).await;
-        push(&mut res, (c("Txn-readonly"), out(r, |r| format!("succeeded={}", r.succeeded))));
+        push(
+            &mut res,
+            (
+                c("Txn-readonly"),
+                out(r, |r| format!("succeeded={}", r.succeeded)),
+            ),
+        );
         let r = kv
             .kv()
             .compact(kv.req(pb::CompactionRequest {
@@ -359,14 +415,20 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
             .await;
         push(&mut res, (c("Compact"), out(r, ok)));
         push(&mut res, (c("Watch"), kv.watch_first("k/", "k0").await));
-        push(&mut res, (c("Watch-outside"), kv.watch_first("secret", "").await));
+        push(
+            &mut res,
+            (c("Watch-outside"), kv.watch_first("secret", "").await),
+        );
 
         // Lease.
         let r = kv
             .lease()
             .lease_grant(kv.req(pb::LeaseGrantRequest { ttl: 60, id: 0 }))
             .await;
-        push(&mut res, (c("LeaseGrant"), out(r, |r| format!("ttl={}", r.ttl))));
+        push(
+            &mut res,
+            (c("LeaseGrant"), out(r, |r| format!("ttl={}", r.ttl))),
+        );
         let r = kv
             .lease()
             .lease_time_to_live(kv.req(pb::LeaseTimeToLiveRequest {
@@ -374,10 +436,28 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 keys: true,
             }))
             .await;
-        push(&mut res, (c("LeaseTimeToLive"), out(r, |r| format!("keys={}", r.keys.len()))));
-        push(&mut res, (c("LeaseKeepAlive"), kv.keepalive(leases[i]).await));
-        let r = kv.lease().lease_leases(kv.req(pb::LeaseLeasesRequest {})).await;
-        push(&mut res, (c("LeaseLeases"), out(r, |r| format!("n>0={}", !r.leases.is_empty()))));
+        push(
+            &mut res,
+            (
+                c("LeaseTimeToLive"),
+                out(r, |r| format!("keys={}", r.keys.len())),
+            ),
+        );
+        push(
+            &mut res,
+            (c("LeaseKeepAlive"), kv.keepalive(leases[i]).await),
+        );
+        let r = kv
+            .lease()
+            .lease_leases(kv.req(pb::LeaseLeasesRequest {}))
+            .await;
+        push(
+            &mut res,
+            (
+                c("LeaseLeases"),
+                out(r, |r| format!("n>0={}", !r.leases.is_empty())),
+            ),
+        );
         let r = kv
             .lease()
             .lease_revoke(kv.req(pb::LeaseRevokeRequest { id: leases[i] }))
@@ -385,8 +465,19 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
         push(&mut res, (c("LeaseRevoke"), out(r, ok)));
 
         // Cluster.
-        let r = admin.cluster().member_list(admin.req(pb::MemberListRequest { linearizable: false })).await;
-        push(&mut res, (c("MemberList"), out(r, |r| format!("n={}", r.members.len()))));
+        let r = admin
+            .cluster()
+            .member_list(admin.req(pb::MemberListRequest {
+                linearizable: false,
+            }))
+            .await;
+        push(
+            &mut res,
+            (
+                c("MemberList"),
+                out(r, |r| format!("n={}", r.members.len())),
+            ),
+        );
         let r = admin
             .cluster()
             .member_add(admin.req(pb::MemberAddRequest {
@@ -394,8 +485,14 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 is_learner: true,
             }))
             .await;
-        let added = r.as_ref().ok().and_then(|r| r.get_ref().member.as_ref().map(|m| m.id));
-        push(&mut res, (c("MemberAdd"), out(r, |r| format!("n={}", r.members.len()))));
+        let added = r
+            .as_ref()
+            .ok()
+            .and_then(|r| r.get_ref().member.as_ref().map(|m| m.id));
+        push(
+            &mut res,
+            (c("MemberAdd"), out(r, |r| format!("n={}", r.members.len()))),
+        );
         let r = admin
             .cluster()
             .member_promote(admin.req(pb::MemberPromoteRequest {
@@ -403,10 +500,26 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
             }))
             .await;
         push(&mut res, (c("MemberPromote"), out(r, ok)));
+        let r = admin
+            .cluster()
+            .member_remove(admin.req(pb::MemberRemoveRequest {
+                id: added.unwrap_or(12345),
+            }))
+            .await;
+        push(
+            &mut res,
+            (
+                c("MemberRemove"),
+                out(r, |r| format!("n={}", r.members.len())),
+            ),
+        );
+
         // Update this member to its own peer URLs (a no-op that succeeds).
         let me = anon
             .cluster()
-            .member_list(pb::MemberListRequest { linearizable: false })
+            .member_list(pb::MemberListRequest {
+                linearizable: false,
+            })
             .await
             .unwrap()
             .into_inner()
@@ -422,14 +535,6 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
             }))
             .await;
         push(&mut res, (c("MemberUpdate"), out(r, ok)));
-        let r = admin
-            .cluster()
-            .member_remove(admin.req(pb::MemberRemoveRequest {
-                id: added.unwrap_or(12345),
-            }))
-            .await;
-        push(&mut res, (c("MemberRemove"), out(r, |r| format!("n={}", r.members.len()))));
-
         // Maintenance.
         let m = admin.maint();
         let r = m.clone().status(admin.req(pb::StatusRequest {})).await;
@@ -442,12 +547,21 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 alarm: 0,
             }))
             .await;
-        push(&mut res, (c("Alarm"), out(r, |r| format!("n={}", r.alarms.len()))));
-        let r = m.clone().defragment(admin.req(pb::DefragmentRequest {})).await;
+        push(
+            &mut res,
+            (c("Alarm"), out(r, |r| format!("n={}", r.alarms.len()))),
+        );
+        let r = m
+            .clone()
+            .defragment(admin.req(pb::DefragmentRequest {}))
+            .await;
         push(&mut res, (c("Defragment"), out(r, ok)));
         let r = m.clone().hash(admin.req(pb::HashRequest {})).await;
         push(&mut res, (c("Hash"), out(r, ok)));
-        let r = m.clone().hash_kv(admin.req(pb::HashKvRequest { revision: 0 })).await;
+        let r = m
+            .clone()
+            .hash_kv(admin.req(pb::HashKvRequest { revision: 0 }))
+            .await;
         push(&mut res, (c("HashKV"), out(r, ok)));
         let r = m.clone().snapshot(admin.req(pb::SnapshotRequest {})).await;
         let snap = match r {
@@ -481,7 +595,13 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
         // Auth.
         let mut a = admin.auth();
         let r = a.auth_status(admin.req(pb::AuthStatusRequest {})).await;
-        push(&mut res, (c("AuthStatus"), out(r, |r| format!("enabled={}", r.enabled))));
+        push(
+            &mut res,
+            (
+                c("AuthStatus"),
+                out(r, |r| format!("enabled={}", r.enabled)),
+            ),
+        );
         let u = format!("u{i}");
         let r = a
             .user_add(admin.req(pb::AuthUserAddRequest {
@@ -507,12 +627,28 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
             }))
             .await;
         push(&mut res, (c("UserAdd-exists"), out(r, ok)));
-        let r = a.user_get(admin.req(pb::AuthUserGetRequest { name: "alice".into() })).await;
-        push(&mut res, (c("UserGet-alice"), out(r, |r| r.roles.join(","))));
-        let r = a.user_get(admin.req(pb::AuthUserGetRequest { name: "bob".into() })).await;
+        let r = a
+            .user_get(admin.req(pb::AuthUserGetRequest {
+                name: "alice".into(),
+            }))
+            .await;
+        push(
+            &mut res,
+            (c("UserGet-alice"), out(r, |r| r.roles.join(","))),
+        );
+        let r = a
+            .user_get(admin.req(pb::AuthUserGetRequest { name: "bob".into() }))
+            .await;
         push(&mut res, (c("UserGet-bob"), out(r, |r| r.roles.join(","))));
-        let r = a.user_get(admin.req(pb::AuthUserGetRequest { name: "nobody".into() })).await;
-        push(&mut res, (c("UserGet-missing"), out(r, |r| r.roles.join(","))));
+        let r = a
+            .user_get(admin.req(pb::AuthUserGetRequest {
+                name: "nobody".into(),
+            }))
+            .await;
+        push(
+            &mut res,
+            (c("UserGet-missing"), out(r, |r| r.roles.join(","))),
+        );
         let r = a.user_list(admin.req(pb::AuthUserListRequest {})).await;
         push(&mut res, (c("UserList"), out(r, |r| r.users.join(","))));
         let r = a
@@ -532,11 +668,17 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
             .await;
         push(&mut res, (c("UserChangePassword-missing"), out(r, ok)));
         let role = format!("r{i}");
-        let r = a.role_add(admin.req(pb::AuthRoleAddRequest { name: role.clone() })).await;
+        let r = a
+            .role_add(admin.req(pb::AuthRoleAddRequest { name: role.clone() }))
+            .await;
         push(&mut res, (c("RoleAdd"), out(r, ok)));
-        let r = a.role_add(admin.req(pb::AuthRoleAddRequest { name: "".into() })).await;
+        let r = a
+            .role_add(admin.req(pb::AuthRoleAddRequest { name: "".into() }))
+            .await;
         push(&mut res, (c("RoleAdd-empty"), out(r, ok)));
-        let r = a.role_add(admin.req(pb::AuthRoleAddRequest { name: "kv".into() })).await;
+        let r = a
+            .role_add(admin.req(pb::AuthRoleAddRequest { name: "kv".into() }))
+            .await;
         push(&mut res, (c("RoleAdd-exists"), out(r, ok)));
         let r = a
             .role_grant_permission(admin.req(pb::AuthRoleGrantPermissionRequest {
@@ -551,11 +693,26 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 perm: perm(authpb::permission::Type::Write, "w/", "w0"),
             }))
             .await;
-        push(&mut res, (c("RoleGrantPermission-missing-role"), out(r, ok)));
-        let r = a.role_get(admin.req(pb::AuthRoleGetRequest { role: "kv".into() })).await;
-        push(&mut res, (c("RoleGet-kv"), out(r, |r| format!("{:?}", r.perm))));
-        let r = a.role_get(admin.req(pb::AuthRoleGetRequest { role: "root".into() })).await;
-        push(&mut res, (c("RoleGet-root"), out(r, |r| format!("{:?}", r.perm))));
+        push(
+            &mut res,
+            (c("RoleGrantPermission-missing-role"), out(r, ok)),
+        );
+        let r = a
+            .role_get(admin.req(pb::AuthRoleGetRequest { role: "kv".into() }))
+            .await;
+        push(
+            &mut res,
+            (c("RoleGet-kv"), out(r, |r| format!("{:?}", r.perm))),
+        );
+        let r = a
+            .role_get(admin.req(pb::AuthRoleGetRequest {
+                role: "root".into(),
+            }))
+            .await;
+        push(
+            &mut res,
+            (c("RoleGet-root"), out(r, |r| format!("{:?}", r.perm))),
+        );
         let r = a.role_list(admin.req(pb::AuthRoleListRequest {})).await;
         push(&mut res, (c("RoleList"), out(r, |r| r.roles.join(","))));
         let r = a
@@ -602,13 +759,25 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
             }))
             .await;
         push(&mut res, (c("RoleRevokePermission-again"), out(r, ok)));
-        let r = a.role_delete(admin.req(pb::AuthRoleDeleteRequest { role: role.clone() })).await;
+        let r = a
+            .role_delete(admin.req(pb::AuthRoleDeleteRequest { role: role.clone() }))
+            .await;
         push(&mut res, (c("RoleDelete"), out(r, ok)));
-        let r = a.role_delete(admin.req(pb::AuthRoleDeleteRequest { role: "root".into() })).await;
+        let r = a
+            .role_delete(admin.req(pb::AuthRoleDeleteRequest {
+                role: "root".into(),
+            }))
+            .await;
         push(&mut res, (c("RoleDelete-root"), out(r, ok)));
-        let r = a.user_delete(admin.req(pb::AuthUserDeleteRequest { name: u.clone() })).await;
+        let r = a
+            .user_delete(admin.req(pb::AuthUserDeleteRequest { name: u.clone() }))
+            .await;
         push(&mut res, (c("UserDelete"), out(r, ok)));
-        let r = a.user_delete(admin.req(pb::AuthUserDeleteRequest { name: "root".into() })).await;
+        let r = a
+            .user_delete(admin.req(pb::AuthUserDeleteRequest {
+                name: "root".into(),
+            }))
+            .await;
         push(&mut res, (c("UserDelete-root"), out(r, ok)));
         let r = a
             .user_revoke_role(admin.req(pb::AuthUserRevokeRoleRequest {
@@ -625,13 +794,24 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
         }
     }
     // Alice's token stays valid; root disables auth, then tokens are moot.
-    let r = root.auth().auth_disable(root.req(pb::AuthDisableRequest {})).await;
+    let r = root
+        .auth()
+        .auth_disable(root.req(pb::AuthDisableRequest {}))
+        .await;
     push(&mut res, ("AuthDisable/ok".into(), out(r, ok)));
-    push(&mut res, ("Range/after-disable".into(), anon.get("secret", "").await));
-    push(&mut res, (
-        "Authenticate/after-disable".into(),
-        anon.authenticate("alice", "alicepw").await.map(|_| "token".into()),
-    ));
+    push(
+        &mut res,
+        ("Range/after-disable".into(), anon.get("secret", "").await),
+    );
+    push(
+        &mut res,
+        (
+            "Authenticate/after-disable".into(),
+            anon.authenticate("alice", "alicepw")
+                .await
+                .map(|_| "token".into()),
+        ),
+    );
     res
 }
 
@@ -640,13 +820,16 @@ fn push(res: &mut Vec<(String, Outcome)>, case: (String, Outcome)) {
     res.push(case);
 }
 
+/// A written-down outcome: a success summary, or (code, message).
+type Expected = Result<&'static str, (Code, &'static str)>;
+
 /// What etcd 3.5 answers, case by case (see `matrix` for the calls). Note
 /// etcd 3.5's own quirks, kept on purpose: Compact, LeaseTimeToLive (with
 /// keys), LeaseKeepAlive, Alarm and MoveLeader check nothing; AuthStatus
 /// needs root; the Maintenance admin checks answer Unknown with the auth
 /// package's `auth: ...` text; a no-password user's Authenticate says so.
 #[rustfmt::skip]
-const EXPECTED: &[(&str, Result<&str, (Code, &str)>)] = &[
+const EXPECTED: &[(&str, Expected)] = &[
     ("Authenticate/bad-password", Err((Code::InvalidArgument, "etcdserver: authentication failed, invalid user ID or password"))),
     ("Authenticate/unknown-user", Err((Code::InvalidArgument, "etcdserver: authentication failed, invalid user ID or password"))),
     ("Authenticate/no-password-user", Err((Code::Unknown, "auth: authentication failed, password was given for no password user"))),
@@ -674,8 +857,8 @@ const EXPECTED: &[(&str, Result<&str, (Code, &str)>)] = &[
     ("MemberList/anon", Ok("n=1")),
     ("MemberAdd/anon", Err((Code::InvalidArgument, "etcdserver: user name is empty"))),
     ("MemberPromote/anon", Err((Code::InvalidArgument, "etcdserver: user name is empty"))),
-    ("MemberUpdate/anon", Err((Code::InvalidArgument, "etcdserver: user name is empty"))),
     ("MemberRemove/anon", Err((Code::InvalidArgument, "etcdserver: user name is empty"))),
+    ("MemberUpdate/anon", Err((Code::InvalidArgument, "etcdserver: user name is empty"))),
     ("Status/anon", Ok("ok")),
     ("Alarm/anon", Ok("n=0")),
     ("Defragment/anon", Err((Code::Unknown, "auth: user name is empty"))),
@@ -736,8 +919,8 @@ const EXPECTED: &[(&str, Result<&str, (Code, &str)>)] = &[
     ("MemberList/bob", Ok("n=1")),
     ("MemberAdd/bob", Err((Code::PermissionDenied, "etcdserver: permission denied"))),
     ("MemberPromote/bob", Err((Code::PermissionDenied, "etcdserver: permission denied"))),
-    ("MemberUpdate/bob", Err((Code::PermissionDenied, "etcdserver: permission denied"))),
     ("MemberRemove/bob", Err((Code::PermissionDenied, "etcdserver: permission denied"))),
+    ("MemberUpdate/bob", Err((Code::PermissionDenied, "etcdserver: permission denied"))),
     ("Status/bob", Ok("ok")),
     ("Alarm/bob", Ok("n=0")),
     ("Defragment/bob", Err((Code::Unknown, "auth: permission denied"))),
@@ -798,8 +981,8 @@ const EXPECTED: &[(&str, Result<&str, (Code, &str)>)] = &[
     ("MemberList/ok", Ok("n=1")),
     ("MemberAdd/ok", Ok("n=2")),
     ("MemberPromote/ok", Err((Code::FailedPrecondition, "etcdserver: can only promote a learner member which is in sync with leader"))),
-    ("MemberUpdate/ok", Ok("ok")),
     ("MemberRemove/ok", Ok("n=1")),
+    ("MemberUpdate/ok", Ok("ok")),
     ("Status/ok", Ok("ok")),
     ("Alarm/ok", Ok("n=0")),
     ("Defragment/ok", Ok("ok")),
@@ -950,17 +1133,26 @@ async fn auth_state_survives_restart_and_snapshot() {
     let r = stale.get("k/a", "").await;
     assert_eq!(
         r,
-        Err((Code::Unauthenticated, "etcdserver: invalid auth token".into()))
+        Err((
+            Code::Unauthenticated,
+            "etcdserver: invalid auth token".into()
+        ))
     );
     assert_eq!(
         anon.get("k/a", "").await,
-        Err((Code::InvalidArgument, "etcdserver: user name is empty".into()))
+        Err((
+            Code::InvalidArgument,
+            "etcdserver: user name is empty".into()
+        ))
     );
     let alice = anon.as_user(Some(&anon.authenticate("alice", "alicepw").await.unwrap()));
     assert_eq!(alice.get("k/", "k0").await, Ok("count=21".into()));
     assert_eq!(
         alice.put("other", "x", 0).await,
-        Err((Code::PermissionDenied, "etcdserver: permission denied".into()))
+        Err((
+            Code::PermissionDenied,
+            "etcdserver: permission denied".into()
+        ))
     );
     assert_eq!(
         anon.authenticate("alice", "wrong").await,
@@ -985,7 +1177,10 @@ async fn auth_state_survives_restart_and_snapshot() {
         .unwrap()
         .into_inner()
         .perm;
-    assert_eq!(roles, vec![perm(authpb::permission::Type::Readwrite, "k/", "k0").unwrap()]);
+    assert_eq!(
+        roles,
+        vec![perm(authpb::permission::Type::Readwrite, "k/", "k0").unwrap()]
+    );
 }
 
 /// Authenticate on member 0, then use the token on every member.
@@ -1037,14 +1232,24 @@ async fn auth_replicates_and_simple_tokens_work_on_every_member_like_etcd() {
         .expect("strata in time");
     assert_eq!(e, s, "etcd vs strata");
     for m in 0..3 {
-        assert_eq!(s[3 * m], Ok("count=1".into()), "member {m} accepts the token");
+        assert_eq!(
+            s[3 * m],
+            Ok("count=1".into()),
+            "member {m} accepts the token"
+        );
         assert_eq!(
             s[3 * m + 1],
-            Err((Code::PermissionDenied, "etcdserver: permission denied".into()))
+            Err((
+                Code::PermissionDenied,
+                "etcdserver: permission denied".into()
+            ))
         );
         assert_eq!(
             s[3 * m + 2],
-            Err((Code::InvalidArgument, "etcdserver: user name is empty".into()))
+            Err((
+                Code::InvalidArgument,
+                "etcdserver: user name is empty".into()
+            ))
         );
     }
 }
@@ -1091,7 +1296,10 @@ async fn jwt_flow(endpoint: &str) -> (Vec<Outcome>, serde_json::Value) {
         }))
         .unwrap(),
     );
-    let forged = anon.as_user(Some(&format!("{}.{}.{}", parts[0], forged_claims, parts[2])));
+    let forged = anon.as_user(Some(&format!(
+        "{}.{}.{}",
+        parts[0], forged_claims, parts[2]
+    )));
     let res = vec![
         alice.get("k/a", "").await,
         alice.put("other", "x", 0).await,
@@ -1117,12 +1325,18 @@ async fn jwt_tokens_like_etcd() {
     assert_eq!(s[0], Ok("count=1".into()));
     assert_eq!(
         s[1],
-        Err((Code::PermissionDenied, "etcdserver: permission denied".into()))
+        Err((
+            Code::PermissionDenied,
+            "etcdserver: permission denied".into()
+        ))
     );
     for r in &s[2..] {
         assert_eq!(
             r,
-            &Err((Code::Unauthenticated, "etcdserver: invalid auth token".into()))
+            &Err((
+                Code::Unauthenticated,
+                "etcdserver: invalid auth token".into()
+            ))
         );
     }
     for c in [&ec, &sc] {
@@ -1133,10 +1347,16 @@ async fn jwt_tokens_like_etcd() {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        assert!(exp > now + 200 && exp <= now + 301, "exp about 5 minutes away");
+        assert!(
+            exp > now + 200 && exp <= now + 301,
+            "exp about 5 minutes away"
+        );
     }
     assert_eq!(ec["revision"], sc["revision"], "same auth revision");
     // A bad --auth-token is refused at startup.
-    let bad = Strata::try_start_in(&dir.path().join("bad"), &["--auth-token", "jwt,sign-method=RS256,pub-key=/nonexistent"]);
+    let bad = Strata::try_start_in(
+        &dir.path().join("bad"),
+        &["--auth-token", "jwt,sign-method=RS256,pub-key=/nonexistent"],
+    );
     assert!(bad.is_err(), "bad --auth-token must not start");
 }
