@@ -419,6 +419,13 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
             &mut res,
             (c("Watch-outside"), kv.watch_first("secret", "").await),
         );
+        push(
+            &mut res,
+            (
+                c("Watch-fromkey-beyond-grant"),
+                kv.watch_first("k/a", "\0").await,
+            ),
+        );
 
         // Lease.
         let r = kv
@@ -820,6 +827,16 @@ fn push(res: &mut Vec<(String, Outcome)>, case: (String, Outcome)) {
     res.push(case);
 }
 
+/// Where Strata deliberately answers differently, and etcd 3.5's answer.
+/// etcd 3.5 checks a watch whose range_end is "\0" (from key) as if it
+/// watched the single key: a user allowed to read `k/a` may watch every
+/// key from `k/a` on and see events on keys it may not read. Strata checks
+/// the whole watched range, as it does for Range.
+#[rustfmt::skip]
+const DIVERGES: &[(&str, Expected)] = &[
+    ("Watch-fromkey-beyond-grant/ok", Ok("created=true canceled=false reason=\"\"")),
+];
+
 /// A written-down outcome: a success summary, or (code, message).
 type Expected = Result<&'static str, (Code, &'static str)>;
 
@@ -849,6 +866,7 @@ const EXPECTED: &[(&str, Expected)] = &[
     ("Compact/anon", Ok("ok")),
     ("Watch/anon", Ok("created=true canceled=true reason=\"rpc error: code = PermissionDenied desc = etcdserver: permission denied\"")),
     ("Watch-outside/anon", Ok("created=true canceled=true reason=\"rpc error: code = PermissionDenied desc = etcdserver: permission denied\"")),
+    ("Watch-fromkey-beyond-grant/anon", Ok("created=true canceled=true reason=\"rpc error: code = PermissionDenied desc = etcdserver: permission denied\"")),
     ("LeaseGrant/anon", Ok("ttl=60")),
     ("LeaseTimeToLive/anon", Ok("keys=1")),
     ("LeaseKeepAlive/anon", Ok("ttl>0=true")),
@@ -911,6 +929,7 @@ const EXPECTED: &[(&str, Expected)] = &[
     ("Compact/bob", Ok("ok")),
     ("Watch/bob", Ok("created=true canceled=true reason=\"rpc error: code = PermissionDenied desc = etcdserver: permission denied\"")),
     ("Watch-outside/bob", Ok("created=true canceled=true reason=\"rpc error: code = PermissionDenied desc = etcdserver: permission denied\"")),
+    ("Watch-fromkey-beyond-grant/bob", Ok("created=true canceled=true reason=\"rpc error: code = PermissionDenied desc = etcdserver: permission denied\"")),
     ("LeaseGrant/bob", Ok("ttl=60")),
     ("LeaseTimeToLive/bob", Ok("keys=1")),
     ("LeaseKeepAlive/bob", Ok("ttl>0=true")),
@@ -973,6 +992,7 @@ const EXPECTED: &[(&str, Expected)] = &[
     ("Compact/ok", Ok("ok")),
     ("Watch/ok", Ok("created=true canceled=false reason=\"\"")),
     ("Watch-outside/ok", Ok("created=true canceled=true reason=\"rpc error: code = PermissionDenied desc = etcdserver: permission denied\"")),
+    ("Watch-fromkey-beyond-grant/ok", Ok("created=true canceled=true reason=\"rpc error: code = PermissionDenied desc = etcdserver: permission denied\"")),
     ("LeaseGrant/ok", Ok("ttl=60")),
     ("LeaseTimeToLive/ok", Ok("keys=1")),
     ("LeaseKeepAlive/ok", Ok("ttl>0=true")),
@@ -1040,6 +1060,14 @@ async fn auth_matrix_matches_etcd() {
     assert_eq!(e.len(), s.len());
     for ((name, eo), (_, so)) in e.iter().zip(s.iter()) {
         println!("{name:40} etcd={eo:?}");
+        if let Some((_, want)) = DIVERGES.iter().find(|(n, _)| n == name) {
+            // A deliberate difference: etcd's answer is written down too.
+            let want: Outcome = (*want)
+                .map(str::to_string)
+                .map_err(|(c, m)| (c, m.to_string()));
+            assert_eq!(eo, &want, "etcd's answer to {name}");
+            continue;
+        }
         if eo != so {
             diffs.push(format!("{name}: etcd={eo:?} strata={so:?}"));
         }
