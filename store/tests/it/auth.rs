@@ -302,6 +302,23 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
     let alice = anon.as_user(Some(&anon.authenticate("alice", "alicepw").await.unwrap()));
     let bob = anon.as_user(Some(&anon.authenticate("bob", "bobpw").await.unwrap()));
     let root = anon.as_user(Some(&anon.authenticate("root", "rootpw").await.unwrap()));
+    // The token under the `authorization` key (what the JSON gateway sends).
+    let mut r = Request::new(pb::RangeRequest {
+        key: "k/a".into(),
+        ..Default::default()
+    });
+    r.metadata_mut().insert(
+        "authorization",
+        alice.token.as_deref().unwrap().parse().unwrap(),
+    );
+    let r = anon.kv().range(r).await;
+    push(
+        &mut res,
+        (
+            "Range/authorization-metadata".into(),
+            out(r, |r| format!("count={}", r.count)),
+        ),
+    );
     let forged = anon.as_user(Some("forged.token"));
     push(
         &mut res,
@@ -850,6 +867,7 @@ const EXPECTED: &[(&str, Expected)] = &[
     ("Authenticate/bad-password", Err((Code::InvalidArgument, "etcdserver: authentication failed, invalid user ID or password"))),
     ("Authenticate/unknown-user", Err((Code::InvalidArgument, "etcdserver: authentication failed, invalid user ID or password"))),
     ("Authenticate/no-password-user", Err((Code::Unknown, "auth: authentication failed, password was given for no password user"))),
+    ("Range/authorization-metadata", Ok("count=1")),
     ("Range/forged-token", Err((Code::Unauthenticated, "etcdserver: invalid auth token"))),
     ("Put/forged-token", Err((Code::Unauthenticated, "etcdserver: invalid auth token"))),
     ("Range/anon", Err((Code::InvalidArgument, "etcdserver: user name is empty"))),
