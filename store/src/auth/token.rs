@@ -98,6 +98,51 @@ fn algorithm(m: &str) -> std::result::Result<Algorithm, String> {
     })
 }
 
+/// An EC signing key from PEM: PKCS#8 (`BEGIN PRIVATE KEY`) as is, or
+/// SEC1 (`BEGIN EC PRIVATE KEY`, what `openssl ecparam -genkey` writes and
+/// etcd accepts), which is wrapped into PKCS#8 for the signer.
+fn ec_encoding_key(pem: &[u8], alg: Algorithm) -> jsonwebtoken::errors::Result<EncodingKey> {
+    let text = String::from_utf8_lossy(pem);
+    let (begin, end) = (
+        "-----BEGIN EC PRIVATE KEY-----",
+        "-----END EC PRIVATE KEY-----",
+    );
+    let (Some(b), Some(e)) = (text.find(begin), text.find(end)) else {
+        return EncodingKey::from_ec_pem(pem);
+    };
+    use base64::Engine;
+    let body: String = text[b + begin.len()..e].split_whitespace().collect();
+    let sec1 = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|_| jsonwebtoken::errors::ErrorKind::InvalidKeyFormat)?;
+    Ok(EncodingKey::from_ec_der(&sec1_to_pkcs8(&sec1, alg)))
+}
+
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    let n = content.len();
+    if n < 0x80 {
+        v.push(n as u8);
+    } else if n < 0x100 {
+        v.extend([0x81, n as u8]);
+    } else {
+        v.extend([0x82, (n >> 8) as u8, n as u8]);
+    }
+    v.extend_from_slice(content);
+    v
+}
+
+/// PrivateKeyInfo { 0, { id-ecPublicKey, curve }, OCTET STRING sec1 }.
+fn sec1_to_pkcs8(sec1: &[u8], alg: Algorithm) -> Vec<u8> {
+    const EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+    let curve = if alg == Algorithm::ES384 { P384 } else { P256 };
+    let alg_id = der(0x30, &[EC_PUBLIC_KEY, curve].concat());
+    let body = [&[0x02, 0x01, 0x00][..], &alg_id, &der(0x04, sec1)].concat();
+    der(0x30, &body)
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     username: String,
@@ -175,7 +220,7 @@ impl TokenProvider {
                             Some(
                                 match alg {
                                     Algorithm::ES256 | Algorithm::ES384 => {
-                                        EncodingKey::from_ec_pem(&sk)
+                                        ec_encoding_key(&sk, alg)
                                     }
                                     Algorithm::EdDSA => EncodingKey::from_ed_pem(&sk),
                                     _ => EncodingKey::from_rsa_pem(&sk),

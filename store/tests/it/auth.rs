@@ -1355,16 +1355,12 @@ async fn jwt_flow(endpoint: &str) -> (Vec<Outcome>, serde_json::Value) {
     (res, claims)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jwt_tokens_like_etcd() {
-    let dir = tempfile::tempdir().unwrap();
-    let (priv_key, pub_key) = (dir.path().join("priv.pem"), dir.path().join("pub.pem"));
-    let (pk, sk) = (pub_key.to_str().unwrap(), priv_key.to_str().unwrap());
-    openssl(&["genrsa", "-out", sk, "2048"]);
-    openssl(&["rsa", "-in", sk, "-pubout", "-out", pk]);
-    let flag = format!("jwt,pub-key={pk},priv-key={sk},sign-method=RS256,ttl=5m");
-    let etcd = Etcd::start(&["--bcrypt-cost", "4", "--auth-token", &flag]);
-    let strata = Strata::start(&["--bcrypt-cost", "4", "--auth-token", &flag]);
+/// Run [`jwt_flow`] on etcd and Strata with the same `--auth-token` and
+/// compare: tokens work, permissions hold, forged tokens are refused, the
+/// claims are etcd's.
+async fn jwt_differential(flag: &str) {
+    let etcd = Etcd::start(&["--bcrypt-cost", "4", "--auth-token", flag]);
+    let strata = Strata::start(&["--bcrypt-cost", "4", "--auth-token", flag]);
     let (e, ec) = jwt_flow(&etcd.endpoint).await;
     let (s, sc) = jwt_flow(&strata.endpoint).await;
     assert_eq!(e, s, "etcd vs strata");
@@ -1399,10 +1395,47 @@ async fn jwt_tokens_like_etcd() {
         );
     }
     assert_eq!(ec["revision"], sc["revision"], "same auth revision");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_rs256_tokens_like_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let (priv_key, pub_key) = (dir.path().join("priv.pem"), dir.path().join("pub.pem"));
+    let (pk, sk) = (pub_key.to_str().unwrap(), priv_key.to_str().unwrap());
+    openssl(&["genrsa", "-out", sk, "2048"]);
+    openssl(&["rsa", "-in", sk, "-pubout", "-out", pk]);
+    jwt_differential(&format!(
+        "jwt,pub-key={pk},priv-key={sk},sign-method=RS256,ttl=5m"
+    ))
+    .await;
     // A bad --auth-token is refused at startup.
     let bad = Strata::try_start_in(
         &dir.path().join("bad"),
         &["--auth-token", "jwt,sign-method=RS256,pub-key=/nonexistent"],
     );
     assert!(bad.is_err(), "bad --auth-token must not start");
+}
+
+/// ES256 with a SEC1 key (`openssl ecparam -genkey`), as etcd's docs make them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_es256_sec1_key_like_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let (priv_key, pub_key) = (dir.path().join("priv.pem"), dir.path().join("pub.pem"));
+    let (pk, sk) = (pub_key.to_str().unwrap(), priv_key.to_str().unwrap());
+    openssl(&[
+        "ecparam",
+        "-genkey",
+        "-noout",
+        "-name",
+        "prime256v1",
+        "-out",
+        sk,
+    ]);
+    openssl(&["ec", "-in", sk, "-pubout", "-out", pk]);
+    let pem = std::fs::read_to_string(sk).unwrap();
+    assert!(pem.contains("BEGIN EC PRIVATE KEY"), "a SEC1 key: {pem}");
+    jwt_differential(&format!(
+        "jwt,pub-key={pk},priv-key={sk},sign-method=ES256,ttl=5m"
+    ))
+    .await;
 }
