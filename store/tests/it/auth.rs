@@ -722,6 +722,35 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
             (c("RoleGrantPermission-missing-role"), out(r, ok)),
         );
         let r = a
+            .role_grant_permission(admin.req(pb::AuthRoleGrantPermissionRequest {
+                name: role.clone(),
+                perm: None,
+            }))
+            .await;
+        push(&mut res, (c("RoleGrantPermission-no-perm"), out(r, ok)));
+        let r = a
+            .role_grant_permission(admin.req(pb::AuthRoleGrantPermissionRequest {
+                name: role.clone(),
+                perm: perm(authpb::permission::Type::Read, "x/", "x0"),
+            }))
+            .await;
+        push(&mut res, (c("RoleGrantPermission-second"), out(r, ok)));
+        let r = a
+            .role_get(admin.req(pb::AuthRoleGetRequest { role: role.clone() }))
+            .await;
+        push(
+            &mut res,
+            (c("RoleGet-new"), out(r, |r| format!("{:?}", r.perm))),
+        );
+        let r = a
+            .user_add(admin.req(pb::AuthUserAddRequest {
+                name: format!("{u}-nopw"),
+                password: "".into(),
+                ..Default::default()
+            }))
+            .await;
+        push(&mut res, (c("UserAdd-empty-password"), out(r, ok)));
+        let r = a
             .role_get(admin.req(pb::AuthRoleGetRequest { role: "kv".into() }))
             .await;
         push(
@@ -917,6 +946,10 @@ const EXPECTED: &[(&str, Expected)] = &[
     ("RoleAdd-exists/anon", Err((Code::InvalidArgument, "etcdserver: user name is empty"))),
     ("RoleGrantPermission/anon", Err((Code::InvalidArgument, "etcdserver: user name is empty"))),
     ("RoleGrantPermission-missing-role/anon", Err((Code::InvalidArgument, "etcdserver: user name is empty"))),
+    ("RoleGrantPermission-no-perm/anon", Err((Code::InvalidArgument, "etcdserver: user name is empty"))),
+    ("RoleGrantPermission-second/anon", Err((Code::InvalidArgument, "etcdserver: user name is empty"))),
+    ("RoleGet-new/anon", Err((Code::InvalidArgument, "etcdserver: user name is empty"))),
+    ("UserAdd-empty-password/anon", Err((Code::InvalidArgument, "etcdserver: user name is empty"))),
     ("RoleGet-kv/anon", Err((Code::InvalidArgument, "etcdserver: user name is empty"))),
     ("RoleGet-root/anon", Err((Code::InvalidArgument, "etcdserver: user name is empty"))),
     ("RoleList/anon", Err((Code::InvalidArgument, "etcdserver: user name is empty"))),
@@ -980,6 +1013,10 @@ const EXPECTED: &[(&str, Expected)] = &[
     ("RoleAdd-exists/bob", Err((Code::PermissionDenied, "etcdserver: permission denied"))),
     ("RoleGrantPermission/bob", Err((Code::PermissionDenied, "etcdserver: permission denied"))),
     ("RoleGrantPermission-missing-role/bob", Err((Code::PermissionDenied, "etcdserver: permission denied"))),
+    ("RoleGrantPermission-no-perm/bob", Err((Code::PermissionDenied, "etcdserver: permission denied"))),
+    ("RoleGrantPermission-second/bob", Err((Code::PermissionDenied, "etcdserver: permission denied"))),
+    ("RoleGet-new/bob", Err((Code::PermissionDenied, "etcdserver: permission denied"))),
+    ("UserAdd-empty-password/bob", Err((Code::PermissionDenied, "etcdserver: permission denied"))),
     ("RoleGet-kv/bob", Err((Code::PermissionDenied, "etcdserver: permission denied"))),
     ("RoleGet-root/bob", Err((Code::PermissionDenied, "etcdserver: permission denied"))),
     ("RoleList/bob", Err((Code::PermissionDenied, "etcdserver: permission denied"))),
@@ -1043,6 +1080,10 @@ const EXPECTED: &[(&str, Expected)] = &[
     ("RoleAdd-exists/ok", Err((Code::FailedPrecondition, "etcdserver: role name already exists"))),
     ("RoleGrantPermission/ok", Ok("ok")),
     ("RoleGrantPermission-missing-role/ok", Err((Code::FailedPrecondition, "etcdserver: role name not found"))),
+    ("RoleGrantPermission-no-perm/ok", Err((Code::InvalidArgument, "etcdserver: permission not given"))),
+    ("RoleGrantPermission-second/ok", Ok("ok")),
+    ("RoleGet-new/ok", Ok("[Permission { perm_type: Write, key: [119, 47], range_end: [119, 48] }, Permission { perm_type: Read, key: [120, 47], range_end: [120, 48] }]")),
+    ("UserAdd-empty-password/ok", Ok("ok")),
     ("RoleGet-kv/ok", Ok("[Permission { perm_type: Readwrite, key: [107, 47], range_end: [107, 48] }, Permission { perm_type: Read, key: [122], range_end: [0] }]")),
     ("RoleGet-root/ok", Err((Code::FailedPrecondition, "etcdserver: role name not found"))),
     ("RoleList/ok", Ok("kv,r2")),
