@@ -119,9 +119,25 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         req: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
-        let _who = super::auth::caller_of(&self.node, &req)?;
+        let who = super::auth::caller_of(&self.node, &req)?;
         let r = req.into_inner();
         self.node.linearizable().await?;
+        if r.keys {
+            // The attached keys are shown only to a caller who may read
+            // every one of them (etcd 3.5.13's checkLeaseTimeToLive; 3.5.1
+            // showed them to anyone).
+            let sm = self.node.state.read();
+            if sm.auth.enabled {
+                if who.is_none() {
+                    return Err(Error::UserEmpty.into());
+                }
+                if let Some(l) = sm.leases.get(r.id) {
+                    for k in l.keys.iter() {
+                        sm.auth.is_range_permitted(who.as_ref(), k, &[])?;
+                    }
+                }
+            }
+        }
         let (granted, keys) = {
             let sm = self.node.state.read();
             match sm.leases.get(r.id) {
