@@ -1519,3 +1519,59 @@ async fn jwt_es256_sec1_key_like_etcd() {
     ))
     .await;
 }
+
+/// A simple token dies after `--auth-token-ttl` seconds without use; a
+/// deleted user's token dies at once.
+async fn token_lifetimes(endpoint: &str) -> Vec<Outcome> {
+    let anon = Api {
+        ch: channel(endpoint).await,
+        token: None,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while anon.get("k/a", "").await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    small_setup(&anon).await;
+    let alice = anon.as_user(Some(&anon.authenticate("alice", "alicepw").await.unwrap()));
+    let mut res = vec![alice.get("k/a", "").await];
+    // Idle for well over the 1 s TTL (etcd's keeper ticks once a second).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    res.push(alice.get("k/a", "").await);
+    let root = anon.as_user(Some(&anon.authenticate("root", "rootpw").await.unwrap()));
+    let alice = anon.as_user(Some(&anon.authenticate("alice", "alicepw").await.unwrap()));
+    res.push(alice.get("k/a", "").await);
+    let r = root
+        .auth()
+        .user_delete(root.req(pb::AuthUserDeleteRequest {
+            name: "alice".into(),
+        }))
+        .await;
+    res.push(out(r, ok));
+    res.push(alice.get("k/a", "").await);
+    res
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_token_ttl_and_user_delete_like_etcd() {
+    let flags = ["--bcrypt-cost", "4", "--auth-token-ttl", "1"];
+    let etcd = Etcd::start(&flags);
+    let strata = Strata::start(&flags);
+    let e = token_lifetimes(&etcd.endpoint).await;
+    let s = token_lifetimes(&strata.endpoint).await;
+    assert_eq!(e, s, "etcd vs strata");
+    let invalid: Outcome = Err((
+        Code::Unauthenticated,
+        "etcdserver: invalid auth token".into(),
+    ));
+    assert_eq!(
+        s,
+        vec![
+            Ok("count=1".into()),
+            invalid.clone(),
+            Ok("count=1".into()),
+            Ok("ok".into()),
+            invalid,
+        ]
+    );
+}
