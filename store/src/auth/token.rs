@@ -76,7 +76,10 @@ pub fn parse_spec(s: &str) -> std::result::Result<TokenSpec, String> {
                 ttl,
             })
         }
-        other => Err(format!("unknown token type: {other}")),
+        // etcd logs "unknown token type" and fails with ErrInvalidAuthOpts.
+        other => Err(format!(
+            "unknown token type {other:?}: auth: invalid auth options"
+        )),
     }
 }
 
