@@ -1575,3 +1575,30 @@ async fn simple_token_ttl_and_user_delete_like_etcd() {
         ]
     );
 }
+
+/// A JWT issued by one member is accepted by every member (each verifies
+/// the signature with the shared public key; nothing is registered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_from_one_member_works_on_every_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let (priv_key, pub_key) = (dir.path().join("priv.pem"), dir.path().join("pub.pem"));
+    let (pk, sk) = (pub_key.to_str().unwrap(), priv_key.to_str().unwrap());
+    openssl(&["genrsa", "-out", sk, "2048"]);
+    openssl(&["rsa", "-in", sk, "-pubout", "-out", pk]);
+    let flag = format!("jwt,pub-key={pk},priv-key={sk},sign-method=RS256,ttl=5m");
+    let c = Cluster::start_with(3, &["--bcrypt-cost", "4", "--auth-token", &flag]);
+    let eps: Vec<String> = (0..3).map(|i| c.endpoint(i)).collect();
+    let s = tokio::time::timeout(Duration::from_secs(90), token_across(&eps))
+        .await
+        .expect("in time");
+    for m in 0..3 {
+        assert_eq!(s[3 * m], Ok("count=1".into()), "member {m} accepts the JWT");
+        assert_eq!(
+            s[3 * m + 1],
+            Err((
+                Code::PermissionDenied,
+                "etcdserver: permission denied".into()
+            ))
+        );
+    }
+}
