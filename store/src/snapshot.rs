@@ -668,6 +668,34 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_without_auth_record_loads_with_auth_disabled() {
+        // The format before auth existed: Meta, then End.
+        let mut buf = Vec::new();
+        let mut rw = RecordWriter {
+            w: &mut buf,
+            records: 0,
+            digest: crc32fast::Hasher::new(),
+            bytes: 0,
+        };
+        rw.w.write_all(MAGIC).unwrap();
+        rw.put(Body::Meta(Meta {
+            applied_index: 5,
+            current: 1,
+            ..Default::default()
+        }))
+        .unwrap();
+        let end = End {
+            records: rw.records,
+            digest: rw.digest.clone().finalize(),
+        };
+        rw.put(Body::End(end)).unwrap();
+        let sm = read_from(buf.as_slice()).unwrap();
+        assert_eq!(sm.applied_index, 5);
+        assert_eq!(sm.auth, crate::auth::AuthStore::default());
+        assert!(!sm.auth.enabled);
+    }
+
+    #[test]
     fn every_bit_flip_and_truncation_is_detected() {
         let sm = sample();
         let mut buf = Vec::new();
