@@ -104,9 +104,9 @@ const FLAGS: &[(&str, &str, Ty, Kind, &str)] = &[
     ("tls-min-version", "TLS1.2", Value, Used, "Minimum TLS version of client and peer connections: TLS1.2 or TLS1.3."),
     ("tls-max-version", "", Value, Used, "Maximum TLS version of client and peer connections: TLS1.2 or TLS1.3 (default: the highest, TLS1.3)."),
     // auth
-    ("auth-token", "simple", Value, Ignored, "Specify a v3 authentication token type and its options ('simple' or 'jwt')."),
-    ("bcrypt-cost", "10", Value, Ignored, "Specify the cost / strength of the bcrypt algorithm for hashing auth passwords."),
-    ("auth-token-ttl", "300", Value, Ignored, "Time (in seconds) of the auth-token-ttl."),
+    ("auth-token", "simple", Value, Used, "Specify a v3 authentication token type and its options ('simple' or 'jwt')."),
+    ("bcrypt-cost", "10", Value, Used, "Specify the cost / strength of the bcrypt algorithm for hashing auth passwords."),
+    ("auth-token-ttl", "300", Value, Used, "Time (in seconds) of the auth-token-ttl."),
     // profiling and monitoring
     ("enable-pprof", "false", Bool, Ignored, "Enable runtime profiling data via HTTP server."),
     ("metrics", "basic", Value, Ignored, "Set level of detail for exported metrics, specify 'extensive' to include server side grpc histogram metrics."),
@@ -311,6 +311,12 @@ pub struct Config {
     pub corrupt_check_time: Duration,
     /// Accepted flags that have no effect, for the startup warning.
     pub ignored: Vec<String>,
+    /// `--auth-token`: simple or jwt (with its options).
+    pub auth_token: crate::auth::token::TokenSpec,
+    /// `--bcrypt-cost` for password hashes (4..=31).
+    pub bcrypt_cost: u32,
+    /// `--auth-token-ttl`: idle lifetime of a simple token.
+    pub auth_token_ttl: Duration,
 }
 
 /// etcd's default backend quota when `--quota-backend-bytes` is 0 (2 GiB).
@@ -635,6 +641,16 @@ fn from_matches(m: &clap::ArgMatches) -> Result<Config, String> {
             )?
         };
     let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+    let auth_token = crate::auth::token::parse_spec(&s("auth-token"))
+        .map_err(|e| format!("--auth-token: {e}"))?;
+    let bcrypt_cost: u32 = parse_num(&s("bcrypt-cost"), "bcrypt-cost")?;
+    if !(4..=31).contains(&bcrypt_cost) {
+        // etcd: "invalid bcrypt-cost: must be between 4 and 31"
+        return Err(format!(
+            "invalid bcrypt-cost: {bcrypt_cost} (must be between 4 and 31)"
+        ));
+    }
+    let auth_token_ttl: u64 = parse_num(&s("auth-token-ttl"), "auth-token-ttl")?;
     let min_version =
         parse_tls_version(&s("tls-min-version"), "tls-min-version", TlsVersion::Tls12)?;
     let max_version =
@@ -681,6 +697,9 @@ fn from_matches(m: &clap::ArgMatches) -> Result<Config, String> {
             &s("self-signed-cert-validity"),
             "self-signed-cert-validity",
         )?,
+        auth_token,
+        bcrypt_cost,
+        auth_token_ttl: Duration::from_secs(auth_token_ttl.max(1)),
         data_dir,
         wal_dir,
         snapshot_count: parse_num(&s("snapshot-count"), "snapshot-count")?,
@@ -849,6 +868,39 @@ mod tests {
         assert_eq!(c.corrupt_check_time, Duration::from_secs(180));
         assert!(c.ignored.is_empty(), "{:?}", c.ignored);
         assert!(run(&["--corrupt-check-time", "soon"]).is_err());
+    }
+
+    #[test]
+    fn auth_flags_are_used_and_validated() {
+        let c = run(&[]).unwrap();
+        assert_eq!(c.auth_token, crate::auth::token::TokenSpec::Simple);
+        assert_eq!(c.bcrypt_cost, 10);
+        assert_eq!(c.auth_token_ttl, Duration::from_secs(300));
+        assert!(c.ignored.is_empty());
+        let c = run(&[
+            "--bcrypt-cost",
+            "4",
+            "--auth-token-ttl",
+            "7",
+            "--auth-token",
+            "jwt,pub-key=p.pem,priv-key=k.pem,sign-method=ES256,ttl=1m",
+        ])
+        .unwrap();
+        assert_eq!(c.bcrypt_cost, 4);
+        assert_eq!(c.auth_token_ttl, Duration::from_secs(7));
+        assert!(matches!(
+            c.auth_token,
+            crate::auth::token::TokenSpec::Jwt { ref sign_method, ttl, .. }
+                if sign_method == "ES256" && ttl == Duration::from_secs(60)
+        ));
+        let e = run(&["--bcrypt-cost", "3"]).unwrap_err();
+        assert!(e.contains("invalid bcrypt-cost"), "{e}");
+        let e = run(&["--bcrypt-cost", "32"]).unwrap_err();
+        assert!(e.contains("invalid bcrypt-cost"), "{e}");
+        let e = run(&["--auth-token", "magic"]).unwrap_err();
+        assert!(e.contains("unknown token type"), "{e}");
+        let e = run(&["--auth-token", "jwt,pub-key=p.pem"]).unwrap_err();
+        assert!(e.contains("sign-method"), "{e}");
     }
 
     #[test]

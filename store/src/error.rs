@@ -107,6 +107,61 @@ pub enum Error {
     /// The cluster is corrupt.
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    /// AuthEnable without a `root` user.
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    /// AuthEnable while `root` lacks the root role.
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    /// UserAdd of an existing user.
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    /// An empty user name, or no user at all while auth is enabled.
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    /// The user does not exist.
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    /// RoleAdd of an existing role.
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    /// The role does not exist.
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    /// An empty role name.
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    /// Wrong user or password (or a user without a password).
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// RoleGrantPermission without a permission.
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    /// The caller may not do this.
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    /// UserRevokeRole of a role the user does not have.
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    /// RoleRevokePermission of a permission the role does not have.
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    /// Authenticate while auth is disabled.
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    /// The token is unknown, expired or forged.
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// Deleting root, or taking its root role, while auth is enabled.
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    /// Authenticate of a user added with `no_password` (etcd 3.5 returns
+    /// its internal auth error here, untranslated: code Unknown).
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
+    /// The auth store changed between the request and its apply.
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
     /// Feature not implemented by this build.
     #[error("{0}")]
     Unimplemented(String),
@@ -146,6 +201,14 @@ impl Error {
             | NotSupportedForLearner
             | Unhealthy => Code::Unavailable,
             Corrupt => Code::DataLoss,
+            NoPasswordUser => Code::Unknown,
+            RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound
+            | RoleAlreadyExist | RoleNotFound | RoleNotGranted | PermissionNotGranted
+            | AuthNotEnabled => Code::FailedPrecondition,
+            UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt
+            | AuthOldRevision => Code::InvalidArgument,
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
             Unimplemented(_) => Code::Unimplemented,
             Internal(_) => Code::Internal,
         }

@@ -22,6 +22,7 @@
 //! - [`metrics`], [`logging`], [`error`].
 
 pub mod apply;
+pub mod auth;
 pub mod compactor;
 pub mod config;
 pub mod corrupt;

@@ -76,6 +76,8 @@ pub struct Node {
     pub storage: RaftStorage,
     /// Snapshot files.
     pub snaps: Arc<SnapDir>,
+    /// This member's auth tokens.
+    pub tokens: Arc<crate::auth::token::TokenProvider>,
     pub(crate) raft_tx: flume::Sender<RaftMsg>,
     pub(crate) waiters: Arc<Waiters>,
     ids: IdGen,
@@ -188,6 +190,7 @@ fn bootstrap_entries(members: &[Member]) -> Vec<raft::eraftpb::Entry> {
         .map(|(i, m)| {
             let req = InternalRequest {
                 id: 0,
+                auth: None,
                 op: Some(Op::MemberAdd(pb::Member {
                     id: m.id,
                     name: m.name.clone(),
@@ -367,7 +370,14 @@ impl Node {
             raw.campaign().context("raft campaign")?;
         }
         let min_lease_ttl = ((3 * cfg.election_timeout.as_millis() as i64) / 2 + 999) / 1000;
-        let apply_cfg = ApplyConfig { min_lease_ttl };
+        let tokens = Arc::new(
+            crate::auth::token::TokenProvider::new(&cfg.auth_token, cfg.auth_token_ttl)
+                .map_err(|e| anyhow::anyhow!("--auth-token: {e}"))?,
+        );
+        let apply_cfg = ApplyConfig {
+            min_lease_ttl,
+            tokens: Some(tokens.clone()),
+        };
         let lessor = Arc::new(
             Lessor::new(Arc::new(SystemClock)).with_checkpoints(
                 cfg.lease_checkpoint
@@ -483,6 +493,7 @@ impl Node {
             lessor,
             storage,
             snaps,
+            tokens,
             raft_tx,
             waiters,
             ids: IdGen::new(id.member_id),
@@ -674,10 +685,26 @@ impl Node {
         self.ids.next()
     }
 
-    /// Replicate `op` through raft and wait until it is applied here.
+    /// Replicate `op` (the server's own, unchecked) through raft and wait
+    /// until it is applied here.
     pub async fn propose(&self, op: Op) -> Result<ApplyResult> {
+        self.propose_as(op, None).await
+    }
+
+    /// Replicate a client's `op`, issued as `who`, through raft; apply
+    /// re-checks its permissions (see `StateMachine::apply_as`).
+    pub async fn propose_as(
+        &self,
+        op: Op,
+        who: Option<crate::auth::AuthInfo>,
+    ) -> Result<ApplyResult> {
         let id = self.next_id();
-        let data = InternalRequest { id, op: Some(op) }.encode_to_vec();
+        let data = InternalRequest {
+            id,
+            op: Some(op),
+            auth: who,
+        }
+        .encode_to_vec();
         if data.len() > self.cfg.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }

@@ -73,7 +73,13 @@ impl Node {
         single.node_id = node;
         let mut cc = ConfChangeV2::default();
         cc.mut_changes().push(single);
-        cc.context = InternalRequest { id, op: Some(op) }.encode_to_vec().into();
+        cc.context = InternalRequest {
+            id,
+            op: Some(op),
+            auth: None,
+        }
+        .encode_to_vec()
+        .into();
         match self
             .submit(id, RaftMsg::ProposeConfChange { id, cc })
             .await?

@@ -17,8 +17,14 @@ pub struct InternalRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// The operation.
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 20")]
     pub op: Option<Op>,
+    /// Who asked (etcd's RequestHeader username/auth_revision): checked
+    /// again at apply. `None` for the server's own proposals (lease
+    /// expiry, checkpoints, publish), which act with root's rights as
+    /// etcd's do.
+    #[prost(message, optional, tag = "15")]
+    pub auth: Option<crate::auth::AuthInfo>,
 }
 
 /// A replicated state-machine operation.
@@ -65,6 +71,9 @@ pub enum Op {
     /// Change a member's peer URLs (a normal entry: raft membership is unchanged).
     #[prost(message, tag = "14")]
     MemberUpdate(pb::Member),
+    /// An auth management operation or Authenticate.
+    #[prost(message, tag = "20")]
+    Auth(crate::auth::AuthRequest),
 }
 
 /// The result of applying one operation, handed back to its waiter.
@@ -86,6 +95,8 @@ pub enum ApplyResult {
     Alarm(pb::AlarmResponse),
     /// A membership change: the member list after it.
     Members(Vec<pb::Member>),
+    /// An auth operation succeeded; `Some(token)` for Authenticate.
+    Auth(Option<String>),
     /// Operations with no client-visible response.
     Empty,
 }

@@ -9,7 +9,10 @@
 //! `[u32 LE payload length][u32 LE crc32 of payload][payload]` where the
 //! payload is a prost [`Record`]. The last record is `End`, carrying the
 //! record count and a CRC over all record CRCs, so truncation and bit flips
-//! anywhere are detected. Files are written to a temp name, fsynced, renamed
+//! anywhere are detected. Auth state (switch, revision, users, roles) is
+//! one `Auth` record; files written before it existed simply lack that
+//! record and load with auth disabled and empty, so the format stays
+//! compatible without a new magic. Files are written to a temp name, fsynced, renamed
 //! and the directory fsynced; loading tries the newest file first and falls
 //! back to older ones.
 
@@ -119,6 +122,18 @@ struct LeaseList {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
+struct AuthRec {
+    #[prost(bool, tag = "1")]
+    enabled: bool,
+    #[prost(uint64, tag = "2")]
+    revision: u64,
+    #[prost(message, repeated, tag = "3")]
+    users: Vec<proto::authpb::User>,
+    #[prost(message, repeated, tag = "4")]
+    roles: Vec<proto::authpb::Role>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
 struct End {
     #[prost(uint64, tag = "1")]
     records: u64,
@@ -128,7 +143,7 @@ struct End {
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct Record {
-    #[prost(oneof = "Body", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5")]
     body: Option<Body>,
 }
 
@@ -142,6 +157,8 @@ enum Body {
     Leases(LeaseList),
     #[prost(message, tag = "4")]
     End(End),
+    #[prost(message, tag = "5")]
+    Auth(AuthRec),
 }
 
 /// An immutable point-in-time view of the state machine, cheap to take.
@@ -163,6 +180,8 @@ pub struct SnapshotView {
     pub members: Vec<proto::etcdserverpb::Member>,
     /// Removed member IDs.
     pub removed: Vec<u64>,
+    /// Users, roles and the auth switch.
+    pub auth: crate::auth::AuthStore,
 }
 
 impl StateMachine {
@@ -177,6 +196,7 @@ impl StateMachine {
             conf_state: self.conf_state.clone(),
             members: self.member_list(),
             removed: self.removed.iter().copied().collect(),
+            auth: self.auth.clone(),
         }
     }
 }
@@ -264,6 +284,12 @@ pub fn write_to<W: Write>(view: &SnapshotView, w: W) -> io::Result<u64> {
                 keys: l.keys.iter().cloned().collect(),
             })
             .collect(),
+    }))?;
+    rw.put(Body::Auth(AuthRec {
+        enabled: view.auth.enabled,
+        revision: view.auth.revision,
+        users: view.auth.users.values().cloned().collect(),
+        roles: view.auth.roles.values().cloned().collect(),
     }))?;
     let end = End {
         records: rw.records,
@@ -376,6 +402,22 @@ fn parse<R: Read>(mut r: R) -> Result<StateMachine, SnapError> {
                         sm.leases.attach(l.id, &k);
                     }
                 }
+            }
+            Some(Body::Auth(a)) => {
+                sm.auth = crate::auth::AuthStore {
+                    enabled: a.enabled,
+                    revision: a.revision,
+                    users: a
+                        .users
+                        .into_iter()
+                        .map(|u| (String::from_utf8_lossy(&u.name).into_owned(), u))
+                        .collect(),
+                    roles: a
+                        .roles
+                        .into_iter()
+                        .map(|r| (String::from_utf8_lossy(&r.name).into_owned(), r))
+                        .collect(),
+                };
             }
             Some(Body::End(e)) => {
                 if e.records != records || e.digest != digest.clone().finalize() {
@@ -578,6 +620,36 @@ mod tests {
             },
         );
         sm.removed.insert(9);
+        let cfg = crate::apply::ApplyConfig {
+            min_lease_ttl: 1,
+            tokens: None,
+        };
+        use crate::auth::{AuthOp, AuthRequest};
+        use proto::etcdserverpb as pb;
+        for op in [
+            AuthOp::UserAdd(pb::AuthUserAddRequest {
+                name: "root".into(),
+                hashed_password: "$2b$04$hash".into(),
+                ..Default::default()
+            }),
+            AuthOp::RoleAdd(pb::AuthRoleAddRequest { name: "r".into() }),
+            AuthOp::RoleGrantPermission(pb::AuthRoleGrantPermissionRequest {
+                name: "r".into(),
+                perm: Some(proto::authpb::Permission {
+                    perm_type: 2,
+                    key: b"a".to_vec(),
+                    range_end: vec![0],
+                }),
+            }),
+            AuthOp::UserGrantRole(pb::AuthUserGrantRoleRequest {
+                user: "root".into(),
+                role: "root".into(),
+            }),
+            AuthOp::Enable(Default::default()),
+        ] {
+            sm.apply(crate::request::Op::Auth(AuthRequest { op: Some(op) }), &cfg)
+                .unwrap();
+        }
         sm
     }
 
@@ -594,6 +666,8 @@ mod tests {
         assert_eq!(back.mvcc.current_rev(), sm.mvcc.current_rev());
         assert_eq!(back.mvcc.compact_rev(), 1000);
         assert_eq!(back.leases, sm.leases);
+        assert!(back.auth.enabled);
+        assert_eq!(back.auth, sm.auth);
         let cur = sm.mvcc.current_rev();
         assert_eq!(
             back.mvcc.hash_kv(cur).unwrap(),
@@ -610,6 +684,34 @@ mod tests {
         assert_eq!(a[0].main, b[0].main);
         assert_eq!(a[0].events[0].kv, b[0].events[0].kv);
         assert_eq!(a[0].events[0].prev, b[0].events[0].prev);
+    }
+
+    #[test]
+    fn snapshot_without_auth_record_loads_with_auth_disabled() {
+        // The format before auth existed: Meta, then End.
+        let mut buf = Vec::new();
+        let mut rw = RecordWriter {
+            w: &mut buf,
+            records: 0,
+            digest: crc32fast::Hasher::new(),
+            bytes: 0,
+        };
+        rw.w.write_all(MAGIC).unwrap();
+        rw.put(Body::Meta(Meta {
+            applied_index: 5,
+            current: 1,
+            ..Default::default()
+        }))
+        .unwrap();
+        let end = End {
+            records: rw.records,
+            digest: rw.digest.clone().finalize(),
+        };
+        rw.put(Body::End(end)).unwrap();
+        let sm = read_from(buf.as_slice()).unwrap();
+        assert_eq!(sm.applied_index, 5);
+        assert_eq!(sm.auth, crate::auth::AuthStore::default());
+        assert!(!sm.auth.enabled);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod membership;
 
 use proto::etcdserverpb::{self as pb, alarm_request::AlarmAction};
 
+use crate::auth::{AuthApplied, AuthInfo, AuthOp, PermType};
 use crate::error::{Error, Result};
 use crate::mvcc::{KeyRange, Mvcc};
 use crate::request::{ApplyResult, Op};
@@ -41,6 +42,8 @@ pub struct StateMachine {
     pub members: std::collections::BTreeMap<u64, pb::Member>,
     /// IDs of removed members (refused if they come back).
     pub removed: std::collections::BTreeSet<u64>,
+    /// Users, roles and the auth switch.
+    pub auth: crate::auth::AuthStore,
 }
 
 impl Default for StateMachine {
@@ -54,15 +57,19 @@ impl Default for StateMachine {
             conf_state: Default::default(),
             members: Default::default(),
             removed: Default::default(),
+            auth: Default::default(),
         }
     }
 }
 
-/// Settings that shape apply (identical on every member).
-#[derive(Debug, Clone, Copy)]
+/// Settings that shape apply (identical on every member), plus this
+/// member's token keeper, which Authenticate entries register tokens in.
+#[derive(Clone)]
 pub struct ApplyConfig {
     /// Minimum lease TTL in seconds (1.5 election timeouts, rounded up).
     pub min_lease_ttl: i64,
+    /// This member's auth tokens (`None`: Authenticate fails).
+    pub tokens: Option<std::sync::Arc<crate::auth::token::TokenProvider>>,
 }
 
 #[cfg(feature = "failpoints")]
@@ -123,6 +130,97 @@ impl StateMachine {
 
     fn has_alarm(&self, t: pb::AlarmType) -> bool {
         self.alarms.iter().any(|a| a.alarm == t as i32)
+    }
+
+    /// Apply one client operation issued as `who` (etcd's authApplierV3):
+    /// with auth enabled, writes are checked against the user's
+    /// permissions and the auth revision the request was checked at, and
+    /// auth management needs root. `who == None` is the server itself.
+    /// `index` is the entry's raft index (simple tokens embed it).
+    pub fn apply_as(
+        &mut self,
+        op: Op,
+        who: Option<&AuthInfo>,
+        index: u64,
+        cfg: &ApplyConfig,
+    ) -> Result<ApplyResult> {
+        if let Some(ai) = who {
+            self.check_write(ai, &op)?;
+        }
+        let Op::Auth(a) = op else {
+            return self.apply(op, cfg);
+        };
+        let Some(a) = a.op else {
+            return Err(Error::Internal("empty auth request".into()));
+        };
+        let user = match &a {
+            AuthOp::UserDelete(r) => Some(r.name.clone()),
+            AuthOp::UserChangePassword(r) => Some(r.name.clone()),
+            _ => None,
+        };
+        let disable = matches!(a, AuthOp::Disable(_));
+        let prefix = match &a {
+            AuthOp::Authenticate(r) => r.simple_token.clone(),
+            _ => String::new(),
+        };
+        match self.auth.apply(a)? {
+            AuthApplied::Done => {
+                if let Some(t) = &cfg.tokens {
+                    if let Some(u) = user {
+                        t.invalidate_user(&u);
+                    }
+                    if disable {
+                        t.clear();
+                    }
+                }
+                Ok(ApplyResult::Auth(None))
+            }
+            AuthApplied::Authenticated { name, revision } => {
+                let Some(t) = &cfg.tokens else {
+                    return Err(Error::Internal("no token provider".into()));
+                };
+                Ok(ApplyResult::Auth(Some(
+                    t.assign(&name, revision, &prefix, index)?,
+                )))
+            }
+        }
+    }
+
+    /// The apply-time permission check of one write.
+    fn check_write(&self, ai: &AuthInfo, op: &Op) -> Result<()> {
+        let a = &self.auth;
+        if !a.enabled {
+            return Ok(());
+        }
+        match op {
+            Op::Put(p) => {
+                a.is_op_permitted(Some(ai), &p.key, &[], PermType::Write)?;
+                // etcd's checkLeasePuts: attaching to a lease needs write
+                // on the keys already attached (or the user could not revoke it).
+                self.check_lease_keys(ai, p.lease)?;
+                a.check_put(Some(ai), p)
+            }
+            Op::DeleteRange(d) => a.check_delete(Some(ai), d),
+            Op::Txn(t) => a.check_txn(Some(ai), t),
+            // etcd's checkLeasePuts: write on every attached key.
+            Op::LeaseRevoke(r) => self.check_lease_keys(ai, r.id),
+            Op::Auth(r) => match &r.op {
+                Some(o) => a.check_op(Some(ai), o),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// Write permission on every key attached to `lease` (none: nothing to check).
+    fn check_lease_keys(&self, ai: &AuthInfo, lease: i64) -> Result<()> {
+        if let Some(l) = self.leases.get(lease) {
+            for k in l.keys.iter() {
+                self.auth
+                    .is_op_permitted(Some(ai), k, &[], PermType::Write)?;
+            }
+        }
+        Ok(())
     }
 
     /// Apply one operation. Errors are results for the client; the entry is
@@ -237,6 +335,7 @@ impl StateMachine {
                 Ok(ApplyResult::Empty)
             }
             Op::MemberUpdate(m) => self.update_member(m),
+            Op::Auth(_) => self.apply_as(op, None, self.applied_index + 1, cfg),
             Op::MemberAdd(_) | Op::MemberRemove(_) | Op::MemberPromote(_) => Err(Error::Internal(
                 "membership change outside a conf-change entry".into(),
             )),
@@ -291,7 +390,10 @@ mod tests {
 
     #[test]
     fn corrupt_alarm_freezes_the_key_space_and_leases_as_etcd_does() {
-        let cfg = ApplyConfig { min_lease_ttl: 1 };
+        let cfg = ApplyConfig {
+            min_lease_ttl: 1,
+            tokens: None,
+        };
         let mut sm = StateMachine::default();
         let put = || {
             Op::Put(pb::PutRequest {
@@ -341,5 +443,157 @@ mod tests {
         assert!(r.is_ok());
         sm.apply(put(), &cfg).unwrap();
         assert_eq!(sm.mvcc.current_rev(), 3);
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+    use crate::auth::AuthRequest;
+    use proto::authpb;
+
+    fn cfg() -> ApplyConfig {
+        ApplyConfig {
+            min_lease_ttl: 1,
+            tokens: None,
+        }
+    }
+
+    fn auth(sm: &mut StateMachine, op: AuthOp) {
+        sm.apply(Op::Auth(AuthRequest { op: Some(op) }), &cfg())
+            .unwrap();
+    }
+
+    /// root; alice with readwrite on [a, b); auth enabled.
+    fn enabled() -> StateMachine {
+        let mut sm = StateMachine::default();
+        for u in ["root", "alice"] {
+            auth(
+                &mut sm,
+                AuthOp::UserAdd(pb::AuthUserAddRequest {
+                    name: u.into(),
+                    hashed_password: "h".into(),
+                    ..Default::default()
+                }),
+            );
+        }
+        auth(
+            &mut sm,
+            AuthOp::RoleAdd(pb::AuthRoleAddRequest { name: "r".into() }),
+        );
+        auth(
+            &mut sm,
+            AuthOp::RoleGrantPermission(pb::AuthRoleGrantPermissionRequest {
+                name: "r".into(),
+                perm: Some(authpb::Permission {
+                    perm_type: authpb::permission::Type::Readwrite as i32,
+                    key: b"a".to_vec(),
+                    range_end: b"b".to_vec(),
+                }),
+            }),
+        );
+        for (u, r) in [("alice", "r"), ("root", "root")] {
+            auth(
+                &mut sm,
+                AuthOp::UserGrantRole(pb::AuthUserGrantRoleRequest {
+                    user: u.into(),
+                    role: r.into(),
+                }),
+            );
+        }
+        auth(&mut sm, AuthOp::Enable(Default::default()));
+        sm
+    }
+
+    fn put(k: &str, lease: i64) -> Op {
+        Op::Put(pb::PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn writes_are_rechecked_at_apply_against_the_auth_revision() {
+        let mut sm = enabled();
+        let rev = sm.auth.revision;
+        let alice = AuthInfo {
+            username: "alice".into(),
+            revision: rev,
+        };
+        assert!(sm.apply_as(put("a1", 0), Some(&alice), 10, &cfg()).is_ok());
+        assert_eq!(
+            sm.apply_as(put("c", 0), Some(&alice), 11, &cfg())
+                .unwrap_err(),
+            Error::PermissionDenied
+        );
+        // The auth store changes between the request and its apply.
+        auth(
+            &mut sm,
+            AuthOp::RoleAdd(pb::AuthRoleAddRequest { name: "x".into() }),
+        );
+        assert_eq!(
+            sm.apply_as(put("a2", 0), Some(&alice), 12, &cfg())
+                .unwrap_err(),
+            Error::AuthOldRevision
+        );
+        assert_eq!(
+            sm.apply_as(put("a2", 0), Some(&AuthInfo::default()), 13, &cfg())
+                .unwrap_err(),
+            Error::UserEmpty
+        );
+        // The server's own proposals are not checked.
+        assert!(sm.apply_as(put("zz", 0), None, 14, &cfg()).is_ok());
+        // Management needs root, and root's request applies.
+        let mgmt = Op::Auth(AuthRequest {
+            op: Some(AuthOp::RoleAdd(pb::AuthRoleAddRequest { name: "y".into() })),
+        });
+        let now = AuthInfo {
+            username: "alice".into(),
+            revision: sm.auth.revision,
+        };
+        assert_eq!(
+            sm.apply_as(mgmt.clone(), Some(&now), 15, &cfg())
+                .unwrap_err(),
+            Error::PermissionDenied
+        );
+        let root = AuthInfo {
+            username: "root".into(),
+            revision: sm.auth.revision,
+        };
+        assert!(sm.apply_as(mgmt, Some(&root), 16, &cfg()).is_ok());
+    }
+
+    #[test]
+    fn lease_revoke_and_lease_puts_need_write_on_attached_keys() {
+        let mut sm = enabled();
+        sm.apply(
+            Op::LeaseGrant(pb::LeaseGrantRequest { ttl: 60, id: 7 }),
+            &cfg(),
+        )
+        .unwrap();
+        sm.apply(put("zz", 7), &cfg()).unwrap();
+        let alice = AuthInfo {
+            username: "alice".into(),
+            revision: sm.auth.revision,
+        };
+        assert_eq!(
+            sm.apply_as(put("a1", 7), Some(&alice), 20, &cfg())
+                .unwrap_err(),
+            Error::PermissionDenied,
+            "attaching to a lease that holds a key alice cannot write"
+        );
+        assert_eq!(
+            sm.apply_as(
+                Op::LeaseRevoke(pb::LeaseRevokeRequest { id: 7 }),
+                Some(&alice),
+                21,
+                &cfg()
+            )
+            .unwrap_err(),
+            Error::PermissionDenied
+        );
+        assert!(sm.leases.contains(7));
     }
 }

@@ -232,7 +232,7 @@ pub fn run_apply(l: ApplyLoop) {
                                         .collect(),
                                     _ => Vec::new(),
                                 };
-                                let r = sm.apply(op, &l.cfg);
+                                let r = sm.apply_as(op, req.auth.as_ref(), e.index, &l.cfg);
                                 if r.is_ok() {
                                     checkpoints.extend(cps);
                                 }
@@ -254,7 +254,9 @@ pub fn run_apply(l: ApplyLoop) {
                 } else if e.get_entry_type() != EntryType::EntryNormal {
                     let cs = confs.get(&e.index).cloned().flatten();
                     match conf_change_request(&e) {
-                        Some(InternalRequest { id, op: Some(op) }) => {
+                        Some(InternalRequest {
+                            id, op: Some(op), ..
+                        }) => {
                             let r = sm.apply_conf_change(op, cs);
                             results.push((id, r));
                         }

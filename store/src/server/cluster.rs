@@ -1,5 +1,6 @@
 //! server::cluster: the etcd Cluster service. MemberList is served from the
-//! replicated member table; changes go through [`crate::reconfig`].
+//! replicated member table; changes go through [`crate::reconfig`] and,
+//! with auth enabled, need root.
 
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         r: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        // etcd's checkMembershipOperationPermission: root only.
+        super::auth::require_admin(&self.node, &r)?;
         let r = r.into_inner();
         let (member, members) = self.node.add_member(&r.peer_ur_ls, r.is_learner).await?;
         Ok(Response::new(pb::MemberAddResponse {
@@ -44,6 +47,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         r: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        // etcd's checkMembershipOperationPermission: root only.
+        super::auth::require_admin(&self.node, &r)?;
         let members = self.node.remove_member(r.into_inner().id).await?;
         Ok(Response::new(pb::MemberRemoveResponse {
             header: self.header(),
@@ -55,6 +60,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         r: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        // etcd's checkMembershipOperationPermission: root only.
+        super::auth::require_admin(&self.node, &r)?;
         let r = r.into_inner();
         let members = self.node.update_member(r.id, &r.peer_ur_ls).await?;
         Ok(Response::new(pb::MemberUpdateResponse {
@@ -67,6 +74,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         r: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        // etcd's checkMembershipOperationPermission: root only.
+        super::auth::require_admin(&self.node, &r)?;
         let mut resp = self.node.promote_member(r.into_inner().id).await?;
         resp.header = self.header();
         Ok(Response::new(resp))

@@ -1,6 +1,8 @@
 //! server::kv: the etcd KV service. Validates requests as etcd's
 //! `v3rpc/key.go` does, serves reads locally (after a ReadIndex barrier
-//! unless `serializable`), and sends writes through raft.
+//! unless `serializable`), and sends writes through raft. Every RPC first
+//! resolves its caller (`server::auth::caller_of`); reads are checked here,
+//! writes at apply against the auth revision the caller was resolved at.
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use crate::error::Error;
 use crate::node::Node;
 use crate::quota;
 use crate::request::{ApplyResult, Op};
+use crate::server::auth;
 
 /// The KV service.
 pub struct KvService {
@@ -36,6 +39,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let who = auth::caller_of(&self.node, &req)?;
         let r = req.into_inner();
         ops::check_range(&r)?;
         if !r.serializable {
@@ -46,6 +50,8 @@ impl pb::kv_server::Kv for KvService {
         }
         let mut resp = {
             let sm = self.node.state.read();
+            sm.auth
+                .is_range_permitted(who.as_ref(), &r.key, &r.range_end)?;
             ops::range(&sm.mvcc, &r)?
         };
         self.node.fill(&mut resp.header);
@@ -53,6 +59,7 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let who = auth::caller_of(&self.node, &req)?;
         // The CN of a verified client certificate (etcd's user under
         // --client-cert-auth); evaluated only when debug logging is on.
         tracing::debug!(
@@ -64,7 +71,11 @@ impl pb::kv_server::Kv for KvService {
         // etcd's quotaKVServer checks the quota before validating.
         self.node.check_quota(quota::cost_put(&r)).await?;
         ops::check_put(&r)?;
-        match self.node.propose(Op::Put(r)).await? {
+        match self
+            .node
+            .propose_as(Op::Put(r), auth::as_header(who))
+            .await?
+        {
             ApplyResult::Put(mut p) => {
                 self.node.fill(&mut p.header);
                 Ok(Response::new(p))
@@ -77,9 +88,14 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let who = auth::caller_of(&self.node, &req)?;
         let r = req.into_inner();
         ops::check_delete(&r)?;
-        match self.node.propose(Op::DeleteRange(r)).await? {
+        match self
+            .node
+            .propose_as(Op::DeleteRange(r), auth::as_header(who))
+            .await?
+        {
             ApplyResult::DeleteRange(mut p) => {
                 self.node.fill(&mut p.header);
                 Ok(Response::new(p))
@@ -89,6 +105,7 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let who = auth::caller_of(&self.node, &req)?;
         let r = req.into_inner();
         self.node.check_quota(quota::cost_txn(&r)).await?;
         ops::check_txn(&r, self.node.cfg.max_txn_ops)?;
@@ -100,12 +117,17 @@ impl pb::kv_server::Kv for KvService {
             }
             let mut resp = {
                 let sm = self.node.state.read();
+                sm.auth.check_txn(who.as_ref(), &r)?;
                 ops::txn_read(&sm.mvcc, sm.mvcc.current_rev(), sm.mvcc.first_rev(), &r)?
             };
             self.node.fill(&mut resp.header);
             return Ok(Response::new(resp));
         }
-        match self.node.propose(Op::Txn(r)).await? {
+        match self
+            .node
+            .propose_as(Op::Txn(r), auth::as_header(who))
+            .await?
+        {
             ApplyResult::Txn(mut p) => {
                 self.node.fill(&mut p.header);
                 Ok(Response::new(p))
@@ -118,9 +140,14 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let who = auth::caller_of(&self.node, &req)?;
         let r = req.into_inner();
         // Compaction is applied synchronously, so `physical` is always honoured.
-        match self.node.propose(Op::Compaction(r)).await? {
+        match self
+            .node
+            .propose_as(Op::Compaction(r), auth::as_header(who))
+            .await?
+        {
             ApplyResult::Compaction(mut p) => {
                 self.node.fill(&mut p.header);
                 Ok(Response::new(p))

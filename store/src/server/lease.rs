@@ -33,6 +33,8 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        // etcd 3.5 checks no permission for a grant, but a bad token fails.
+        let who = super::auth::caller_of(&self.node, &req)?;
         let mut r = req.into_inner();
         // etcd's quotaLeaseServer checks the quota first.
         self.node
@@ -42,7 +44,11 @@ impl pb::lease_server::Lease for LeaseService {
             // etcd: a positive int64 from the request id generator.
             r.id = (self.node.next_id() & (i64::MAX as u64)) as i64;
         }
-        match self.node.propose(Op::LeaseGrant(r)).await? {
+        match self
+            .node
+            .propose_as(Op::LeaseGrant(r), super::auth::as_header(who))
+            .await?
+        {
             ApplyResult::LeaseGrant(mut g) => {
                 self.node.fill(&mut g.header);
                 Ok(Response::new(g))
@@ -55,7 +61,16 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        match self.node.propose(Op::LeaseRevoke(req.into_inner())).await? {
+        // Write permission on every attached key is checked at apply.
+        let who = super::auth::caller_of(&self.node, &req)?;
+        match self
+            .node
+            .propose_as(
+                Op::LeaseRevoke(req.into_inner()),
+                super::auth::as_header(who),
+            )
+            .await?
+        {
             ApplyResult::LeaseRevoke(mut g) => {
                 self.node.fill(&mut g.header);
                 Ok(Response::new(g))
@@ -118,8 +133,25 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         req: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let who = super::auth::caller_of(&self.node, &req)?;
         let r = req.into_inner();
         self.node.linearizable().await?;
+        if r.keys {
+            // The attached keys are shown only to a caller who may read
+            // every one of them (etcd 3.5.13's checkLeaseTimeToLive; 3.5.1
+            // showed them to anyone).
+            let sm = self.node.state.read();
+            if sm.auth.enabled {
+                if who.is_none() {
+                    return Err(Error::UserEmpty.into());
+                }
+                if let Some(l) = sm.leases.get(r.id) {
+                    for k in l.keys.iter() {
+                        sm.auth.is_range_permitted(who.as_ref(), k, &[])?;
+                    }
+                }
+            }
+        }
         let (granted, keys) = {
             let sm = self.node.state.read();
             match sm.leases.get(r.id) {

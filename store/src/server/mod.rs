@@ -1,5 +1,5 @@
 //! server: the client-facing listeners. One file per etcd gRPC service
-//! (kv, watch, lease, maintenance, cluster); each turns requests into
+//! (kv, watch, lease, maintenance, cluster, auth); each turns requests into
 //! proposals ([`Node::propose`]) or local reads. The same port also answers
 //! plain HTTP: `/health`, `/livez`, `/readyz`, `/version`, `/metrics` and
 //! etcd's JSON gateway under `/v3/*` ([`gateway`]), as etcd's client port
@@ -7,6 +7,7 @@
 //! listener is http or https on its own (etcd allows a mix); https ones use
 //! [`tls`].
 
+pub mod auth;
 pub mod cluster;
 pub mod gateway;
 pub mod kv;
@@ -22,8 +23,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use axum::routing::get;
 use proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -302,6 +303,10 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandl
         )
         .add_service(
             ClusterServer::new(cluster::ClusterService::new(node.clone()))
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            AuthServer::new(auth::AuthService::new(node.clone()))
                 .max_decoding_message_size(max_recv),
         );
         let router = routes

@@ -67,6 +67,10 @@ struct StreamState {
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     progress_pending: bool,
+    /// The stream's metadata and TLS client CN: the caller is resolved
+    /// again at every create, as etcd does (a token may expire).
+    metadata: tonic::metadata::MetadataMap,
+    tls_cn: Option<String>,
 }
 
 /// The client went away; stop the stream task.
@@ -89,8 +93,33 @@ impl StreamState {
         self.tx.send(Ok(r)).await.map_err(|_| Gone)
     }
 
+    /// etcd's isWatchPermitted: read permission on the watched range.
+    fn watch_permitted(&self, c: &pb::WatchCreateRequest) -> bool {
+        let Ok(who) = super::auth::caller(&self.node, &self.metadata, self.tls_cn.as_deref())
+        else {
+            return false;
+        };
+        let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
+        super::auth::check_range(&self.node, who.as_ref(), key, &c.range_end).is_ok()
+    }
+
     async fn create(&mut self, c: pb::WatchCreateRequest) -> Result<(), Gone> {
         let cur = self.store_rev();
+        if !self.watch_permitted(&c) {
+            // etcd answers with the client's watch ID and the gRPC error's text.
+            return self
+                .send(pb::WatchResponse {
+                    header: self.header(cur),
+                    watch_id: c.watch_id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason:
+                        "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+                            .to_string(),
+                    ..Default::default()
+                })
+                .await;
+        }
         let key = if c.key.is_empty() {
             vec![0]
         } else {
@@ -415,6 +444,8 @@ impl pb::watch_server::Watch for WatchService {
             watchers: BTreeMap::new(),
             next_id: 0,
             progress_pending: false,
+            metadata: req.metadata().clone(),
+            tls_cn: super::auth::tls_client_cn(&self.node, &req),
         };
         tokio::spawn(st.run(req.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

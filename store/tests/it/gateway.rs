@@ -5,13 +5,14 @@
 //! indexes, member names and URLs, db sizes, versions, hashes, snapshot
 //! contents). Lease IDs are chosen by the client, so they compare as is.
 //!
-//! Covers every non-auth endpoint: KV (range options, txn compares,
+//! Covers every endpoint: KV (range options, txn compares,
 //! deleterange, compaction), watch streaming (create, events with prev_kv,
 //! cancel, compacted start, bad first request), lease grant / timetolive /
 //! leases / revoke / keepalive (and the `/v3/kv/lease/*` aliases), the
 //! cluster and maintenance endpoints, and bad input (malformed JSON, wrong
 //! types, unknown fields, compacted and future revisions, range_end < key,
-//! unknown paths, wrong methods).
+//! unknown paths, wrong methods), and `/v3/auth/*` with tokens in the
+//! `Authorization` header.
 
 use std::time::Duration;
 
@@ -38,7 +39,18 @@ impl Drop for Open {
 }
 
 async fn send(endpoint: &str, method: &str, path: &str, body: &str) -> Open {
-    try_send(endpoint, method, path, body, Duration::from_secs(10))
+    send_token(endpoint, method, path, body, None).await
+}
+
+/// [`send`] with an `Authorization` header (an auth token).
+async fn send_token(
+    endpoint: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> Open {
+    try_send_token(endpoint, method, path, body, Duration::from_secs(10), token)
         .await
         .unwrap_or_else(|| panic!("{endpoint}{path}: no response headers in 10 s"))
 }
@@ -51,6 +63,17 @@ async fn try_send(
     body: &str,
     wait: Duration,
 ) -> Option<Open> {
+    try_send_token(endpoint, method, path, body, wait, None).await
+}
+
+async fn try_send_token(
+    endpoint: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    wait: Duration,
+    token: Option<&str>,
+) -> Option<Open> {
     let addr = endpoint.trim_start_matches("http://").to_string();
     let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let (mut sender, conn) =
@@ -60,11 +83,15 @@ async fn try_send(
     let conn = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
         .method(method)
         .uri(path)
         .header("host", &addr)
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", t);
+    }
+    let req = req
         .body(http_body_util::Full::new(Bytes::from(body.to_string())))
         .unwrap();
     let resp = tokio::time::timeout(wait, sender.send_request(req))
@@ -130,7 +157,7 @@ fn normalize(v: &mut Value) {
                 match k.as_str() {
                     "cluster_id" | "member_id" | "raft_term" | "leader" | "raftIndex"
                     | "raftTerm" | "raftAppliedIndex" | "dbSize" | "dbSizeInUse" | "hash"
-                    | "name" | "peerURLs" | "clientURLs" | "blob" | "remaining_bytes" => {
+                    | "name" | "peerURLs" | "clientURLs" | "blob" | "remaining_bytes" | "token" => {
                         *x = Value::String("<norm>".into())
                     }
                     // The server version in a status (not a key's version).
@@ -210,6 +237,41 @@ impl Pair {
         assert_eq!(ect, sct, "content-type of {path} {body}");
 
         norm_text(&et)
+    }
+
+    /// [`Pair::same`] with each server's own auth token (`None`: no
+    /// `Authorization` header).
+    async fn same_auth(&self, path: &str, body: &str, tokens: Option<&(String, String)>) -> Value {
+        let (et, st) = match tokens {
+            Some((e, s)) => (Some(e.as_str()), Some(s.as_str())),
+            None => (None, None),
+        };
+        let e = send_token(&self.etcd, "POST", path, body, et).await;
+        let s = send_token(&self.strata, "POST", path, body, st).await;
+        let (es, ss) = (e.status, s.status);
+        let (et, st) = (e.text().await, s.text().await);
+        assert_eq!(
+            (es, norm_text(&et)),
+            (ss, norm_text(&st)),
+            "{path} {body} (token: {})\n etcd:   {es} {et}\n strata: {ss} {st}",
+            tokens.is_some()
+        );
+        norm_text(&et)
+    }
+
+    /// Authenticate on both; each server's own token.
+    async fn login(&self, user: &str, password: &str) -> (String, String) {
+        let body = format!(r#"{{"name":"{user}","password":"{password}"}}"#);
+        let tok = |endpoint: String| {
+            let body = body.clone();
+            async move {
+                let o = send(&endpoint, "POST", "/v3/auth/authenticate", &body).await;
+                assert_eq!(o.status, 200, "authenticate {user} on {endpoint}");
+                let v: Value = serde_json::from_str(&o.text().await).unwrap();
+                v["token"].as_str().expect("a token").to_string()
+            }
+        };
+        (tok(self.etcd.clone()).await, tok(self.strata.clone()).await)
     }
 
     /// Open the same stream on both.
@@ -831,4 +893,133 @@ async fn gateway_lease_cluster_maintenance_match_etcd() {
         let (data, sum) = all.split_at(all.len() - 32);
         assert_eq!(sha2::Sha256::digest(data).as_slice(), sum, "{ep}: checksum");
     }
+}
+
+/// `/v3/auth/*` and auth checks through the gateway: users, roles and
+/// permissions managed over JSON, tokens from `/v3/auth/authenticate` in
+/// the `Authorization` header, and the same denials as etcd's gateway.
+#[tokio::test]
+async fn gateway_auth_matches_etcd() {
+    let (_etcd, _strata, p) = pair().await;
+    // Before auth is enabled.
+    p.same("/v3/auth/enable", "{}").await;
+    p.same(
+        "/v3/auth/user/add",
+        r#"{"name":"root","password":"rootpw"}"#,
+    )
+    .await;
+    p.same("/v3/auth/user/add", r#"{"name":"root","password":"x"}"#)
+        .await;
+    p.same("/v3/auth/user/add", r#"{"name":"","password":"x"}"#)
+        .await;
+    p.same("/v3/auth/enable", "{}").await;
+    p.same("/v3/auth/role/add", r#"{"name":"root"}"#).await;
+    p.same("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#)
+        .await;
+    p.same(
+        "/v3/auth/user/add",
+        r#"{"name":"alice","password":"alicepw"}"#,
+    )
+    .await;
+    p.same("/v3/auth/role/add", r#"{"name":"ra"}"#).await;
+    // READWRITE on the prefix "a" (range_end "b").
+    p.same(
+        "/v3/auth/role/grant",
+        r#"{"name":"ra","perm":{"permType":"READWRITE","key":"YQ==","range_end":"Yg=="}}"#,
+    )
+    .await;
+    p.same("/v3/auth/user/grant", r#"{"user":"alice","role":"ra"}"#)
+        .await;
+    p.same("/v3/auth/user/grant", r#"{"user":"alice","role":"nope"}"#)
+        .await;
+    p.same("/v3/auth/role/get", r#"{"role":"ra"}"#).await;
+    p.same("/v3/auth/user/get", r#"{"name":"alice"}"#).await;
+    p.same("/v3/auth/user/list", "{}").await;
+    p.same("/v3/auth/role/list", "{}").await;
+    let v = p.same("/v3/auth/enable", "{}").await;
+    assert!(v.get("error").is_none(), "auth enabled: {v}");
+
+    // Auth on: no token, a bad password, a bad token.
+    let v = p
+        .same("/v3/kv/put", r#"{"key":"YTE=","value":"dg=="}"#)
+        .await;
+    assert_eq!(v["message"], "etcdserver: user name is empty", "{v}");
+    let v = p
+        .same(
+            "/v3/auth/authenticate",
+            r#"{"name":"alice","password":"wrong"}"#,
+        )
+        .await;
+    assert_eq!(
+        v["message"], "etcdserver: authentication failed, invalid user ID or password",
+        "{v}"
+    );
+    let bad = ("bogus.1".to_string(), "bogus.1".to_string());
+    let v = p
+        .same_auth("/v3/kv/range", r#"{"key":"YTE="}"#, Some(&bad))
+        .await;
+    assert_eq!(v["message"], "etcdserver: invalid auth token", "{v}");
+
+    // alice: her prefix only, no management.
+    let alice = p.login("alice", "alicepw").await;
+    let a = Some(&alice);
+    let v = p
+        .same_auth("/v3/kv/put", r#"{"key":"YTE=","value":"dg=="}"#, a)
+        .await;
+    assert!(v.get("header").is_some(), "alice writes a1: {v}");
+    p.same_auth("/v3/kv/range", r#"{"key":"YTE="}"#, a).await;
+    let v = p
+        .same_auth("/v3/kv/put", r#"{"key":"Yg==","value":"dg=="}"#, a)
+        .await;
+    assert_eq!(v["message"], "etcdserver: permission denied", "{v}");
+    p.same_auth("/v3/kv/range", r#"{"key":"Yg=="}"#, a).await;
+    p.same_auth("/v3/kv/deleterange", r#"{"key":"Yg=="}"#, a)
+        .await;
+    p.same_auth(
+        "/v3/kv/txn",
+        r#"{"success":[{"request_put":{"key":"YTI=","value":"dg=="}},{"request_range":{"key":"Yg=="}}]}"#,
+        a,
+    )
+    .await;
+    p.same_auth("/v3/auth/user/list", "{}", a).await;
+    p.same_auth("/v3/auth/role/add", r#"{"name":"x"}"#, a).await;
+    p.same_auth("/v3/auth/user/get", r#"{"name":"alice"}"#, a)
+        .await;
+    p.same_auth("/v3/auth/status", "{}", a).await;
+
+    // root: everything.
+    let root = p.login("root", "rootpw").await;
+    let r = Some(&root);
+    p.same_auth("/v3/auth/status", "{}", r).await;
+    p.same_auth("/v3/kv/range", r#"{"key":"YQ==","range_end":"Yw=="}"#, r)
+        .await;
+    p.same_auth("/v3/auth/user/list", "{}", r).await;
+    p.same_auth(
+        "/v3/auth/role/revoke",
+        r#"{"role":"ra","key":"YQ==","range_end":"Yg=="}"#,
+        r,
+    )
+    .await;
+    // The revoke bumped the auth revision: alice's request is now denied.
+    let v = p.same_auth("/v3/kv/range", r#"{"key":"YTE="}"#, a).await;
+    assert!(v.get("error").is_some(), "alice lost her permission: {v}");
+    p.same_auth(
+        "/v3/auth/user/changepw",
+        r#"{"name":"alice","password":"new"}"#,
+        r,
+    )
+    .await;
+    p.same_auth("/v3/auth/user/revoke", r#"{"name":"alice","role":"ra"}"#, r)
+        .await;
+    p.same_auth("/v3/auth/role/delete", r#"{"role":"ra"}"#, r)
+        .await;
+    p.same_auth("/v3/auth/user/delete", r#"{"name":"alice"}"#, r)
+        .await;
+    p.same_auth("/v3/auth/user/delete", r#"{"name":"root"}"#, r)
+        .await;
+    let v = p.same_auth("/v3/auth/disable", "{}", r).await;
+    assert!(v.get("error").is_none(), "auth disabled: {v}");
+    // Auth off again: no token needed.
+    p.same("/v3/kv/put", r#"{"key":"Yg==","value":"dg=="}"#)
+        .await;
 }

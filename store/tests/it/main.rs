@@ -1,6 +1,7 @@
 //! Integration tests: real `strata` processes driven by the `etcd-client`
 //! crate (and real etcd for the differential tests).
 
+mod auth;
 mod badinput;
 mod cluster;
 mod corrupt;

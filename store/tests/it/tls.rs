@@ -1047,3 +1047,158 @@ fn client_cert_allowed_hostname_checks_the_client_certificate_san() {
         s.log_text()
     );
 }
+
+/// Under `--client-cert-auth` with auth enabled, a verified client
+/// certificate's CN is the user when no token is sent, as in etcd: alice's
+/// certificate gets alice's permissions, root's certificate root's. The
+/// same etcdctl steps run against etcd 3.5 with the same flags, and every
+/// step's outcome must be the same.
+#[test]
+fn client_cert_cn_is_the_auth_user_like_etcd() {
+    let p = pki();
+    let root = p.ca.issue(p.dir.path(), "root-client", "root");
+    let tls_flags = [
+        "--cert-file",
+        p.server.cert(),
+        "--key-file",
+        p.server.key(),
+        "--trusted-ca-file",
+        p.ca.pem(),
+        "--client-cert-auth",
+    ];
+    let as_cert = |c: &Pair| -> Vec<String> {
+        vec![
+            "--cacert".into(),
+            p.ca.pem().into(),
+            "--cert".into(),
+            c.cert().into(),
+            "--key".into(),
+            c.key().into(),
+        ]
+    };
+    let (root_tls, alice_tls) = (as_cert(&root), as_cert(&p.alice));
+    // (who, command, must succeed, expected text in the output).
+    let steps: Vec<(&Vec<String>, Vec<&str>, bool, &str)> = vec![
+        (
+            &root_tls,
+            vec!["user", "add", "root:rootpw"],
+            true,
+            "User root created",
+        ),
+        (
+            &root_tls,
+            vec!["user", "grant-role", "root", "root"],
+            true,
+            "Role root is granted",
+        ),
+        (
+            &root_tls,
+            vec!["user", "add", "alice:alicepw"],
+            true,
+            "User alice created",
+        ),
+        (
+            &root_tls,
+            vec!["role", "add", "ra"],
+            true,
+            "Role ra created",
+        ),
+        (
+            &root_tls,
+            vec![
+                "role",
+                "grant-permission",
+                "ra",
+                "--prefix=true",
+                "readwrite",
+                "a",
+            ],
+            true,
+            "updated",
+        ),
+        (
+            &root_tls,
+            vec!["user", "grant-role", "alice", "ra"],
+            true,
+            "granted",
+        ),
+        (
+            &root_tls,
+            vec!["auth", "enable"],
+            true,
+            "Authentication Enabled",
+        ),
+        // alice, by her certificate only: her prefix, nothing else.
+        (&alice_tls, vec!["put", "a1", "v"], true, "OK"),
+        (&alice_tls, vec!["get", "a1"], true, "a1"),
+        (
+            &alice_tls,
+            vec!["put", "b1", "v"],
+            false,
+            "permission denied",
+        ),
+        (&alice_tls, vec!["get", "b1"], false, "permission denied"),
+        (&alice_tls, vec!["user", "list"], false, "permission denied"),
+        // root by certificate: everything.
+        (&root_tls, vec!["put", "b1", "v"], true, "OK"),
+        (&root_tls, vec!["user", "list"], true, "alice"),
+        // A token wins over the certificate: alice's password, root's cert.
+        (
+            &root_tls,
+            vec!["--user", "alice:alicepw", "user", "list"],
+            false,
+            "permission denied",
+        ),
+        (
+            &root_tls,
+            vec!["auth", "disable"],
+            true,
+            "Authentication Disabled",
+        ),
+        (&alice_tls, vec!["put", "b2", "v"], true, "OK"),
+    ];
+    let run_steps = |endpoint: &str| -> Vec<(bool, String)> {
+        steps
+            .iter()
+            .map(|(tls, args, _, _)| {
+                let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+                let (ok, out, err) = etcdctl("3.5", endpoint, &tls, args);
+                (ok, format!("{out}{err}"))
+            })
+            .collect()
+    };
+
+    let url = https_url();
+    let mut flags = vec!["--listen-client-urls", &url];
+    flags.extend(tls_flags);
+    let s = start(&flags);
+    let ours = run_steps(&s.endpoint);
+    for ((_, args, want_ok, want_text), (ok, out)) in steps.iter().zip(&ours) {
+        assert_eq!(ok, want_ok, "strata: etcdctl {args:?}: {out}");
+        assert!(out.contains(want_text), "strata: etcdctl {args:?}: {out}");
+    }
+
+    let ep = https_url();
+    let bin = PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/strata/etcd-3.5/bin/etcd");
+    let bin = std::env::var("ETCD35_BIN")
+        .map(PathBuf::from)
+        .unwrap_or(bin);
+    let _e = Etcd::start_bin(
+        &bin,
+        &[
+            &["--listen-client-urls", &ep, "--advertise-client-urls", &ep][..],
+            &tls_flags,
+        ]
+        .concat(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let root_strs: Vec<&str> = root_tls.iter().map(String::as_str).collect();
+    while !etcdctl("3.5", &ep, &root_strs, &["endpoint", "health"]).0 {
+        assert!(Instant::now() < deadline, "etcd 3.5 did not serve over TLS");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let theirs = run_steps(&ep);
+    for (((_, args, _, _), (ok, out)), (eok, eout)) in steps.iter().zip(&ours).zip(&theirs) {
+        assert_eq!(ok, eok, "etcdctl {args:?}\n strata: {out}\n etcd:   {eout}");
+    }
+}

@@ -25,7 +25,7 @@
 //!   `Access-Control-Allow-*` headers.
 //!
 //! It must never answer for a service: no response is made up here, so
-//! every check (learner, quota, auth once it lands) is the service's.
+//! every check (learner, quota, auth) is the service's.
 
 pub mod json;
 
@@ -47,8 +47,8 @@ use tonic::metadata::MetadataMap;
 use tonic::Status;
 
 use pb::{
-    cluster_server::Cluster as _, kv_server::Kv as _, lease_server::Lease as _,
-    maintenance_server::Maintenance as _, watch_server::Watch as _,
+    auth_server::Auth as _, cluster_server::Cluster as _, kv_server::Kv as _,
+    lease_server::Lease as _, maintenance_server::Maintenance as _, watch_server::Watch as _,
 };
 
 use crate::node::{Node, GRPC_OVERHEAD_BYTES};
@@ -64,6 +64,7 @@ pub struct Gateway {
     lease: super::lease::LeaseService,
     cluster: super::cluster::ClusterService,
     maintenance: super::maintenance::MaintenanceService,
+    auth: super::auth::AuthService,
 }
 
 /// One HTTP call, as the route table's helpers see it.
@@ -136,26 +137,24 @@ routes! {
     server_stream "/v3/maintenance/snapshot" => maintenance.snapshot(SnapshotRequest) -> SnapshotResponse;
     unary "/v3/maintenance/transfer-leadership" => maintenance.move_leader(MoveLeaderRequest) -> MoveLeaderResponse;
     unary "/v3/maintenance/downgrade" => maintenance.downgrade(DowngradeRequest) -> DowngradeResponse;
-    // The Auth service's paths, as etcd registers them. To serve them: add
-    // `auth: super::auth::AuthService` to `Gateway` (built in `new`), import
-    // `pb::auth_server::Auth as _` above, and uncomment these lines.
-    // unary "/v3/auth/enable" => auth.auth_enable(AuthEnableRequest) -> AuthEnableResponse;
-    // unary "/v3/auth/disable" => auth.auth_disable(AuthDisableRequest) -> AuthDisableResponse;
-    // unary "/v3/auth/status" => auth.auth_status(AuthStatusRequest) -> AuthStatusResponse;
-    // unary "/v3/auth/authenticate" => auth.authenticate(AuthenticateRequest) -> AuthenticateResponse;
-    // unary "/v3/auth/user/add" => auth.user_add(AuthUserAddRequest) -> AuthUserAddResponse;
-    // unary "/v3/auth/user/get" => auth.user_get(AuthUserGetRequest) -> AuthUserGetResponse;
-    // unary "/v3/auth/user/list" => auth.user_list(AuthUserListRequest) -> AuthUserListResponse;
-    // unary "/v3/auth/user/delete" => auth.user_delete(AuthUserDeleteRequest) -> AuthUserDeleteResponse;
-    // unary "/v3/auth/user/changepw" => auth.user_change_password(AuthUserChangePasswordRequest) -> AuthUserChangePasswordResponse;
-    // unary "/v3/auth/user/grant" => auth.user_grant_role(AuthUserGrantRoleRequest) -> AuthUserGrantRoleResponse;
-    // unary "/v3/auth/user/revoke" => auth.user_revoke_role(AuthUserRevokeRoleRequest) -> AuthUserRevokeRoleResponse;
-    // unary "/v3/auth/role/add" => auth.role_add(AuthRoleAddRequest) -> AuthRoleAddResponse;
-    // unary "/v3/auth/role/get" => auth.role_get(AuthRoleGetRequest) -> AuthRoleGetResponse;
-    // unary "/v3/auth/role/list" => auth.role_list(AuthRoleListRequest) -> AuthRoleListResponse;
-    // unary "/v3/auth/role/delete" => auth.role_delete(AuthRoleDeleteRequest) -> AuthRoleDeleteResponse;
-    // unary "/v3/auth/role/grant" => auth.role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse;
-    // unary "/v3/auth/role/revoke" => auth.role_revoke_permission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse;
+    // The Auth service's paths, as etcd registers them.
+    unary "/v3/auth/enable" => auth.auth_enable(AuthEnableRequest) -> AuthEnableResponse;
+    unary "/v3/auth/disable" => auth.auth_disable(AuthDisableRequest) -> AuthDisableResponse;
+    unary "/v3/auth/status" => auth.auth_status(AuthStatusRequest) -> AuthStatusResponse;
+    unary "/v3/auth/authenticate" => auth.authenticate(AuthenticateRequest) -> AuthenticateResponse;
+    unary "/v3/auth/user/add" => auth.user_add(AuthUserAddRequest) -> AuthUserAddResponse;
+    unary "/v3/auth/user/get" => auth.user_get(AuthUserGetRequest) -> AuthUserGetResponse;
+    unary "/v3/auth/user/list" => auth.user_list(AuthUserListRequest) -> AuthUserListResponse;
+    unary "/v3/auth/user/delete" => auth.user_delete(AuthUserDeleteRequest) -> AuthUserDeleteResponse;
+    unary "/v3/auth/user/changepw" => auth.user_change_password(AuthUserChangePasswordRequest) -> AuthUserChangePasswordResponse;
+    unary "/v3/auth/user/grant" => auth.user_grant_role(AuthUserGrantRoleRequest) -> AuthUserGrantRoleResponse;
+    unary "/v3/auth/user/revoke" => auth.user_revoke_role(AuthUserRevokeRoleRequest) -> AuthUserRevokeRoleResponse;
+    unary "/v3/auth/role/add" => auth.role_add(AuthRoleAddRequest) -> AuthRoleAddResponse;
+    unary "/v3/auth/role/get" => auth.role_get(AuthRoleGetRequest) -> AuthRoleGetResponse;
+    unary "/v3/auth/role/list" => auth.role_list(AuthRoleListRequest) -> AuthRoleListResponse;
+    unary "/v3/auth/role/delete" => auth.role_delete(AuthRoleDeleteRequest) -> AuthRoleDeleteResponse;
+    unary "/v3/auth/role/grant" => auth.role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse;
+    unary "/v3/auth/role/revoke" => auth.role_revoke_permission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse;
 }
 
 /// Paths a learner still serves through the gateway (etcd's
@@ -173,6 +172,7 @@ impl Gateway {
             lease: super::lease::LeaseService::new(node.clone()),
             cluster: super::cluster::ClusterService::new(node.clone()),
             maintenance: super::maintenance::MaintenanceService::new(node.clone()),
+            auth: super::auth::AuthService::new(node.clone()),
             node,
             pool,
         })
@@ -648,8 +648,8 @@ mod tests {
             assert!(p.starts_with("/v3/"), "{p}");
             assert!(seen.insert(p), "duplicate {p}");
         }
-        // 27 without auth; the 17 `/v3/auth/*` lines make it 44.
-        assert_eq!(PATHS.len(), 27);
+        // 27 for KV, watch, lease, cluster and maintenance; 17 for auth.
+        assert_eq!(PATHS.len(), 44);
     }
 
     fn reader(chunks: Vec<&'static [u8]>) -> BodyReader {
