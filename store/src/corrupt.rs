@@ -251,37 +251,26 @@ pub async fn initial_check(node: &Arc<Node>) -> anyhow::Result<()> {
                     }
                 }
             }
-            Err(Error::FutureRev) => tracing::warn!(
-                "local-member-id" = %hex(node.member_id),
-                "local-member-revision" = rev,
-                "local-member-compact-revision" = crev,
-                "local-member-hash" = h,
-                "remote-peer-id" = %hex(p.id),
-                "remote-peer-endpoints" = ?p.endpoints,
-                error = %Error::FutureRev,
-                "cannot fetch hash from slow remote peer"
-            ),
-            Err(Error::Internal(m)) if m == CLUSTER_ID_MISMATCH => tracing::warn!(
-                "local-member-id" = %hex(node.member_id),
-                "local-member-revision" = rev,
-                "local-member-compact-revision" = crev,
-                "local-member-hash" = h,
-                "remote-peer-id" = %hex(p.id),
-                "remote-peer-endpoints" = ?p.endpoints,
-                error = %m,
-                "cluster ID mismatch"
-            ),
-            Err(Error::Compacted) => tracing::warn!(
-                "local-member-id" = %hex(node.member_id),
-                "local-member-revision" = rev,
-                "local-member-compact-revision" = crev,
-                "local-member-hash" = h,
-                "remote-peer-id" = %hex(p.id),
-                "remote-peer-endpoints" = ?p.endpoints,
-                error = %Error::Compacted,
-                "cannot fetch hash from remote peer; local member is behind"
-            ),
-            Err(_) => {}
+            Err(e) => {
+                let msg = match e {
+                    Error::FutureRev => "cannot fetch hash from slow remote peer",
+                    Error::Internal(m) if m == CLUSTER_ID_MISMATCH => "cluster ID mismatch",
+                    Error::Compacted => {
+                        "cannot fetch hash from remote peer; local member is behind"
+                    }
+                    _ => continue,
+                };
+                tracing::warn!(
+                    "local-member-id" = %hex(node.member_id),
+                    "local-member-revision" = rev,
+                    "local-member-compact-revision" = crev,
+                    "local-member-hash" = h,
+                    "remote-peer-id" = %hex(p.id),
+                    "remote-peer-endpoints" = ?p.endpoints,
+                    error = %e,
+                    "{msg}"
+                )
+            }
         }
     }
     if !mismatch.is_empty() {

@@ -274,32 +274,23 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
         token: None,
     };
     let leases = setup(&anon).await;
-    let mut res: Vec<(String, Outcome)> = Vec::new();
+    let mut res = Cases::default();
     // Authenticate: bad password, unknown user, no-password user, good.
-    push(
-        &mut res,
-        (
-            "Authenticate/bad-password".into(),
-            anon.authenticate("alice", "nope")
-                .await
-                .map(|_| "token".into()),
-        ),
+    res.add(
+        "Authenticate/bad-password",
+        anon.authenticate("alice", "nope")
+            .await
+            .map(|_| "token".into()),
     );
-    push(
-        &mut res,
-        (
-            "Authenticate/unknown-user".into(),
-            anon.authenticate("carol", "x")
-                .await
-                .map(|_| "token".into()),
-        ),
+    res.add(
+        "Authenticate/unknown-user",
+        anon.authenticate("carol", "x")
+            .await
+            .map(|_| "token".into()),
     );
-    push(
-        &mut res,
-        (
-            "Authenticate/no-password-user".into(),
-            anon.authenticate("nopw", "").await.map(|_| "token".into()),
-        ),
+    res.add(
+        "Authenticate/no-password-user",
+        anon.authenticate("nopw", "").await.map(|_| "token".into()),
     );
     let alice = anon.as_user(Some(&anon.authenticate("alice", "alicepw").await.unwrap()));
     let bob = anon.as_user(Some(&anon.authenticate("bob", "bobpw").await.unwrap()));
@@ -314,22 +305,13 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
         alice.token.as_deref().unwrap().parse().unwrap(),
     );
     let r = anon.kv().range(r).await;
-    push(
-        &mut res,
-        (
-            "Range/authorization-metadata".into(),
-            out(r, |r| format!("count={}", r.count)),
-        ),
+    res.add(
+        "Range/authorization-metadata",
+        out(r, |r| format!("count={}", r.count)),
     );
     let forged = anon.as_user(Some("forged.token"));
-    push(
-        &mut res,
-        ("Range/forged-token".into(), forged.get("k/a", "").await),
-    );
-    push(
-        &mut res,
-        ("Put/forged-token".into(), forged.put("k/a", "x", 0).await),
-    );
+    res.add("Range/forged-token", forged.get("k/a", "").await);
+    res.add("Put/forged-token", forged.put("k/a", "x", 0).await);
 
     // (label, caller for KV-level permission, caller for admin permission)
     let callers = [
@@ -339,15 +321,12 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
     ];
     for (i, (who, kv, admin)) in callers.iter().enumerate() {
         let c = |n: &str| format!("{n}/{who}");
-        push(&mut res, (c("Range"), kv.get("k/a", "").await));
-        push(&mut res, (c("Range-prefix"), kv.get("k/", "k0").await));
-        push(&mut res, (c("Range-outside"), kv.get("secret", "").await));
-        push(&mut res, (c("Range-fromkey-z"), kv.get("z", "\0").await));
-        push(&mut res, (c("Put"), kv.put("k/p", "v", 0).await));
-        push(
-            &mut res,
-            (c("Put-readonly-range"), kv.put("z1", "v", 0).await),
-        );
+        res.add(c("Range"), kv.get("k/a", "").await);
+        res.add(c("Range-prefix"), kv.get("k/", "k0").await);
+        res.add(c("Range-outside"), kv.get("secret", "").await);
+        res.add(c("Range-fromkey-z"), kv.get("z", "\0").await);
+        res.add(c("Put"), kv.put("k/p", "v", 0).await);
+        res.add(c("Put-readonly-range"), kv.put("z1", "v", 0).await);
         let r = kv
             .kv()
             .put(kv.req(pb::PutRequest {
@@ -357,12 +336,9 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 ..Default::default()
             }))
             .await;
-        push(
-            &mut res,
-            (
-                c("Put-prevkv"),
-                out(r, |r| format!("prev={}", r.prev_kv.is_some())),
-            ),
+        res.add(
+            c("Put-prevkv"),
+            out(r, |r| format!("prev={}", r.prev_kv.is_some())),
         );
         let r = kv
             .kv()
@@ -371,12 +347,9 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 ..Default::default()
             }))
             .await;
-        push(
-            &mut res,
-            (
-                c("DeleteRange"),
-                out(r, |r| format!("deleted={}", r.deleted)),
-            ),
+        res.add(
+            c("DeleteRange"),
+            out(r, |r| format!("deleted={}", r.deleted)),
         );
         let txn = |cmp_key: &str, put_key: &str| pb::TxnRequest {
             compare: vec![pb::Compare {
@@ -396,17 +369,11 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
             failure: vec![],
         };
         let r = kv.kv().txn(kv.req(txn("k/a", "k/t"))).await;
-        push(
-            &mut res,
-            (c("Txn"), out(r, |r| format!("succeeded={}", r.succeeded))),
-        );
+        res.add(c("Txn"), out(r, |r| format!("succeeded={}", r.succeeded)));
         let r = kv.kv().txn(kv.req(txn("secret", "k/t"))).await;
-        push(
-            &mut res,
-            (
-                c("Txn-compare-outside"),
-                out(r, |r| format!("succeeded={}", r.succeeded)),
-            ),
+        res.add(
+            c("Txn-compare-outside"),
+            out(r, |r| format!("succeeded={}", r.succeeded)),
         );
         let ro = pb::TxnRequest {
             success: vec![pb::RequestOp {
@@ -418,12 +385,9 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
             ..Default::default()
         };
         let r = kv.kv().txn(kv.req(ro)).await;
-        push(
-            &mut res,
-            (
-                c("Txn-readonly"),
-                out(r, |r| format!("succeeded={}", r.succeeded)),
-            ),
+        res.add(
+            c("Txn-readonly"),
+            out(r, |r| format!("succeeded={}", r.succeeded)),
         );
         let r = kv
             .kv()
@@ -432,18 +396,12 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 physical: false,
             }))
             .await;
-        push(&mut res, (c("Compact"), out(r, ok)));
-        push(&mut res, (c("Watch"), kv.watch_first("k/", "k0").await));
-        push(
-            &mut res,
-            (c("Watch-outside"), kv.watch_first("secret", "").await),
-        );
-        push(
-            &mut res,
-            (
-                c("Watch-fromkey-beyond-grant"),
-                kv.watch_first("k/a", "\0").await,
-            ),
+        res.add(c("Compact"), out(r, ok));
+        res.add(c("Watch"), kv.watch_first("k/", "k0").await);
+        res.add(c("Watch-outside"), kv.watch_first("secret", "").await);
+        res.add(
+            c("Watch-fromkey-beyond-grant"),
+            kv.watch_first("k/a", "\0").await,
         );
 
         // Lease.
@@ -451,10 +409,7 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
             .lease()
             .lease_grant(kv.req(pb::LeaseGrantRequest { ttl: 60, id: 0 }))
             .await;
-        push(
-            &mut res,
-            (c("LeaseGrant"), out(r, |r| format!("ttl={}", r.ttl))),
-        );
+        res.add(c("LeaseGrant"), out(r, |r| format!("ttl={}", r.ttl)));
         let r = kv
             .lease()
             .lease_time_to_live(kv.req(pb::LeaseTimeToLiveRequest {
@@ -462,33 +417,24 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 keys: true,
             }))
             .await;
-        push(
-            &mut res,
-            (
-                c("LeaseTimeToLive"),
-                out(r, |r| format!("keys={}", r.keys.len())),
-            ),
+        res.add(
+            c("LeaseTimeToLive"),
+            out(r, |r| format!("keys={}", r.keys.len())),
         );
-        push(
-            &mut res,
-            (c("LeaseKeepAlive"), kv.keepalive(leases[i]).await),
-        );
+        res.add(c("LeaseKeepAlive"), kv.keepalive(leases[i]).await);
         let r = kv
             .lease()
             .lease_leases(kv.req(pb::LeaseLeasesRequest {}))
             .await;
-        push(
-            &mut res,
-            (
-                c("LeaseLeases"),
-                out(r, |r| format!("n>0={}", !r.leases.is_empty())),
-            ),
+        res.add(
+            c("LeaseLeases"),
+            out(r, |r| format!("n>0={}", !r.leases.is_empty())),
         );
         let r = kv
             .lease()
             .lease_revoke(kv.req(pb::LeaseRevokeRequest { id: leases[i] }))
             .await;
-        push(&mut res, (c("LeaseRevoke"), out(r, ok)));
+        res.add(c("LeaseRevoke"), out(r, ok));
 
         // Cluster.
         let r = admin
@@ -497,12 +443,9 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 linearizable: false,
             }))
             .await;
-        push(
-            &mut res,
-            (
-                c("MemberList"),
-                out(r, |r| format!("n={}", r.members.len())),
-            ),
+        res.add(
+            c("MemberList"),
+            out(r, |r| format!("n={}", r.members.len())),
         );
         let r = admin
             .cluster()
@@ -515,29 +458,23 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
             .as_ref()
             .ok()
             .and_then(|r| r.get_ref().member.as_ref().map(|m| m.id));
-        push(
-            &mut res,
-            (c("MemberAdd"), out(r, |r| format!("n={}", r.members.len()))),
-        );
+        res.add(c("MemberAdd"), out(r, |r| format!("n={}", r.members.len())));
         let r = admin
             .cluster()
             .member_promote(admin.req(pb::MemberPromoteRequest {
                 id: added.unwrap_or(12345),
             }))
             .await;
-        push(&mut res, (c("MemberPromote"), out(r, ok)));
+        res.add(c("MemberPromote"), out(r, ok));
         let r = admin
             .cluster()
             .member_remove(admin.req(pb::MemberRemoveRequest {
                 id: added.unwrap_or(12345),
             }))
             .await;
-        push(
-            &mut res,
-            (
-                c("MemberRemove"),
-                out(r, |r| format!("n={}", r.members.len())),
-            ),
+        res.add(
+            c("MemberRemove"),
+            out(r, |r| format!("n={}", r.members.len())),
         );
 
         // Update this member to its own peer URLs (a no-op that succeeds).
@@ -560,11 +497,11 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 peer_ur_ls: me.peer_ur_ls,
             }))
             .await;
-        push(&mut res, (c("MemberUpdate"), out(r, ok)));
+        res.add(c("MemberUpdate"), out(r, ok));
         // Maintenance.
         let m = admin.maint();
         let r = m.clone().status(admin.req(pb::StatusRequest {})).await;
-        push(&mut res, (c("Status"), out(r, ok)));
+        res.add(c("Status"), out(r, ok));
         let r = m
             .clone()
             .alarm(admin.req(pb::AlarmRequest {
@@ -573,22 +510,19 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 alarm: 0,
             }))
             .await;
-        push(
-            &mut res,
-            (c("Alarm"), out(r, |r| format!("n={}", r.alarms.len()))),
-        );
+        res.add(c("Alarm"), out(r, |r| format!("n={}", r.alarms.len())));
         let r = m
             .clone()
             .defragment(admin.req(pb::DefragmentRequest {}))
             .await;
-        push(&mut res, (c("Defragment"), out(r, ok)));
+        res.add(c("Defragment"), out(r, ok));
         let r = m.clone().hash(admin.req(pb::HashRequest {})).await;
-        push(&mut res, (c("Hash"), out(r, ok)));
+        res.add(c("Hash"), out(r, ok));
         let r = m
             .clone()
             .hash_kv(admin.req(pb::HashKvRequest { revision: 0 }))
             .await;
-        push(&mut res, (c("HashKV"), out(r, ok)));
+        res.add(c("HashKV"), out(r, ok));
         let r = m.clone().snapshot(admin.req(pb::SnapshotRequest {})).await;
         let snap = match r {
             Ok(s) => {
@@ -602,7 +536,7 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
             }
             Err(e) => Err((e.code(), e.message().to_string())),
         };
-        push(&mut res, (c("Snapshot"), snap));
+        res.add(c("Snapshot"), snap);
         let me = m
             .clone()
             .status(pb::StatusRequest {})
@@ -616,17 +550,14 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
             .clone()
             .move_leader(admin.req(pb::MoveLeaderRequest { target_id: me + 1 }))
             .await;
-        push(&mut res, (c("MoveLeader"), out(r, ok)));
+        res.add(c("MoveLeader"), out(r, ok));
 
         // Auth.
         let mut a = admin.auth();
         let r = a.auth_status(admin.req(pb::AuthStatusRequest {})).await;
-        push(
-            &mut res,
-            (
-                c("AuthStatus"),
-                out(r, |r| format!("enabled={}", r.enabled)),
-            ),
+        res.add(
+            c("AuthStatus"),
+            out(r, |r| format!("enabled={}", r.enabled)),
         );
         let u = format!("u{i}");
         let r = a
@@ -636,7 +567,7 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 ..Default::default()
             }))
             .await;
-        push(&mut res, (c("UserAdd"), out(r, ok)));
+        res.add(c("UserAdd"), out(r, ok));
         let r = a
             .user_add(admin.req(pb::AuthUserAddRequest {
                 name: "".into(),
@@ -644,7 +575,7 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 ..Default::default()
             }))
             .await;
-        push(&mut res, (c("UserAdd-empty"), out(r, ok)));
+        res.add(c("UserAdd-empty"), out(r, ok));
         let r = a
             .user_add(admin.req(pb::AuthUserAddRequest {
                 name: "alice".into(),
@@ -652,31 +583,25 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 ..Default::default()
             }))
             .await;
-        push(&mut res, (c("UserAdd-exists"), out(r, ok)));
+        res.add(c("UserAdd-exists"), out(r, ok));
         let r = a
             .user_get(admin.req(pb::AuthUserGetRequest {
                 name: "alice".into(),
             }))
             .await;
-        push(
-            &mut res,
-            (c("UserGet-alice"), out(r, |r| r.roles.join(","))),
-        );
+        res.add(c("UserGet-alice"), out(r, |r| r.roles.join(",")));
         let r = a
             .user_get(admin.req(pb::AuthUserGetRequest { name: "bob".into() }))
             .await;
-        push(&mut res, (c("UserGet-bob"), out(r, |r| r.roles.join(","))));
+        res.add(c("UserGet-bob"), out(r, |r| r.roles.join(",")));
         let r = a
             .user_get(admin.req(pb::AuthUserGetRequest {
                 name: "nobody".into(),
             }))
             .await;
-        push(
-            &mut res,
-            (c("UserGet-missing"), out(r, |r| r.roles.join(","))),
-        );
+        res.add(c("UserGet-missing"), out(r, |r| r.roles.join(",")));
         let r = a.user_list(admin.req(pb::AuthUserListRequest {})).await;
-        push(&mut res, (c("UserList"), out(r, |r| r.users.join(","))));
+        res.add(c("UserList"), out(r, |r| r.users.join(",")));
         let r = a
             .user_change_password(admin.req(pb::AuthUserChangePasswordRequest {
                 name: u.clone(),
@@ -684,7 +609,7 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 ..Default::default()
             }))
             .await;
-        push(&mut res, (c("UserChangePassword"), out(r, ok)));
+        res.add(c("UserChangePassword"), out(r, ok));
         let r = a
             .user_change_password(admin.req(pb::AuthUserChangePasswordRequest {
                 name: "nobody".into(),
@@ -692,58 +617,52 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 ..Default::default()
             }))
             .await;
-        push(&mut res, (c("UserChangePassword-missing"), out(r, ok)));
+        res.add(c("UserChangePassword-missing"), out(r, ok));
         let role = format!("r{i}");
         let r = a
             .role_add(admin.req(pb::AuthRoleAddRequest { name: role.clone() }))
             .await;
-        push(&mut res, (c("RoleAdd"), out(r, ok)));
+        res.add(c("RoleAdd"), out(r, ok));
         let r = a
             .role_add(admin.req(pb::AuthRoleAddRequest { name: "".into() }))
             .await;
-        push(&mut res, (c("RoleAdd-empty"), out(r, ok)));
+        res.add(c("RoleAdd-empty"), out(r, ok));
         let r = a
             .role_add(admin.req(pb::AuthRoleAddRequest { name: "kv".into() }))
             .await;
-        push(&mut res, (c("RoleAdd-exists"), out(r, ok)));
+        res.add(c("RoleAdd-exists"), out(r, ok));
         let r = a
             .role_grant_permission(admin.req(pb::AuthRoleGrantPermissionRequest {
                 name: role.clone(),
                 perm: perm(authpb::permission::Type::Write, "w/", "w0"),
             }))
             .await;
-        push(&mut res, (c("RoleGrantPermission"), out(r, ok)));
+        res.add(c("RoleGrantPermission"), out(r, ok));
         let r = a
             .role_grant_permission(admin.req(pb::AuthRoleGrantPermissionRequest {
                 name: "nosuchrole".into(),
                 perm: perm(authpb::permission::Type::Write, "w/", "w0"),
             }))
             .await;
-        push(
-            &mut res,
-            (c("RoleGrantPermission-missing-role"), out(r, ok)),
-        );
+        res.add(c("RoleGrantPermission-missing-role"), out(r, ok));
         let r = a
             .role_grant_permission(admin.req(pb::AuthRoleGrantPermissionRequest {
                 name: role.clone(),
                 perm: None,
             }))
             .await;
-        push(&mut res, (c("RoleGrantPermission-no-perm"), out(r, ok)));
+        res.add(c("RoleGrantPermission-no-perm"), out(r, ok));
         let r = a
             .role_grant_permission(admin.req(pb::AuthRoleGrantPermissionRequest {
                 name: role.clone(),
                 perm: perm(authpb::permission::Type::Read, "x/", "x0"),
             }))
             .await;
-        push(&mut res, (c("RoleGrantPermission-second"), out(r, ok)));
+        res.add(c("RoleGrantPermission-second"), out(r, ok));
         let r = a
             .role_get(admin.req(pb::AuthRoleGetRequest { role: role.clone() }))
             .await;
-        push(
-            &mut res,
-            (c("RoleGet-new"), out(r, |r| format!("{:?}", r.perm))),
-        );
+        res.add(c("RoleGet-new"), out(r, |r| format!("{:?}", r.perm)));
         let r = a
             .user_add(admin.req(pb::AuthUserAddRequest {
                 name: format!("{u}-nopw"),
@@ -751,53 +670,47 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 ..Default::default()
             }))
             .await;
-        push(&mut res, (c("UserAdd-empty-password"), out(r, ok)));
+        res.add(c("UserAdd-empty-password"), out(r, ok));
         let r = a
             .role_get(admin.req(pb::AuthRoleGetRequest { role: "kv".into() }))
             .await;
-        push(
-            &mut res,
-            (c("RoleGet-kv"), out(r, |r| format!("{:?}", r.perm))),
-        );
+        res.add(c("RoleGet-kv"), out(r, |r| format!("{:?}", r.perm)));
         let r = a
             .role_get(admin.req(pb::AuthRoleGetRequest {
                 role: "root".into(),
             }))
             .await;
-        push(
-            &mut res,
-            (c("RoleGet-root"), out(r, |r| format!("{:?}", r.perm))),
-        );
+        res.add(c("RoleGet-root"), out(r, |r| format!("{:?}", r.perm)));
         let r = a.role_list(admin.req(pb::AuthRoleListRequest {})).await;
-        push(&mut res, (c("RoleList"), out(r, |r| r.roles.join(","))));
+        res.add(c("RoleList"), out(r, |r| r.roles.join(",")));
         let r = a
             .user_grant_role(admin.req(pb::AuthUserGrantRoleRequest {
                 user: u.clone(),
                 role: role.clone(),
             }))
             .await;
-        push(&mut res, (c("UserGrantRole"), out(r, ok)));
+        res.add(c("UserGrantRole"), out(r, ok));
         let r = a
             .user_grant_role(admin.req(pb::AuthUserGrantRoleRequest {
                 user: u.clone(),
                 role: "nosuchrole".into(),
             }))
             .await;
-        push(&mut res, (c("UserGrantRole-missing-role"), out(r, ok)));
+        res.add(c("UserGrantRole-missing-role"), out(r, ok));
         let r = a
             .user_revoke_role(admin.req(pb::AuthUserRevokeRoleRequest {
                 name: u.clone(),
                 role: "kv".into(),
             }))
             .await;
-        push(&mut res, (c("UserRevokeRole-not-granted"), out(r, ok)));
+        res.add(c("UserRevokeRole-not-granted"), out(r, ok));
         let r = a
             .user_revoke_role(admin.req(pb::AuthUserRevokeRoleRequest {
                 name: u.clone(),
                 role: role.clone(),
             }))
             .await;
-        push(&mut res, (c("UserRevokeRole"), out(r, ok)));
+        res.add(c("UserRevokeRole"), out(r, ok));
         let r = a
             .role_revoke_permission(admin.req(pb::AuthRoleRevokePermissionRequest {
                 role: role.clone(),
@@ -805,7 +718,7 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 range_end: "w0".into(),
             }))
             .await;
-        push(&mut res, (c("RoleRevokePermission"), out(r, ok)));
+        res.add(c("RoleRevokePermission"), out(r, ok));
         let r = a
             .role_revoke_permission(admin.req(pb::AuthRoleRevokePermissionRequest {
                 role: role.clone(),
@@ -813,39 +726,39 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
                 range_end: "w0".into(),
             }))
             .await;
-        push(&mut res, (c("RoleRevokePermission-again"), out(r, ok)));
+        res.add(c("RoleRevokePermission-again"), out(r, ok));
         let r = a
             .role_delete(admin.req(pb::AuthRoleDeleteRequest { role: role.clone() }))
             .await;
-        push(&mut res, (c("RoleDelete"), out(r, ok)));
+        res.add(c("RoleDelete"), out(r, ok));
         let r = a
             .role_delete(admin.req(pb::AuthRoleDeleteRequest {
                 role: "root".into(),
             }))
             .await;
-        push(&mut res, (c("RoleDelete-root"), out(r, ok)));
+        res.add(c("RoleDelete-root"), out(r, ok));
         let r = a
             .user_delete(admin.req(pb::AuthUserDeleteRequest { name: u.clone() }))
             .await;
-        push(&mut res, (c("UserDelete"), out(r, ok)));
+        res.add(c("UserDelete"), out(r, ok));
         let r = a
             .user_delete(admin.req(pb::AuthUserDeleteRequest {
                 name: "root".into(),
             }))
             .await;
-        push(&mut res, (c("UserDelete-root"), out(r, ok)));
+        res.add(c("UserDelete-root"), out(r, ok));
         let r = a
             .user_revoke_role(admin.req(pb::AuthUserRevokeRoleRequest {
                 name: "root".into(),
                 role: "root".into(),
             }))
             .await;
-        push(&mut res, (c("UserRevokeRole-root"), out(r, ok)));
+        res.add(c("UserRevokeRole-root"), out(r, ok));
         let r = a.auth_enable(admin.req(pb::AuthEnableRequest {})).await;
-        push(&mut res, (c("AuthEnable-again"), out(r, ok)));
+        res.add(c("AuthEnable-again"), out(r, ok));
         if *who != "ok" {
             let r = a.auth_disable(admin.req(pb::AuthDisableRequest {})).await;
-            push(&mut res, (c("AuthDisable"), out(r, ok)));
+            res.add(c("AuthDisable"), out(r, ok));
         }
     }
     // Alice's token stays valid; root disables auth, then tokens are moot.
@@ -853,26 +766,27 @@ async fn matrix(endpoint: &str) -> Vec<(String, Outcome)> {
         .auth()
         .auth_disable(root.req(pb::AuthDisableRequest {}))
         .await;
-    push(&mut res, ("AuthDisable/ok".into(), out(r, ok)));
-    push(
-        &mut res,
-        ("Range/after-disable".into(), anon.get("secret", "").await),
+    res.add("AuthDisable/ok", out(r, ok));
+    res.add("Range/after-disable", anon.get("secret", "").await);
+    res.add(
+        "Authenticate/after-disable",
+        anon.authenticate("alice", "alicepw")
+            .await
+            .map(|_| "token".into()),
     );
-    push(
-        &mut res,
-        (
-            "Authenticate/after-disable".into(),
-            anon.authenticate("alice", "alicepw")
-                .await
-                .map(|_| "token".into()),
-        ),
-    );
-    res
+    res.0
 }
 
-fn push(res: &mut Vec<(String, Outcome)>, case: (String, Outcome)) {
-    eprintln!("  {:40} {:?}", case.0, case.1);
-    res.push(case);
+/// The matrix's results, in order: (case name, outcome).
+#[derive(Default)]
+struct Cases(Vec<(String, Outcome)>);
+
+impl Cases {
+    fn add(&mut self, name: impl Into<String>, outcome: Outcome) {
+        let name = name.into();
+        eprintln!("  {name:40} {outcome:?}");
+        self.0.push((name, outcome));
+    }
 }
 
 /// Where Strata deliberately answers differently, and etcd 3.5.1's answer.

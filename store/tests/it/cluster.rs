@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
 
-use crate::harness::{initial_cluster, peer_flags, start_all, Cluster, Strata};
+use crate::harness::{
+    current_rev, initial_cluster, peer_flags, put_rev, start_all, Cluster, Strata,
+};
 
 async fn hashkv_all(c: &Cluster) -> Vec<u32> {
     let mut out = Vec::new();
@@ -16,13 +18,7 @@ async fn hashkv_all(c: &Cluster) -> Vec<u32> {
         let mut cl = n.client().await;
         // Make this member current first: a linearizable read waits for apply.
         cl.get("sync", None).await.unwrap();
-        let rev = cl
-            .get("sync", None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
+        let rev = current_rev(&mut cl).await;
         out.push(cl.hash_kv(rev).await.unwrap().hash());
     }
     out
@@ -554,13 +550,7 @@ async fn five_members_survive_losing_two_including_the_leader() {
 async fn seven_members_serve_one_write_from_every_member() {
     let c = Cluster::start(7);
     let mut w = c.client(3).await;
-    let rev = w
-        .put("seven", "7", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let rev = put_rev(&mut w, "seven", "7").await;
     for i in 0..7 {
         let mut cl = c.client(i).await;
         let r = cl.get("seven", None).await.unwrap();

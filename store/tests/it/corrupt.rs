@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{AlarmAction, AlarmType, GetOptions};
 
-use crate::harness::Cluster;
+use crate::harness::{put_rev, Cluster};
 
 /// Wait until member `c` has applied `rev` (serializable reads are local).
 async fn wait_rev(c: &mut etcd_client::Client, rev: i64) {
@@ -47,13 +47,7 @@ async fn healthy_cluster_with_checks_starts_serves_and_restarts() {
             .unwrap();
     }
     c.compact(20, None).await.unwrap();
-    let rev = c
-        .put("last", "x", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let rev = put_rev(&mut c, "last", "x").await;
     let leader = cl.leader().await;
     // Several periodic passes, all clean.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -132,13 +126,7 @@ async fn peer_hash_kv_matches_client_hash_kv_and_checks_the_cluster_id() {
         c.put(format!("k{i}"), "v", None).await.unwrap();
     }
     c.compact(5, None).await.unwrap();
-    let rev = c
-        .put("k", "v", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let rev = put_rev(&mut c, "k", "v").await;
     let cluster_id = c.status().await.unwrap().header().unwrap().cluster_id();
     let mut peer = RaftClient::connect(format!("http://127.0.0.1:{}", cl.ports[0]))
         .await
@@ -228,13 +216,7 @@ mod diverged {
     async fn diverge(nodes: &[Strata]) -> i64 {
         let mut c = nodes[0].client().await;
         c.put("good", "1", None).await.unwrap();
-        let rev = c
-            .put("bad/k", "v", None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
+        let rev = put_rev(&mut c, "bad/k", "v").await;
         let mut hashes = Vec::new();
         for (i, n) in nodes.iter().enumerate() {
             let mut m = n.client().await;

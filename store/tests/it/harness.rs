@@ -563,3 +563,40 @@ impl Drop for EtcdCluster {
         }
     }
 }
+
+/// Puts `key` = `value` and returns the revision of that write.
+pub async fn put_rev(
+    c: &mut etcd_client::Client,
+    key: impl Into<Vec<u8>>,
+    value: impl Into<Vec<u8>>,
+) -> i64 {
+    let r = c.put(key, value, None).await.unwrap();
+    r.header().unwrap().revision()
+}
+
+/// The store's current revision, read from a range's response header.
+pub async fn current_rev(c: &mut etcd_client::Client) -> i64 {
+    let r = c.get("\0", None).await.unwrap();
+    r.header().unwrap().revision()
+}
+
+/// Waits (serializable reads, up to 30 s) until `key` holds `want` on the
+/// member behind `c`.
+pub async fn wait_value(c: &mut etcd_client::Client, key: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = c
+            .get(
+                key,
+                Some(etcd_client::GetOptions::new().with_serializable()),
+            )
+            .await
+        {
+            if r.kvs().first().map(|kv| kv.value()) == Some(want.as_bytes()) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{key} never became {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

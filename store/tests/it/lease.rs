@@ -11,18 +11,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use crate::harness::{assert_err, Strata};
+use crate::harness::{assert_err, current_rev, Strata};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn current_rev(c: &mut etcd_client::Client) -> i64 {
-    c.get("\0", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision()
-}
 
 async fn sorted_ids(c: &mut etcd_client::Client) -> Vec<i64> {
     let mut ids: Vec<i64> = c

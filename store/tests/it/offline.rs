@@ -5,7 +5,7 @@ use std::process::Command;
 
 use proto::etcdserverpb::{maintenance_client::MaintenanceClient, SnapshotRequest};
 
-use crate::harness::{strata_bin, Strata};
+use crate::harness::{current_rev, strata_bin, Strata};
 
 async fn save_snapshot(s: &Strata, path: &std::path::Path) {
     let mut m = MaintenanceClient::connect(s.endpoint.clone())
@@ -30,13 +30,7 @@ async fn snapshot_restore_roundtrip_and_corruption_rejected() {
     }
     c.delete("k07", None).await.unwrap();
     c.compact(10, None).await.unwrap();
-    let rev = c
-        .get("k00", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let rev = current_rev(&mut c).await;
     let hash = c.hash_kv(0).await.unwrap().hash();
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("snap.db");

@@ -13,7 +13,7 @@ use etcd_client::{
 };
 use tonic::Code;
 
-use crate::harness::{assert_err, Cluster, Etcd, EtcdCluster, Strata};
+use crate::harness::{assert_err, current_rev, put_rev, Cluster, Etcd, EtcdCluster, Strata};
 
 const NOSPACE: &str = "etcdserver: mvcc: database space exceeded";
 const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
@@ -285,13 +285,7 @@ async fn cluster_alarm_cycle(mut cs: Vec<Client>, only_receiver_raises: bool) {
             4
         );
     }
-    let rev = cs[0]
-        .get("x", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let rev = current_rev(&mut cs[0]).await;
     cs[0]
         .compact(rev, Some(CompactionOptions::new().with_physical()))
         .await
@@ -358,13 +352,7 @@ async fn auto_compaction_revision_mode() {
     let mut c = s.client().await;
     let mut rev = 0;
     for i in 0..20 {
-        rev = c
-            .put("k", format!("v{i}"), None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
+        rev = put_rev(&mut c, "k", format!("v{i}")).await;
     }
     assert_eq!(rev, 21);
     wait_compacted(&mut c, rev - 6, Duration::from_secs(10)).await;
@@ -390,24 +378,12 @@ async fn auto_compaction_periodic_mode() {
     ]);
     let mut c = s.client().await;
     let started = Instant::now();
-    let first = c
-        .put("k", "first", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let first = put_rev(&mut c, "k", "first").await;
     // Keep writing (one put every 50 ms), remembering when each revision was current.
     let mut written: Vec<(Instant, i64)> = vec![(Instant::now(), first)];
     let probe = first;
     loop {
-        let r = c
-            .put("k", "v", None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
+        let r = put_rev(&mut c, "k", "v").await;
         written.push((Instant::now(), r));
         match c
             .get("k", Some(GetOptions::new().with_revision(probe)))
@@ -526,13 +502,7 @@ async fn auto_compaction_only_on_the_leader() {
     let mut c = cl.client((leader + 1) % 3).await;
     let mut rev = 0;
     for i in 0..10 {
-        rev = c
-            .put("k", format!("v{i}"), None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
+        rev = put_rev(&mut c, "k", format!("v{i}")).await;
     }
     wait_compacted(&mut c, rev - 3, Duration::from_secs(10)).await;
     for (i, n) in cl.nodes.iter().enumerate() {

@@ -11,7 +11,9 @@ use std::process::{Command, Output};
 
 use etcd_client::{GetOptions, PutOptions};
 
-use crate::harness::{initial_cluster, peer_flags, start_all, strata_bin, Cluster, Strata};
+use crate::harness::{
+    initial_cluster, peer_flags, put_rev, start_all, strata_bin, Cluster, Strata,
+};
 
 /// etcdctl `3.4` or `3.5`, from the env var `scripts/peers.env` sets or
 /// the place `scripts/install-peers.sh` puts it.
@@ -131,13 +133,7 @@ async fn etcdctl_save_status_restore_into_a_new_three_member_cluster() {
         .await
         .unwrap();
     c.compact(150, None).await.unwrap();
-    let rev = c
-        .put("last", "z", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let rev = put_rev(&mut c, "last", "z").await;
     let live = 200 - 20 + 2;
     let orig = c.hash_kv(rev).await.unwrap();
     let orig_cluster = c.status().await.unwrap().header().unwrap().cluster_id();
@@ -405,13 +401,7 @@ async fn restore_bumps_the_revision_and_marks_it_compacted() {
     for i in 0..10 {
         c.put(format!("k{i}"), format!("v{i}"), None).await.unwrap();
     }
-    let rev = c
-        .put("k0", "new", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let rev = put_rev(&mut c, "k0", "new").await;
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("s.db");
     etcdctl_save("3.5", &s.endpoint, &file);

@@ -16,14 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, GetOptions};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
     RevokedCertParams, SerialNumber,
 };
 
-use crate::harness::{free_port, start_all, Cluster, Etcd, Strata};
+use crate::harness::{free_port, start_all, wait_value, Cluster, Etcd, Strata};
 
 // ---------------------------------------------------------------- certificates
 
@@ -649,22 +648,6 @@ fn bad_tls_configuration_fails_at_startup_with_a_clear_error() {
     );
 }
 
-async fn wait_value(c: &mut Client, key: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = c
-            .get(key, Some(GetOptions::new().with_serializable()))
-            .await
-        {
-            if r.kvs().first().map(|kv| kv.value()) == Some(want.as_bytes()) {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "{key} never became {want}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Peer TLS flags of a member presenting `pair` and trusting `ca`.
 fn peer_tls(ca: &Ca, pair: &Pair) -> Vec<String> {
     [
@@ -750,17 +733,7 @@ async fn peer_tls_cluster_replicates_and_refuses_a_member_from_another_ca() {
     .await
     .unwrap();
     let good = p.ca.issue(d, "peer3", "n3");
-    let mut f = crate::harness::peer_flags_scheme(
-        "https",
-        p3,
-        &format!("{},n3={url3}", cl.initial),
-        "it-cluster",
-    );
-    f.extend([
-        "--initial-cluster-state".to_string(),
-        "existing".to_string(),
-    ]);
-    f.extend(peer_tls(&p.ca, &good));
+    let f = joining_flags(&cl, "n3", p3, peer_tls(&p.ca, &good));
     let n3 = start_all(cl.dir(), vec![("n3".to_string(), f)])
         .pop()
         .unwrap()
@@ -781,41 +754,9 @@ async fn peer_tls_cluster_replicates_and_refuses_a_member_from_another_ca() {
     // Added as a voter (one learner at most): with its certificate
     // accepted it would join, so only the certificate stops it.
     c.member_add([url4.clone()], None).await.unwrap();
-    let mut f = crate::harness::peer_flags_scheme(
-        "https",
-        p4,
-        &format!("{},n4={url4}", cl.initial),
-        "it-cluster",
-    );
-    f.extend([
-        "--initial-cluster-state".to_string(),
-        "existing".to_string(),
-    ]);
-    f.extend(peer_tls(&p.ca, &p.other_server));
-    let started = Instant::now();
-    let r = start_all(cl.dir(), vec![("n4".to_string(), f)])
-        .pop()
-        .unwrap();
-    let log = match r {
-        Ok(s) => panic!("a member from another CA joined: {}", s.log_text()),
-        Err(log) => log,
-    };
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "refused in bounded time"
-    );
-    assert!(log.contains("cannot fetch the cluster's members"), "{log}");
-    // The members refused its certificate during the handshake.
-    let refused = (0..3).all(|i| {
-        cl.nodes[i].as_ref().unwrap().log_text().lines().any(|l| {
-            l.contains("rejected connection")
-                && l.contains("invalid peer certificate: UnknownIssuer")
-        })
+    assert_n4_refused(&cl, p4, peer_tls(&p.ca, &p.other_server), |l| {
+        l.contains("rejected connection") && l.contains("invalid peer certificate: UnknownIssuer")
     });
-    assert!(
-        refused,
-        "every member refuses the foreign certificate at the handshake"
-    );
     // The cluster is unaffected.
     c.put("after", "ok", None).await.unwrap();
     wait_value(&mut c3, "after", "ok").await;
@@ -877,6 +818,56 @@ fn client_crl_file_refuses_a_revoked_client_certificate() {
     );
 }
 
+/// Flags of a new member `name` joining `cl` (`--initial-cluster-state
+/// existing`) on peer port `port` over https, plus `tls`.
+fn joining_flags(cl: &Cluster, name: &str, port: u16, tls: Vec<String>) -> Vec<String> {
+    let url = format!("https://127.0.0.1:{port}");
+    let mut f = crate::harness::peer_flags_scheme(
+        "https",
+        port,
+        &format!("{},{name}={url}", cl.initial),
+        "it-cluster",
+    );
+    f.extend([
+        "--initial-cluster-state".to_string(),
+        "existing".to_string(),
+    ]);
+    f.extend(tls);
+    f
+}
+
+/// Starts member n4 (already added) with `tls` and asserts that it is
+/// refused in bounded time: it exits unable to fetch the members, and
+/// every member logged a line that satisfies `refused_line`.
+fn assert_n4_refused(
+    cl: &Cluster,
+    port: u16,
+    tls: Vec<String>,
+    refused_line: impl Fn(&str) -> bool,
+) {
+    let f = joining_flags(cl, "n4", port, tls);
+    let started = Instant::now();
+    let r = start_all(cl.dir(), vec![("n4".to_string(), f)])
+        .pop()
+        .unwrap();
+    let log = match r {
+        Ok(s) => panic!("a refused member joined: {}", s.log_text()),
+        Err(log) => log,
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "refused in bounded time"
+    );
+    assert!(log.contains("cannot fetch the cluster's members"), "{log}");
+    for i in 0..3 {
+        let text = cl.nodes[i].as_ref().unwrap().log_text();
+        assert!(
+            text.lines().any(&refused_line),
+            "member {i} did not refuse n4"
+        );
+    }
+}
+
 async fn replicated(cl: &Cluster, key: &str, value: &str) {
     let mut c = cl.client(cl.leader().await).await;
     c.put(key, value, None).await.unwrap();
@@ -925,38 +916,11 @@ async fn peer_cert_allowed_cn_refuses_other_common_names() {
     let url4 = format!("https://127.0.0.1:{p4}");
     c.member_add([url4.clone()], None).await.unwrap();
     let intruder = p.ca.issue(d, "intruder", "intruder");
-    let mut f = crate::harness::peer_flags_scheme(
-        "https",
-        p4,
-        &format!("{},n4={url4}", cl.initial),
-        "it-cluster",
-    );
-    f.extend([
-        "--initial-cluster-state".to_string(),
-        "existing".to_string(),
-    ]);
-    f.extend(with_cn(&intruder));
-    let started = Instant::now();
-    let r = start_all(cl.dir(), vec![("n4".to_string(), f)])
-        .pop()
-        .unwrap();
-    let log = match r {
-        Ok(s) => panic!("a member with another CN joined: {}", s.log_text()),
-        Err(log) => log,
-    };
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "refused in bounded time"
-    );
-    assert!(log.contains("cannot fetch the cluster's members"), "{log}");
-    let refused = (0..3).all(|i| {
-        cl.nodes[i].as_ref().unwrap().log_text().lines().any(|l| {
-            l.contains("rejected connection: client certificate CN")
-                && l.contains("is not the allowed one")
-                && l.contains("intruder")
-        })
+    assert_n4_refused(&cl, p4, with_cn(&intruder), |l| {
+        l.contains("rejected connection: client certificate CN")
+            && l.contains("is not the allowed one")
+            && l.contains("intruder")
     });
-    assert!(refused, "every member refuses CN intruder");
 }
 
 #[test]
