@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Build etcd's own `benchmark` tool (tools/benchmark of etcd 3.4.23) from
+# Debian's etcd source package, offline, with Debian's Go packages. It is the
+# neutral second load generator of the comparison runner. Idempotent: does
+# nothing when the binary is already cached.
+#
+#   bench/scripts/install-etcd-benchmark.sh     # prints the binary's path
+#
+# Cache: ${STRATA_CACHE:-$HOME/.cache/strata}/etcd-benchmark/benchmark
+set -euo pipefail
+
+STRATA_CACHE="${STRATA_CACHE:-$HOME/.cache/strata}"
+OUT_DIR="$STRATA_CACHE/etcd-benchmark"
+BIN="$OUT_DIR/benchmark"
+log() { echo "install-etcd-benchmark: $*" >&2; }
+
+if [ -x "$BIN" ]; then echo "$BIN"; exit 0; fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+
+# deb-src entries mirroring this machine's binary sources.
+SRC_LIST=/etc/apt/sources.list.d/strata-deb-src.sources
+if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ /etc/apt/sources.list 2>/dev/null; then
+  log "adding deb-src entries ($SRC_LIST)"
+  sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources | $SUDO tee "$SRC_LIST" >/dev/null
+  $SUDO apt-get update -qq >/dev/null
+fi
+need=()
+for p in golang-go golang-etcd-server-dev dpkg-dev; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || need+=("$p")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  log "apt: installing ${need[*]}"
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+log "downloading Debian's etcd source package"
+apt-get source --download-only etcd >/dev/null 2>&1
+orig="$(ls etcd_*.orig.tar.* | head -n1)"
+mkdir src && tar -xf "$orig" -C src --strip-components=1
+gp="$work/gopath"
+mkdir -p "$gp/src/go.etcd.io/etcd/tools"
+cp -r src/tools/benchmark "$gp/src/go.etcd.io/etcd/tools/"
+log "building tools/benchmark"
+(cd "$gp/src/go.etcd.io/etcd/tools/benchmark" &&
+  GO111MODULE=off GOPROXY=off GOFLAGS=-mod=mod GOPATH="$gp:/usr/share/gocode" GOCACHE="$work/gocache" \
+    go build -o benchmark . 2>&1 | tail -20)
+mkdir -p "$OUT_DIR"
+mv "$gp/src/go.etcd.io/etcd/tools/benchmark/benchmark" "$BIN"
+echo "$BIN"
