@@ -32,7 +32,7 @@ pub fn validate_put(a: &TxnPutArgs) -> Result<()> {
 /// Checks `txn-mixed`'s flags.
 pub fn validate_mixed(a: &TxnMixedArgs) -> Result<()> {
     keys::check_key_space(a.key_size, a.key_space_size)?;
-    if !(a.rw_ratio >= 0.0) {
+    if a.rw_ratio.is_nan() || a.rw_ratio < 0.0 {
         bail!(
             "--rw-ratio must be a non-negative number, got {}",
             a.rw_ratio
