@@ -23,6 +23,7 @@ use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::cli::Global;
+use crate::coalesce::Coalesce;
 
 /// Dial timeout when `--dial-timeout` is 0 (etcd's tool then dials lazily
 /// and fails on the first request instead).
@@ -125,7 +126,18 @@ impl Dialer {
         if let Some(tls) = &self.tls {
             ep = ep.tls_config(tls.clone()).context("bad tls config")?;
         }
-        let channel = ep.connect().await.map_err(|e| {
+        let connector = tower::service_fn(|uri: http::Uri| async move {
+            let host = uri
+                .host()
+                .unwrap_or("127.0.0.1")
+                .trim_matches(['[', ']'])
+                .to_string();
+            let port = uri.port_u16().unwrap_or(2379);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Coalesce::new(tcp)))
+        });
+        let channel = ep.connect_with_connector(connector).await.map_err(|e| {
             anyhow::anyhow!("dial error: cannot connect to {url}: {}", source_chain(&e))
         })?;
         let mut token = Token::default();

@@ -7,6 +7,7 @@
 //!
 //! - [`cli`]: the flags (clap), etcd's names and defaults plus our
 //!   `--output` and `--no-progress`.
+//! - [`coalesce`]: write coalescing on the client's TCP connections.
 //! - [`conn`]: endpoints, TLS, `--user` tokens, `--target-leader`, and the
 //!   `--conns` gRPC channels shared round-robin by the `--clients` tasks.
 //! - [`keys`]: etcd's key encoding (a zig-zag varint in a zero-padded
@@ -22,6 +23,7 @@
 //! `bench/scripts/catchup.sh` compatibility.
 
 pub mod cli;
+pub mod coalesce;
 pub mod conn;
 pub mod keys;
 pub mod limiter;
