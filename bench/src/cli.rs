@@ -49,6 +49,7 @@ pub struct Cli {
 
 /// Flags shared by every subcommand (etcd's persistent flags).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// gRPC endpoints, comma separated; `host:port`, `http://host:port` or
     /// `https://host:port`.
@@ -115,23 +116,62 @@ pub enum Output {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Benchmark put.
+    ///
+    /// Request i puts key i % --key-space-size (--sequential-keys) or a
+    /// random key below it; keys are the varint of the index in a
+    /// zero-padded --key-size buffer, as etcd's tool makes them. The value
+    /// is one random --val-size string.
     Put(PutArgs),
     /// Benchmark range: `range <key> [end]`.
     Range(RangeArgs),
     /// Benchmark txn-put: each txn puts --txn-ops keys.
+    ///
+    /// Txn i puts keys (i * txn-ops + j) % key-space-size for j < txn-ops.
     TxnPut(TxnPutArgs),
     /// Benchmark a mixed load of txn-put & txn-range: `txn-mixed [key] [end]`.
+    ///
+    /// A txn is a read with probability rw-ratio / (1 + rw-ratio), else a
+    /// put of key i % key-space-size. Without arguments reads cover every
+    /// key (up to --limit), as in etcd's tool; with a key, its prefix; with
+    /// key and end (or --end-key), [key, end). Reads and writes are
+    /// reported separately (JSON: extra.read, extra.write).
     TxnMixed(TxnMixedArgs),
     /// Benchmark watch: --streams x --watch-per-stream watchers on
-    /// --watched-key-total keys, then --put-total puts to those keys; every
-    /// event is counted per watcher.
+    /// --watched-key-total keys, then --put-total puts to those keys.
+    ///
+    /// Watcher j watches key j % watched-key-total; put i writes the same
+    /// list's key i % watched-key-total, so every put is expected at every
+    /// watcher of its key. All watchers are created (acknowledged) before
+    /// the first put. Events are counted per watcher; the run ends when all
+    /// arrived or none arrived for 10 s. Report (JSON): total = events
+    /// planned, ok = events received, latency = from just before each Put
+    /// was sent to its event's arrival (the send time travels in the
+    /// value), requests_per_sec = events/s; extra.events_expected (for the
+    /// puts that succeeded), events_received, events_dropped (sum over
+    /// watchers of expected - received), events_unexpected, watchers,
+    /// puts, put_latency_ms, create_latency_ms.
     Watch(WatchArgs),
     /// Benchmark watch latency: the time from a Put to each watcher's event.
+    ///
+    /// --streams x --watchers-per-stream watchers on one random key, then
+    /// --put-total sequential puts at --put-rate from a separate connection.
+    /// Latency is from just before each Put was sent to each event's
+    /// arrival; events are counted per watcher as for `watch`.
     WatchLatency(WatchLatencyArgs),
     /// Benchmark watch with get: serializable gets while many unsynced
     /// watchers catch up from an old revision.
+    ///
+    /// Puts --events values to "watchkey", opens --watchers watchers from
+    /// the first of those revisions (watcher i on stream i % --streams),
+    /// and issues serializable gets of "abc" from a separate connection
+    /// until every watcher received its --events events. The report's
+    /// requests are the gets; extra has the event counts and catch_up_secs.
     WatchGet(WatchGetArgs),
     /// Benchmark lease keepalive.
+    ///
+    /// Every client grants a lease (TTL 100 s) and renews it over its own
+    /// keepalive stream until --total renewals are done; the leases are
+    /// revoked at the end.
     LeaseKeepalive(LeaseKeepaliveArgs),
 }
 

@@ -86,9 +86,14 @@ fn etcd_bin() -> PathBuf {
 
 /// Starts `bin` with etcd's single-member flags (Strata takes the same).
 fn start(bin: &Path, name: &str) -> Server {
+    start_with(bin, name, "http", &[])
+}
+
+/// [`start`] with a client URL scheme and extra flags.
+fn start_with(bin: &Path, name: &str, scheme: &str, extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let (c, p) = (free_port(), free_port());
-    let client = format!("http://127.0.0.1:{c}");
+    let client = format!("{scheme}://127.0.0.1:{c}");
     let peer = format!("http://127.0.0.1:{p}");
     let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
     let child = Command::new(bin)
@@ -108,6 +113,7 @@ fn start(bin: &Path, name: &str) -> Server {
         ])
         .arg("--initial-cluster")
         .arg(format!("{name}={peer}"))
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -582,6 +588,98 @@ async fn user_token_against_etcd_with_auth() {
         err.contains("authenticate") && err.contains("authentication failed"),
         "{err}"
     );
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`:
+/// (ca, cert, key).
+fn tls_files(dir: &Path) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "bench-ca");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut p =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "root");
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
+    (path("ca.pem"), path("cert.pem"), path("key.pem"))
+}
+
+#[test]
+fn tls_with_client_certificates_against_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(dir.path());
+    let s = start_with(
+        &etcd_bin(),
+        "default",
+        "https",
+        &[
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+            "--trusted-ca-file",
+            &ca,
+            "--client-cert-auth",
+        ],
+    );
+    let hostport = s.endpoint.trim_start_matches("https://").to_string();
+    let tls = [
+        "--cacert",
+        ca.as_str(),
+        "--cert",
+        cert.as_str(),
+        "--key",
+        key.as_str(),
+    ];
+    // The server needs a moment to start: retry the dial for a while.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let mut args = vec![
+            "--endpoints",
+            hostport.as_str(),
+            "--output",
+            "json",
+            "--dial-timeout",
+            "1s",
+        ];
+        args.extend_from_slice(&tls);
+        args.extend_from_slice(&["put", "--total", "30"]);
+        let (code, out, err) = bench(&args);
+        if code == 0 {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "no TLS run succeeded: {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (v["ok"].as_u64(), v["errors"].as_u64()),
+        (Some(30), Some(0)),
+        "{v}"
+    );
+
+    // Without a client certificate the handshake is refused: a clear, fatal error.
+    let (code, _, err) = bench(&[
+        "--endpoints",
+        &s.endpoint,
+        "--cacert",
+        &ca,
+        "--dial-timeout",
+        "2s",
+        "put",
+        "--total",
+        "3",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("dial error"), "{err}");
 }
 
 #[test]
