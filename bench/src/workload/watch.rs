@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -64,7 +64,7 @@ pub fn validate_get(a: &WatchGetArgs) -> Result<()> {
 
 /// State all stream tasks of a run share.
 struct Shared {
-    /// Watchers whose `created` response arrived.
+    /// Watcher creates answered (created, refused, or their stream failed).
     created: AtomicUsize,
     /// Events received over all watchers.
     received: AtomicU64,
@@ -74,14 +74,14 @@ struct Shared {
     epoch: Instant,
     /// Whether event values carry stamps (latency is measured).
     stamped: bool,
-    progress: std::sync::Mutex<Option<Counter>>,
+    /// Set once the event phase starts.
+    progress: OnceLock<Counter>,
 }
 
 impl Shared {
     fn count(&self, n: u64) {
         self.received.fetch_add(n, Ordering::Relaxed);
-        // Short critical section, no await inside.
-        if let Some(c) = &*self.progress.lock().expect("invariant: not poisoned") {
+        if let Some(c) = self.progress.get() {
             c.add(n);
         }
         self.notify.notify_waiters();
@@ -127,12 +127,15 @@ async fn run_stream(
             Ok(s) => s.into_inner(),
             Err(s) => {
                 res.events.err(status_message(&s));
+                resolve(&shared, n);
                 return res;
             }
         },
         _ = stop.cancelled() => return res,
     };
     let mut ids: HashMap<i64, usize> = HashMap::with_capacity(n);
+    // Creates answered (created or refused).
+    let mut answered = 0;
     loop {
         let msg = tokio::select! {
             biased;
@@ -154,8 +157,8 @@ async fn run_stream(
             if ids.len() < n && !resp.canceled {
                 ids.insert(resp.watch_id, ids.len());
                 res.creates.ok(opened.elapsed());
-                shared.created.fetch_add(1, Ordering::Relaxed);
-                shared.notify.notify_waiters();
+                answered += 1;
+                resolve(&shared, 1);
             } else if ids.len() >= n {
                 res.events.err("unexpected created response");
             }
@@ -168,9 +171,9 @@ async fn run_stream(
             };
             res.events.err(why);
             if resp.created {
-                // A create that failed: no watcher will ever count it.
-                shared.created.fetch_add(1, Ordering::Relaxed);
-                shared.notify.notify_waiters();
+                // A create that failed: its watcher gets no events.
+                answered += 1;
+                resolve(&shared, 1);
             }
         }
         if resp.compact_revision != 0 {
@@ -201,7 +204,18 @@ async fn run_stream(
         shared.count(k);
     }
     drop(tx);
+    // A stream that ended early leaves its unanswered creates resolved, so
+    // the run goes on (those watchers count as dropping every event).
+    resolve(&shared, n.saturating_sub(answered));
     res
+}
+
+/// Marks `k` watcher creates as answered.
+fn resolve(shared: &Shared, k: usize) {
+    if k > 0 {
+        shared.created.fetch_add(k, Ordering::Relaxed);
+        shared.notify.notify_waiters();
+    }
 }
 
 /// A set of running streams.
@@ -221,7 +235,7 @@ impl Streams {
             notify: Notify::new(),
             epoch: Instant::now(),
             stamped,
-            progress: std::sync::Mutex::new(None),
+            progress: OnceLock::new(),
         });
         let stop = CancellationToken::new();
         let watchers = plan.iter().map(Vec::len).sum();
@@ -282,11 +296,8 @@ impl Streams {
 
     /// Counts further events with `counter`.
     fn count_with(&self, counter: Counter) {
-        *self
-            .shared
-            .progress
-            .lock()
-            .expect("invariant: not poisoned") = Some(counter);
+        // Called once per run; a second counter would be ignored.
+        let _ = self.shared.progress.set(counter);
     }
 
     /// Stops the streams and collects their results, in stream order.
