@@ -125,7 +125,17 @@ mod tests {
         let eps = vec!["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
         let cmd = vec!["put".to_string(), "--total".to_string(), "5".to_string()];
         let a = argv(Generator::Etcd, &eps, 10, 100, &cmd);
-        assert_eq!(&a[..6], ["--endpoints", "127.0.0.1:1,127.0.0.1:2", "--conns", "10", "--clients", "100"]);
+        assert_eq!(
+            &a[..6],
+            [
+                "--endpoints",
+                "127.0.0.1:1,127.0.0.1:2",
+                "--conns",
+                "10",
+                "--clients",
+                "100"
+            ]
+        );
         assert!(a.contains(&"--precise".to_string()));
         assert_eq!(&a[a.len() - 3..], cmd.as_slice());
         let j = argv(Generator::StrataBench, &eps, 1, 1, &cmd);
@@ -138,16 +148,38 @@ mod tests {
     fn run_reports_failures_and_timeouts() {
         let d = tempfile::tempdir().unwrap();
         let sh = Path::new("/bin/sh");
-        let err = run(Generator::Etcd, sh, &["-c".into(), "echo boom >&2; exit 3".into()], d.path(), "f", Duration::from_secs(5))
-            .unwrap_err();
+        let err = run(
+            Generator::Etcd,
+            sh,
+            &["-c".into(), "echo boom >&2; exit 3".into()],
+            d.path(),
+            "f",
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("boom"), "{err:#}");
-        let err = run(Generator::Etcd, sh, &["-c".into(), "sleep 5".into()], d.path(), "t", Duration::from_millis(200))
-            .unwrap_err();
+        let err = run(
+            Generator::Etcd,
+            sh,
+            &["-c".into(), "sleep 5".into()],
+            d.path(),
+            "t",
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("did not finish"), "{err:#}");
         let sample = include_str!("testdata/etcd-lease-keepalive.txt");
         std::fs::write(d.path().join("s.txt"), sample).unwrap();
         let cat = format!("cat {}", d.path().join("s.txt").display());
-        let m = run(Generator::Etcd, sh, &["-c".into(), cat], d.path(), "ok", Duration::from_secs(5)).unwrap();
+        let m = run(
+            Generator::Etcd,
+            sh,
+            &["-c".into(), cat],
+            d.path(),
+            "ok",
+            Duration::from_secs(5),
+        )
+        .unwrap();
         assert_eq!(m.ok, 2000);
     }
 }

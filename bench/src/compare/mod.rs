@@ -209,7 +209,11 @@ fn ensure_built(bin: &Path, default: bool, cargo_args: &[&str], log: &Log) -> Re
     if !default {
         bail!("{} does not exist", bin.display());
     }
-    log.line(&format!("{} missing: cargo build {}", bin.display(), cargo_args.join(" ")));
+    log.line(&format!(
+        "{} missing: cargo build {}",
+        bin.display(),
+        cargo_args.join(" ")
+    ));
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .arg("build")
         .args(cargo_args)
@@ -217,7 +221,11 @@ fn ensure_built(bin: &Path, default: bool, cargo_args: &[&str], log: &Log) -> Re
         .status()
         .context("run cargo")?;
     if !status.success() || !bin.exists() {
-        bail!("cargo build {} did not produce {}", cargo_args.join(" "), bin.display());
+        bail!(
+            "cargo build {} did not produce {}",
+            cargo_args.join(" "),
+            bin.display()
+        );
     }
     Ok(())
 }
@@ -248,7 +256,11 @@ fn machine_info() -> serde_json::Value {
     let mem_kb = read("/proc/meminfo")
         .lines()
         .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()));
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        });
     serde_json::json!({
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu_model": model,
@@ -304,7 +316,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     if args.reps == 0 {
         bail!("--reps must be at least 1");
     }
-    if args.topology.iter().any(|&t| t == 0) {
+    if args.topology.contains(&0) {
         bail!("--topology sizes must be at least 1");
     }
     let started = Instant::now();
@@ -324,7 +336,12 @@ pub fn run(args: CompareArgs) -> Result<()> {
         .strata_bin
         .clone()
         .unwrap_or_else(|| root.join("target/release/strata"));
-    ensure_built(&strata_bin, strata_default, &["--release", "-p", "store", "--bin", "strata"], &log)?;
+    ensure_built(
+        &strata_bin,
+        strata_default,
+        &["--release", "-p", "store", "--bin", "strata"],
+        &log,
+    )?;
     let strata = ServerSpec {
         server: "strata".into(),
         version: version_of(&strata_bin),
@@ -333,12 +350,21 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let mut etcds = Vec::new();
     for v in &args.etcd {
         let bin = match v.as_str() {
-            "3.5" => args.etcd35_bin.clone().unwrap_or_else(|| home_cache("etcd-3.5/bin/etcd")),
-            "3.4" => args.etcd34_bin.clone().unwrap_or_else(|| PathBuf::from("/usr/bin/etcd")),
+            "3.5" => args
+                .etcd35_bin
+                .clone()
+                .unwrap_or_else(|| home_cache("etcd-3.5/bin/etcd")),
+            "3.4" => args
+                .etcd34_bin
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd")),
             other => bail!("unknown --etcd version {other:?} (3.5 or 3.4)"),
         };
         if !bin.exists() {
-            bail!("etcd {v} not found at {} (scripts/install-peers.sh installs it)", bin.display());
+            bail!(
+                "etcd {v} not found at {} (scripts/install-peers.sh installs it)",
+                bin.display()
+            );
         }
         etcds.push(ServerSpec {
             server: "etcd".into(),
@@ -357,8 +383,15 @@ pub fn run(args: CompareArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| root.join("target/release/strata-bench"));
     if generators.contains(&Generator::StrataBench) {
-        ensure_built(&strata_bench_bin, sb_default, &["--release", "-p", "bench", "--bin", "strata-bench"], &log)
-            .context("strata-bench is needed for --generator strata-bench/both (or use --generator etcd)")?;
+        ensure_built(
+            &strata_bench_bin,
+            sb_default,
+            &["--release", "-p", "bench", "--bin", "strata-bench"],
+            &log,
+        )
+        .context(
+            "strata-bench is needed for --generator strata-bench/both (or use --generator etcd)",
+        )?;
     }
     let etcd_benchmark_bin = args
         .etcd_benchmark_bin
@@ -384,9 +417,13 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let tmp = match &args.data_root {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
-            tempfile::Builder::new().prefix("strata-compare").tempdir_in(d)?
+            tempfile::Builder::new()
+                .prefix("strata-compare")
+                .tempdir_in(d)?
         }
-        None => tempfile::Builder::new().prefix("strata-compare").tempdir()?,
+        None => tempfile::Builder::new()
+            .prefix("strata-compare")
+            .tempdir()?,
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -513,7 +550,10 @@ pub fn run(args: CompareArgs) -> Result<()> {
         let etcd35 = match etcds.iter().find(|e| e.version == "3.5") {
             Some(e) => e.clone(),
             None => {
-                let bin = args.etcd35_bin.clone().unwrap_or_else(|| home_cache("etcd-3.5/bin/etcd"));
+                let bin = args
+                    .etcd35_bin
+                    .clone()
+                    .unwrap_or_else(|| home_cache("etcd-3.5/bin/etcd"));
                 if !bin.exists() {
                     bail!("--resources needs etcd 3.5 ({} is missing)", bin.display());
                 }
@@ -541,7 +581,10 @@ pub fn run(args: CompareArgs) -> Result<()> {
         };
         let mut figs = Vec::new();
         for spec in [&strata, &etcd35] {
-            pb.set_message(format!("resources: {} keys into {}", args.resource_keys, spec.server));
+            pb.set_message(format!(
+                "resources: {} keys into {}",
+                args.resource_keys, spec.server
+            ));
             let f = rr.measure(spec);
             log.line(&format!(
                 "resources {}: RSS {:?} B, restart {:?} ms, snapshot {:?} ms, data dir {:?} B{}",
@@ -550,7 +593,11 @@ pub fn run(args: CompareArgs) -> Result<()> {
                 f.restart_ms.map(|v| v.round()),
                 f.snapshot_ms.map(|v| v.round()),
                 f.data_dir_bytes,
-                if f.errors.is_empty() { String::new() } else { format!(" (errors: {})", f.errors.join("; ")) }
+                if f.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (errors: {})", f.errors.join("; "))
+                }
             ));
             figs.push(f);
             pb.inc(1);
@@ -597,7 +644,10 @@ pub fn run(args: CompareArgs) -> Result<()> {
         md.push('\n');
         md.push_str(&report::resources_table(s, e));
     }
-    md.push_str(&format!("\nWall time: {:.0} s.\n", started.elapsed().as_secs_f64()));
+    md.push_str(&format!(
+        "\nWall time: {:.0} s.\n",
+        started.elapsed().as_secs_f64()
+    ));
     let results = Results {
         tool: "strata-compare",
         date: date.clone(),
@@ -617,14 +667,26 @@ pub fn run(args: CompareArgs) -> Result<()> {
             .trim()
             .to_string(),
     };
-    std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
     std::fs::write(args.out.join("table.md"), &md)?;
     let title = format!("Strata vs etcd: throughput ratio ({})", &date[..10]);
-    std::fs::write(args.out.join("ratios.svg"), report::ratios_svg(&summary, &title))?;
+    std::fs::write(
+        args.out.join("ratios.svg"),
+        report::ratios_svg(&summary, &title),
+    )?;
     println!("{md}");
-    eprintln!("wrote {}/{{results.json,table.md,ratios.svg}}", args.out.display());
+    eprintln!(
+        "wrote {}/{{results.json,table.md,ratios.svg}}",
+        args.out.display()
+    );
     if !runs.is_empty() && runs.iter().all(|r| r.measurement.is_none()) {
-        bail!("every run failed (see {})", args.out.join("results.json").display());
+        bail!(
+            "every run failed (see {})",
+            args.out.join("results.json").display()
+        );
     }
     Ok(())
 }
@@ -658,7 +720,10 @@ fn one_run(
     };
     let result = (|| -> Result<parse::Measurement> {
         let mut cluster = Cluster::start(spec, cell.topology, dir, timing)?;
-        rec.startup_ms = cluster.wait_ready(rt, Duration::from_secs(60))?.as_secs_f64() * 1000.0;
+        rec.startup_ms = cluster
+            .wait_ready(rt, Duration::from_secs(60))?
+            .as_secs_f64()
+            * 1000.0;
         let eps = cluster.endpoints();
         if let Some(key) = cell.workload.preload_key {
             rt.block_on(client::put(&eps[0], key, 256, Duration::from_secs(10)))

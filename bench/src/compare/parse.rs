@@ -81,8 +81,8 @@ struct JsonLatency {
 
 /// Parses `strata-bench --output json` stdout (one JSON object).
 pub fn parse_strata_bench_json(stdout: &str) -> Result<Measurement> {
-    let doc: StrataBenchJson =
-        serde_json::from_str(stdout.trim()).context("strata-bench output is not the JSON report")?;
+    let doc: StrataBenchJson = serde_json::from_str(stdout.trim())
+        .context("strata-bench output is not the JSON report")?;
     if doc.tool != "strata-bench" {
         bail!("unexpected \"tool\" {:?} in the JSON report", doc.tool);
     }
@@ -212,8 +212,10 @@ pub fn parse_etcd_benchmark_text(text: &str) -> Result<Measurement> {
         // Percentile: "99.9% in 0.0605 secs."
         if let Some((pct, rest)) = line.split_once("% in ") {
             if let Ok(p) = pct.parse::<f64>() {
-                sec.percentiles
-                    .push((p, secs_value(rest).with_context(|| format!("line {line:?}"))?));
+                sec.percentiles.push((
+                    p,
+                    secs_value(rest).with_context(|| format!("line {line:?}"))?,
+                ));
                 continue;
             }
         }

@@ -78,21 +78,22 @@ pub fn resources_table(strata: &ResourceFigures, etcd: &ResourceFigures) -> Stri
         strata.keys, etcd.version
     );
     s.push_str("| figure | Strata | etcd | ratio | target | result |\n|---|---|---|---|---|---|\n");
-    let mut line = |name: &str, a: Option<f64>, b: Option<f64>, digits: usize, target: Option<f64>| {
-        let r = super::stats::ratio(a, b);
-        let (t, pass) = match target {
-            Some(k) => (format!("≤ {k}× etcd"), r.map(|r| r <= k)),
-            None => (String::new(), None),
+    let mut line =
+        |name: &str, a: Option<f64>, b: Option<f64>, digits: usize, target: Option<f64>| {
+            let r = super::stats::ratio(a, b);
+            let (t, pass) = match target {
+                Some(k) => (format!("≤ {k}× etcd"), r.map(|r| r <= k)),
+                None => (String::new(), None),
+            };
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} | {} | {t} | {} |",
+                num(a, digits),
+                num(b, digits),
+                r.map_or("—".into(), |x| format!("{x:.2}×")),
+                if target.is_some() { verdict(pass) } else { "" }
+            );
         };
-        let _ = writeln!(
-            s,
-            "| {name} | {} | {} | {} | {t} | {} |",
-            num(a, digits),
-            num(b, digits),
-            r.map_or("—".into(), |x| format!("{x:.2}×")),
-            if target.is_some() { verdict(pass) } else { "" }
-        );
-    };
     line(
         "load rate (req/s)",
         strata.load.as_ref().map(|m| m.requests_per_sec),
@@ -100,12 +101,48 @@ pub fn resources_table(strata: &ResourceFigures, etcd: &ResourceFigures) -> Stri
         0,
         None,
     );
-    line("RSS after load (MiB)", mib(strata.rss_after_load_bytes), mib(etcd.rss_after_load_bytes), 1, Some(0.5));
-    line("data dir (MiB, du)", mib(strata.data_dir_bytes), mib(etcd.data_dir_bytes), 1, None);
-    line("snapshot save (ms)", strata.snapshot_ms, etcd.snapshot_ms, 0, None);
-    line("snapshot file (MiB)", mib(strata.snapshot_bytes), mib(etcd.snapshot_bytes), 1, None);
-    line("restart to serving (ms)", strata.restart_ms, etcd.restart_ms, 0, Some(1.0));
-    line("RSS after restart (MiB)", mib(strata.rss_after_restart_bytes), mib(etcd.rss_after_restart_bytes), 1, None);
+    line(
+        "RSS after load (MiB)",
+        mib(strata.rss_after_load_bytes),
+        mib(etcd.rss_after_load_bytes),
+        1,
+        Some(0.5),
+    );
+    line(
+        "data dir (MiB, du)",
+        mib(strata.data_dir_bytes),
+        mib(etcd.data_dir_bytes),
+        1,
+        None,
+    );
+    line(
+        "snapshot save (ms)",
+        strata.snapshot_ms,
+        etcd.snapshot_ms,
+        0,
+        None,
+    );
+    line(
+        "snapshot file (MiB)",
+        mib(strata.snapshot_bytes),
+        mib(etcd.snapshot_bytes),
+        1,
+        None,
+    );
+    line(
+        "restart to serving (ms)",
+        strata.restart_ms,
+        etcd.restart_ms,
+        0,
+        Some(1.0),
+    );
+    line(
+        "RSS after restart (MiB)",
+        mib(strata.rss_after_restart_bytes),
+        mib(etcd.rss_after_restart_bytes),
+        1,
+        None,
+    );
     for (who, f) in [("Strata", strata), ("etcd", etcd)] {
         for e in &f.errors {
             let _ = writeln!(s, "\n{who}: {e}");
@@ -135,11 +172,7 @@ pub fn ratios_svg(rows: &[SummaryRow], title: &str) -> String {
     let width = left + n * (bar_w + gap) + 40.0;
     let width = width.max(480.0);
     let height = top + plot_h + label_h;
-    let max_ratio = rows
-        .iter()
-        .filter_map(|r| r.ratio)
-        .fold(2.5_f64, f64::max)
-        * 1.1;
+    let max_ratio = rows.iter().filter_map(|r| r.ratio).fold(2.5_f64, f64::max) * 1.1;
     let y = |v: f64| top + plot_h - (v / max_ratio) * plot_h;
     let colour = |r: &SummaryRow| match (r.topology, r.generator.as_str()) {
         (1, "strata-bench") => "#4c78a8",
@@ -232,7 +265,10 @@ pub fn ratios_svg(rows: &[SummaryRow], title: &str) -> String {
         let _ = writeln!(
             s,
             r#"<text x="{lx:.1}" y="{ly:.1}" transform="rotate(60 {lx:.1} {ly:.1})">{}</text>"#,
-            xml_escape(&format!("{} · {}n · {}", r.workload, r.topology, r.etcd_version))
+            xml_escape(&format!(
+                "{} · {}n · {}",
+                r.workload, r.topology, r.etcd_version
+            ))
         );
     }
     s.push_str("</svg>\n");
@@ -279,12 +315,19 @@ mod tests {
             .filter(|n| n.has_tag_name("text"))
             .filter_map(|n| n.text().map(str::to_string))
             .collect();
-        for w in ["put-1-1 · 1n · 3.5", "range-l-10-100 · 3n · 3.5", "txn-mixed <&> · 1n · 3.5"] {
+        for w in [
+            "put-1-1 · 1n · 3.5",
+            "range-l-10-100 · 3n · 3.5",
+            "txn-mixed <&> · 1n · 3.5",
+        ] {
             assert!(texts.iter().any(|t| t == w), "{w} missing in {texts:?}");
         }
         let bars = doc.descendants().filter(|n| n.has_tag_name("rect")).count();
         assert_eq!(bars, 1 + 2, "background + one bar per known ratio");
-        let refs: Vec<_> = texts.iter().filter(|t| t.contains("(parity)") || t.contains("(target)")).collect();
+        let refs: Vec<_> = texts
+            .iter()
+            .filter(|t| t.contains("(parity)") || t.contains("(target)"))
+            .collect();
         assert_eq!(refs.len(), 2);
     }
 
@@ -303,10 +346,17 @@ mod tests {
 
     #[test]
     fn table_has_one_line_per_row() {
-        let t = markdown_table(&[row("put-1-1", 1, Some(0.9)), row("lease-keepalive", 3, None)]);
+        let t = markdown_table(&[
+            row("put-1-1", 1, Some(0.9)),
+            row("lease-keepalive", 3, None),
+        ]);
         let lines: Vec<_> = t.lines().collect();
         assert_eq!(lines.len(), 4);
-        assert!(lines[2].starts_with("| put-1-1 | 1 | 3.5 | etcd-benchmark | 90 | 100 | 0.90× |"), "{}", lines[2]);
+        assert!(
+            lines[2].starts_with("| put-1-1 | 1 | 3.5 | etcd-benchmark | 90 | 100 | 0.90× |"),
+            "{}",
+            lines[2]
+        );
         assert!(lines[2].contains("FAIL"));
         assert!(lines[3].contains("| — |") && lines[3].contains("n/a"));
     }

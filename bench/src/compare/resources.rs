@@ -49,10 +49,21 @@ pub struct ResourceRun<'a> {
 /// The generator argv that loads `keys` distinct keys (sequential, 256 B).
 pub fn load_command(keys: u64) -> Vec<String> {
     let k = keys.to_string();
-    ["put", "--key-size", "8", "--val-size", "256", "--sequential-keys", "--key-space-size", &k, "--total", &k]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "put",
+        "--key-size",
+        "8",
+        "--val-size",
+        "256",
+        "--sequential-keys",
+        "--key-space-size",
+        &k,
+        "--total",
+        &k,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -72,7 +83,9 @@ impl ResourceRun<'_> {
             keys: self.keys,
             ..Default::default()
         };
-        let root = self.workdir.join(format!("{}-{}", spec.server, spec.version));
+        let root = self
+            .workdir
+            .join(format!("{}-{}", spec.server, spec.version));
         if let Err(e) = self.measure_into(spec, &root, &mut fig) {
             fig.errors.push(format!("{e:#}"));
         }
@@ -80,7 +93,12 @@ impl ResourceRun<'_> {
         fig
     }
 
-    fn measure_into(&self, spec: &ServerSpec, root: &Path, fig: &mut ResourceFigures) -> Result<()> {
+    fn measure_into(
+        &self,
+        spec: &ServerSpec,
+        root: &Path,
+        fig: &mut ResourceFigures,
+    ) -> Result<()> {
         let mut cluster = Cluster::start(spec, 1, root, self.timing)?;
         cluster.wait_ready(self.rt, Duration::from_secs(60))?;
         let ep = cluster.endpoints();
@@ -95,8 +113,10 @@ impl ResourceRun<'_> {
         )
         .context("bulk load")?;
         if m.ok < self.keys {
-            fig.errors
-                .push(format!("load: only {} of {} puts succeeded", m.ok, self.keys));
+            fig.errors.push(format!(
+                "load: only {} of {} puts succeeded",
+                m.ok, self.keys
+            ));
         }
         fig.load = Some(m);
         // Let the last batch settle before reading RSS.
@@ -107,7 +127,14 @@ impl ResourceRun<'_> {
         let snap = root.join("snapshot.db");
         let t = Instant::now();
         let out = Command::new(self.etcdctl)
-            .args(["--endpoints", &ep[0], "--command-timeout", "300s", "snapshot", "save"])
+            .args([
+                "--endpoints",
+                &ep[0],
+                "--command-timeout",
+                "300s",
+                "snapshot",
+                "save",
+            ])
             .arg(&snap)
             .stdin(Stdio::null())
             .output()

@@ -199,7 +199,11 @@ impl Cluster {
 
     /// Waits until every member answers a linearizable Range; returns how
     /// long that took. Fails early when a member exits.
-    pub fn wait_ready(&mut self, rt: &tokio::runtime::Runtime, timeout: Duration) -> Result<Duration> {
+    pub fn wait_ready(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        timeout: Duration,
+    ) -> Result<Duration> {
         let started = Instant::now();
         for i in 0..self.members.len() {
             self.wait_member_ready(rt, i, started + timeout)?;
@@ -267,11 +271,21 @@ impl Cluster {
     }
 
     /// Waits until member `i` answers a linearizable Range of `key`.
-    pub fn wait_member(&mut self, rt: &tokio::runtime::Runtime, i: usize, key: &str, timeout: Duration) -> Result<()> {
+    pub fn wait_member(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        i: usize,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let ep = self.members[i].endpoint();
         loop {
-            match rt.block_on(client::linearizable_get(&ep, key, Duration::from_millis(1000))) {
+            match rt.block_on(client::linearizable_get(
+                &ep,
+                key,
+                Duration::from_millis(1000),
+            )) {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -314,7 +328,8 @@ fn parse_vmrss(status: &str) -> Option<u64> {
 /// Disk usage of a directory tree in bytes (allocated blocks, like `du`).
 pub fn dir_bytes(path: &Path) -> Result<u64> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("stat {}", path.display()))?;
     let mut total = meta.blocks() * 512;
     if meta.is_dir() {
         for entry in std::fs::read_dir(path)? {

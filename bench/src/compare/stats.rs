@@ -74,7 +74,7 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 fn fmt_ms(v: f64) -> String {
-    format!("{v:.2} ms")
+    format!("{v:.3} ms")
 }
 
 /// Judges one row against its target. `strata_drops`: dropped watch events
@@ -99,7 +99,11 @@ pub fn verdict(
     match target {
         Target::SingleClientPut => {
             let Some(f) = floor else {
-                return ("≥ 1× etcd, p50 ≤ 1.5× floor".into(), None, "floor not measured".into());
+                return (
+                    "≥ 1× etcd, p50 ≤ 1.5× floor".into(),
+                    None,
+                    "floor not measured".into(),
+                );
             };
             let limit = 1.5 * f.floor_ms;
             let p50_ok = row.strata_p50_ms.map(|p| p <= limit);
@@ -109,7 +113,11 @@ pub fn verdict(
                 String::new(),
             )
         }
-        Target::ConcurrentPut => ("≥ 2× etcd, p99 ≤ etcd".into(), both(at_least(2.0), p99_le), String::new()),
+        Target::ConcurrentPut => (
+            "≥ 2× etcd, p99 ≤ etcd".into(),
+            both(at_least(2.0), p99_le),
+            String::new(),
+        ),
         Target::TwiceThroughput => ("≥ 2× etcd".into(), at_least(2.0), String::new()),
         Target::WatchLatency => {
             let drops = strata_drops.map(|d| d == 0);
@@ -124,7 +132,11 @@ pub fn verdict(
                 Some(d) => format!("{d} events dropped"),
                 None => "drops not reported".into(),
             };
-            ("no dropped events".into(), strata_drops.map(|d| d == 0), note)
+            (
+                "no dropped events".into(),
+                strata_drops.map(|d| d == 0),
+                note,
+            )
         }
     }
 }
@@ -278,7 +290,15 @@ mod tests {
             rec("strata", 200.0, 2.0, 6.0),
             rec("etcd", 120.0, 3.0, 10.0),
         ];
-        let row = summarize("put-10-100", Target::ConcurrentPut, 1, "3.5", "etcd-benchmark", &runs, None);
+        let row = summarize(
+            "put-10-100",
+            Target::ConcurrentPut,
+            1,
+            "3.5",
+            "etcd-benchmark",
+            &runs,
+            None,
+        );
         assert_eq!(row.strata_rps, Some(200.0));
         assert_eq!(row.etcd_rps, Some(120.0));
         assert!((row.ratio.unwrap() - 200.0 / 120.0).abs() < 1e-12);
@@ -300,26 +320,66 @@ mod tests {
 
         // put 1/1: ratio ≥ 1 and p50 ≤ 1.5 × floor.
         let runs = vec![rec("strata", 110.0, 0.5, 5.0), rec("etcd", 100.0, 0.6, 9.0)];
-        let row = summarize("p", Target::SingleClientPut, 1, "3.5", "g", &runs, Some(&floor(0.4)));
+        let row = summarize(
+            "p",
+            Target::SingleClientPut,
+            1,
+            "3.5",
+            "g",
+            &runs,
+            Some(&floor(0.4)),
+        );
         assert_eq!(row.pass, Some(true), "{row:?}");
-        assert!(row.target.contains("0.60 ms"), "{}", row.target);
-        let row = summarize("p", Target::SingleClientPut, 1, "3.5", "g", &runs, Some(&floor(0.3)));
+        assert!(row.target.contains("0.600 ms"), "{}", row.target);
+        let row = summarize(
+            "p",
+            Target::SingleClientPut,
+            1,
+            "3.5",
+            "g",
+            &runs,
+            Some(&floor(0.3)),
+        );
         assert_eq!(row.pass, Some(false));
         let row = summarize("p", Target::SingleClientPut, 1, "3.5", "g", &runs, None);
         assert_eq!(row.pass, None);
 
         // Watch latency: etcd's benchmark finishing means no drops.
-        let row = summarize("w", Target::WatchLatency, 1, "3.5", "etcd-benchmark", &runs, None);
+        let row = summarize(
+            "w",
+            Target::WatchLatency,
+            1,
+            "3.5",
+            "etcd-benchmark",
+            &runs,
+            None,
+        );
         assert_eq!(row.pass, Some(true));
         let mut dropped = runs.clone();
         for r in &mut dropped {
             r.generator = "strata-bench".into();
             r.measurement.as_mut().unwrap().extra = serde_json::json!({"events_dropped": 2});
         }
-        let row = summarize("w", Target::WatchLatency, 1, "3.5", "strata-bench", &dropped, None);
+        let row = summarize(
+            "w",
+            Target::WatchLatency,
+            1,
+            "3.5",
+            "strata-bench",
+            &dropped,
+            None,
+        );
         assert_eq!(row.pass, Some(false));
         assert!(row.note.contains("2 events dropped"), "{}", row.note);
-        let row = summarize("w", Target::NoDrops, 1, "3.5", "strata-bench", &dropped, None);
+        let row = summarize(
+            "w",
+            Target::NoDrops,
+            1,
+            "3.5",
+            "strata-bench",
+            &dropped,
+            None,
+        );
         assert_eq!(row.pass, Some(false));
 
         // No etcd figure: cannot judge.
