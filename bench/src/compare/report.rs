@@ -169,8 +169,10 @@ pub fn ratios_svg(rows: &[SummaryRow], title: &str) -> String {
     let plot_h = 300.0;
     let label_h = 190.0;
     let n = rows.len().max(1) as f64;
-    let width = left + n * (bar_w + gap) + 40.0;
+    let plot_right = left + n * (bar_w + gap) + 10.0;
+    let width = plot_right + 90.0;
     let width = width.max(480.0);
+    let plot_right = plot_right.max(width - 90.0);
     let height = top + plot_h + label_h;
     let max_ratio = rows.iter().filter_map(|r| r.ratio).fold(2.5_f64, f64::max) * 1.1;
     let y = |v: f64| top + plot_h - (v / max_ratio) * plot_h;
@@ -203,9 +205,8 @@ pub fn ratios_svg(rows: &[SummaryRow], title: &str) -> String {
     );
     let _ = writeln!(
         s,
-        r#"<line x1="{left}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="black"/>"#,
+        r#"<line x1="{left}" y1="{:.1}" x2="{plot_right:.1}" y2="{:.1}" stroke="black"/>"#,
         top + plot_h,
-        width - 20.0,
         top + plot_h
     );
     let mut tick = 0.0;
@@ -221,15 +222,14 @@ pub fn ratios_svg(rows: &[SummaryRow], title: &str) -> String {
     for (k, label) in [(1.0, "1× (parity)"), (2.0, "2× (target)")] {
         let _ = writeln!(
             s,
-            r##"<line x1="{left}" y1="{yy:.1}" x2="{x2:.1}" y2="{yy:.1}" stroke="#333" stroke-dasharray="6,4"/>"##,
+            r##"<line x1="{left}" y1="{yy:.1}" x2="{plot_right:.1}" y2="{yy:.1}" stroke="#333" stroke-dasharray="6,4"/>"##,
             yy = y(k),
-            x2 = width - 20.0
         );
         let _ = writeln!(
             s,
-            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#333">{label}</text>"##,
-            width - 22.0,
-            y(k) - 4.0
+            r##"<text x="{:.1}" y="{:.1}" fill="#333">{label}</text>"##,
+            plot_right + 4.0,
+            y(k) + 4.0
         );
     }
     for (i, r) in rows.iter().enumerate() {

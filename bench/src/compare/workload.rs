@@ -165,7 +165,7 @@ pub fn all() -> Vec<Workload> {
             "range linearizable 10/100",
             10,
             100,
-            args!["range", "foo", "--consistency", "l", "--total", "40000"],
+            args!["range", "foo", "--consistency", "l", "--total", "20000"],
             args!["range", "foo", "--consistency", "l", "--total", "1000"],
         ),
         range(
@@ -173,7 +173,7 @@ pub fn all() -> Vec<Workload> {
             "range serializable 10/100",
             10,
             100,
-            args!["range", "foo", "--consistency", "s", "--total", "40000"],
+            args!["range", "foo", "--consistency", "s", "--total", "20000"],
             args!["range", "foo", "--consistency", "s", "--total", "1000"],
         ),
         range(
@@ -181,7 +181,7 @@ pub fn all() -> Vec<Workload> {
             "range linearizable 100/1000",
             100,
             1000,
-            args!["range", "foo", "--consistency", "l", "--total", "100000"],
+            args!["range", "foo", "--consistency", "l", "--total", "50000"],
             args!["range", "foo", "--consistency", "l", "--total", "2000"],
         ),
         range(
@@ -189,7 +189,7 @@ pub fn all() -> Vec<Workload> {
             "range serializable 100/1000",
             100,
             1000,
-            args!["range", "foo", "--consistency", "s", "--total", "100000"],
+            args!["range", "foo", "--consistency", "s", "--total", "50000"],
             args!["range", "foo", "--consistency", "s", "--total", "2000"],
         ),
         put(
@@ -321,7 +321,7 @@ pub fn all() -> Vec<Workload> {
             10,
             100,
             Target::TwiceThroughput,
-            args!["lease-keepalive", "--total", "40000"],
+            args!["lease-keepalive", "--total", "20000"],
             args!["lease-keepalive", "--total", "1000"],
         ),
     ]
