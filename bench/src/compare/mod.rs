@@ -151,7 +151,8 @@ pub struct CompareArgs {
 }
 
 /// Parses `args` (program name first) and runs the comparison. `--help`
-/// and `--version` print and return Ok.
+/// and `--version` print and return Ok; invalid flags print clap's usage
+/// error and exit with status 2.
 pub fn main_with_args<I, T>(args: I) -> Result<()>
 where
     I: IntoIterator<Item = T>,
@@ -165,10 +166,12 @@ where
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
             ) =>
         {
-            e.print()?;
+            // A closed stdout (`--help | head`) is not an error.
+            let _ = e.print();
             return Ok(());
         }
-        Err(e) => return Err(e.into()),
+        // Usage errors print clap's message and exit 2, like any CLI.
+        Err(e) => e.exit(),
     };
     run(args)
 }
