@@ -148,6 +148,10 @@ pub struct CompareArgs {
     /// Print the workloads and their argv, then exit.
     #[arg(long)]
     pub list: bool,
+    /// Redraw --out/ratios.svg and --out/table-replot.md from an earlier
+    /// run's results.json (no servers are started).
+    #[arg(long, value_name = "RESULTS_JSON")]
+    pub replot: Option<PathBuf>,
 }
 
 /// Parses `args` (program name first) and runs the comparison. `--help`
@@ -320,6 +324,9 @@ pub fn run(args: CompareArgs) -> Result<()> {
             );
         }
         return Ok(());
+    }
+    if let Some(path) = &args.replot {
+        return replot(path, &args.out);
     }
     if args.reps == 0 {
         bail!("--reps must be at least 1");
@@ -752,6 +759,29 @@ pub fn run(args: CompareArgs) -> Result<()> {
     Ok(())
 }
 
+/// Redraws the chart and table of an earlier run from its results.json.
+fn replot(results: &Path, out: &Path) -> Result<()> {
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(results).with_context(|| format!("read {}", results.display()))?,
+    )
+    .with_context(|| format!("parse {}", results.display()))?;
+    let summary: Vec<stats::SummaryRow> = serde_json::from_value(doc["summary"].clone())
+        .context("results.json has no valid \"summary\"")?;
+    let date = doc["date"].as_str().unwrap_or("unknown date");
+    std::fs::create_dir_all(out)?;
+    let title = format!(
+        "Strata vs etcd: throughput ratio ({})",
+        date.get(..10).unwrap_or(date)
+    );
+    std::fs::write(out.join("ratios.svg"), report::ratios_svg(&summary, &title))?;
+    std::fs::write(
+        out.join("table-replot.md"),
+        report::markdown_table(&summary),
+    )?;
+    eprintln!("wrote {}/{{ratios.svg,table-replot.md}}", out.display());
+    Ok(())
+}
+
 /// Starts a fresh `spec` server for `cell`, preloads, runs the generator
 /// once and stops the server.
 #[allow(clippy::too_many_arguments)]
@@ -806,4 +836,48 @@ fn one_run(
         Err(e) => rec.error = Some(format!("{e:#}")),
     }
     rec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replot_redraws_from_results_json() {
+        let d = tempfile::tempdir().unwrap();
+        let results = d.path().join("results.json");
+        std::fs::write(
+            &results,
+            r#"{"date": "2026-12-04T17:27:30Z", "summary": [{"workload": "put-10-100", "topology": 3,
+                "etcd_version": "3.5", "generator": "etcd-benchmark", "strata_runs": 3, "etcd_runs": 3,
+                "strata_rps": 7719.0, "etcd_rps": 6520.0, "ratio": 1.18, "strata_p50_ms": 10.7,
+                "strata_p99_ms": 37.5, "etcd_p50_ms": 13.8, "etcd_p99_ms": 45.9,
+                "target": "≥ 2× etcd, p99 ≤ etcd", "pass": false, "note": ""}]}"#,
+        )
+        .unwrap();
+        let out = d.path().join("out");
+        main_with_args(
+            ["strata-compare", "--replot"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([
+                    results.display().to_string(),
+                    "--out".into(),
+                    out.display().to_string(),
+                ]),
+        )
+        .unwrap();
+        let svg = std::fs::read_to_string(out.join("ratios.svg")).unwrap();
+        assert!(svg.contains("put-10-100 · 3n · 3.5") && svg.contains("2026-12-04"));
+        let table = std::fs::read_to_string(out.join("table-replot.md")).unwrap();
+        assert!(
+            table.contains("| put-10-100 | 3 | 3.5 | etcd-benchmark | 7719 | 6520 | 1.18× |"),
+            "{table}"
+        );
+        std::fs::write(&results, "{}").unwrap();
+        assert!(run(
+            CompareArgs::try_parse_from(["x", "--replot", results.to_str().unwrap()]).unwrap()
+        )
+        .is_err());
+    }
 }

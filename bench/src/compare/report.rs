@@ -195,7 +195,7 @@ pub fn ratios_svg(rows: &[SummaryRow], title: &str) -> String {
     );
     let _ = writeln!(
         s,
-        r##"<text x="{left}" y="40" fill="#555">Strata req/s ÷ etcd req/s (medians). Blue: 1 node, orange/red: 3 nodes; lighter: etcd's benchmark as generator.</text>"##
+        r##"<text x="{left}" y="40" fill="#555">Strata req/s ÷ etcd req/s (medians). 1 node: blue (strata-bench), teal (etcd benchmark); 3 nodes: orange (strata-bench), red (etcd benchmark).</text>"##
     );
     // Axis and ticks.
     let _ = writeln!(

@@ -29,7 +29,7 @@ pub struct RunRecord {
 }
 
 /// One line of the table: a workload × topology × etcd version × generator.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SummaryRow {
     pub workload: String,
     pub topology: usize,
