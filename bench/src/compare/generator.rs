@@ -182,4 +182,41 @@ mod tests {
         .unwrap();
         assert_eq!(m.ok, 2000);
     }
+
+    #[test]
+    fn strata_bench_json_goes_through_the_json_parser() {
+        let d = tempfile::tempdir().unwrap();
+        let doc = r#"{"tool": "strata-bench", "command": "range", "total": 10, "ok": 9, "errors": 1,
+            "errors_by_message": {"etcdserver: request timed out": 1}, "elapsed_secs": 0.5,
+            "requests_per_sec": 18.0, "latency_ms": {"min": 0.1, "mean": 1.0, "stddev": 0.2,
+            "p50": 0.9, "p90": 1.5, "p99": 2.0, "p99_9": 2.0, "max": 2.1}, "extra": {}}"#;
+        std::fs::write(d.path().join("r.json"), doc).unwrap();
+        let cat = format!(
+            "echo progress >&2; cat {}",
+            d.path().join("r.json").display()
+        );
+        let sh = Path::new("/bin/sh");
+        let m = run(
+            Generator::StrataBench,
+            sh,
+            &["-c".into(), cat],
+            d.path(),
+            "j",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!((m.ok, m.errors), (9, 1));
+        assert_eq!(m.requests_per_sec, 18.0);
+        // etcd's text report is not JSON.
+        let text = format!("cat {}", d.path().join("r.json").display());
+        assert!(run(
+            Generator::Etcd,
+            sh,
+            &["-c".into(), text],
+            d.path(),
+            "t",
+            Duration::from_secs(5)
+        )
+        .is_err());
+    }
 }
