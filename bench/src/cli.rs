@@ -33,6 +33,10 @@ adds a percentile line; `--output json` prints one JSON object on stdout
 (nothing else goes to stdout then). The progress bar goes to stderr and is
 hidden when stderr is not a terminal or with --no-progress.
 
+`strata-bench compare [flags]` runs the side-by-side comparison with real
+etcd (fresh servers, interleaved repetitions, ratio table, chart, resource
+figures); `strata-bench compare --help` lists its flags.
+
 Exit status: 0 when the run completed (even with request errors: they are in
 the report), 1 on a fatal error (cannot connect, cannot authenticate, a
 setup step failed), 2 on bad flags.";

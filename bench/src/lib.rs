@@ -7,6 +7,9 @@
 //!
 //! - [`cli`]: the flags (clap), etcd's names and defaults plus our
 //!   `--output` and `--no-progress`.
+//! - [`compare`]: the Strata-vs-etcd comparison runner (`strata-bench
+//!   compare`, also the `strata-compare` binary): fresh servers, interleaved
+//!   repetitions, ratio tables, the chart and resource figures.
 //! - [`coalesce`]: write coalescing on the client's TCP connections.
 //! - [`conn`]: endpoints, TLS, `--user` tokens, `--target-leader`, and the
 //!   `--conns` gRPC channels shared round-robin by the `--clients` tasks.
@@ -24,6 +27,7 @@
 
 pub mod cli;
 pub mod coalesce;
+pub mod compare;
 pub mod conn;
 pub mod keys;
 pub mod limiter;
