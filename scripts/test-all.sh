@@ -3,8 +3,9 @@
 #   ./scripts/test-all.sh
 # Steps: install peers (etcd 3.4/3.5, etcdctl, protoc), format and lint
 # checks, unit + integration + differential + crash tests, one untimed run
-# of every criterion benchmark, then the etcdctl script test against Strata with etcdctl 3.4 and 3.5. The
-# corruption-check tests run a second time with the `failpoints` feature.
+# of every criterion benchmark, then the etcdctl script test against Strata
+# with etcdctl 3.4 and 3.5. The corruption-check tests run a second time
+# with the `failpoints` feature.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

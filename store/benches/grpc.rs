@@ -13,7 +13,8 @@ const KEYS: usize = 10_000;
 
 fn kv(c: &mut Criterion) {
     let mut g = c.benchmark_group("grpc");
-    g.throughput(Throughput::Elements(1));
+    // A Put with fsync takes milliseconds: fewer samples keep the run short.
+    g.sample_size(30).throughput(Throughput::Elements(1));
     let v = value(7);
     for (name, flags) in [("fsync", &[][..]), ("no_fsync", &["--unsafe-no-fsync"][..])] {
         let mut ln = LocalNode::start(flags);

@@ -19,6 +19,8 @@ const KEEP: u64 = 1000;
 
 fn append(c: &mut Criterion) {
     let mut g = c.benchmark_group("raft_log_append");
+    // An fsync takes milliseconds: fewer samples keep the run short.
+    g.sample_size(30);
     for sync in [false, true] {
         for batch in [1u64, 64] {
             let dir = tempfile::tempdir().unwrap();

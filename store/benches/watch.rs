@@ -102,6 +102,8 @@ fn rounds(
 fn fanout(c: &mut Criterion) {
     let ln = LocalNode::start(&["--unsafe-no-fsync"]);
     let mut g = c.benchmark_group("watch_fanout");
+    // 10k deliveries take milliseconds: fewer samples keep the run short.
+    g.sample_size(30);
     let big = support::size(10_000, 1_000);
     // Keys 0..1000 share one 1000-key prefix.
     let p = prefix(0, 1000);
