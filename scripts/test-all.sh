@@ -2,9 +2,10 @@
 # Run Strata's whole test suite, installing whatever the tests need first.
 #   ./scripts/test-all.sh
 # Steps: install peers (etcd 3.4/3.5, etcdctl, protoc), format and lint
-# checks, unit + integration + differential + crash tests, then the
-# etcdctl script test against Strata with etcdctl 3.4 and 3.5. The
-# corruption-check tests run a second time with the `failpoints` feature.
+# checks, unit + integration + differential + crash tests, one untimed run
+# of every criterion benchmark, then the etcdctl script test against Strata
+# with etcdctl 3.4 and 3.5. The corruption-check tests run a second time
+# with the `failpoints` feature.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,13 @@ cargo clippy -p store --all-targets --features failpoints -- -D warnings
 
 step "cargo test (unit, integration, differential, crash)"
 cargo test --workspace
+
+# Criterion runs each benchmark once, untimed, when started without
+# `--bench` (test mode; inputs are smaller there), printing "Testing
+# <name>" and "Success". `--bench '*'` selects the benchmark targets only
+# (`--benches` would also rerun the library's unit tests).
+step "benchmarks, once each in test mode (cargo test -p store --bench '*')"
+cargo test -p store --bench '*'
 
 step "etcdctl script test (etcdctl 3.4)"
 ETCDCTL="$ETCDCTL34_BIN" store/tests/etcdctl/run.sh target/debug/strata

@@ -395,6 +395,57 @@ impl StreamState {
     }
 }
 
+/// A watch stream driven by its caller instead of a gRPC connection, for
+/// the watch fan-out benchmarks (`store/benches/watch.rs`): the same
+/// watcher table, create and delivery pass as a gRPC Watch stream, with
+/// responses going to a channel the caller drains. The caller calls
+/// [`LocalWatchStream::deliver`] where the stream task would wake on an
+/// applied revision.
+#[doc(hidden)]
+pub struct LocalWatchStream(StreamState);
+
+/// The receiving end of a [`LocalWatchStream`].
+#[doc(hidden)]
+pub type LocalWatchReceiver = mpsc::Receiver<Result<pb::WatchResponse, Status>>;
+
+#[doc(hidden)]
+impl LocalWatchStream {
+    /// A stream on `node` whose responses go to a channel of `capacity`
+    /// (a gRPC stream uses 256), unauthenticated.
+    pub fn new(node: Arc<Node>, capacity: usize) -> (Self, LocalWatchReceiver) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let st = StreamState {
+            node,
+            tx,
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            progress_pending: false,
+            metadata: Default::default(),
+            tls_cn: None,
+        };
+        (LocalWatchStream(st), rx)
+    }
+
+    /// Handle a create request, as the stream does; false once the
+    /// receiver is gone.
+    pub async fn create(&mut self, c: pb::WatchCreateRequest) -> bool {
+        self.0.create(c).await.is_ok()
+    }
+
+    /// Deliver pending events until every watcher is synced, as the stream
+    /// task does whenever the applied revision advances; false once the
+    /// receiver is gone.
+    pub async fn deliver(&mut self) -> bool {
+        self.0.deliver().await.is_ok()
+    }
+}
+
+impl Drop for LocalWatchStream {
+    fn drop(&mut self) {
+        METRICS.watchers.sub(self.0.watchers.len() as i64);
+    }
+}
+
 /// An event's `prev_kv` exactly as etcd computes it when sending: none for a
 /// create, otherwise the key as of `mod_revision - 1` if that revision is not
 /// compacted. (Not the value the write replaced: when nested txns put and
