@@ -15,6 +15,8 @@ step "installing test peers"
 ./scripts/install-peers.sh
 # shellcheck source=scripts/peers.env
 source scripts/peers.env
+# etcd's own benchmark tool (the comparison runner's neutral generator).
+bench/scripts/install-etcd-benchmark.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
