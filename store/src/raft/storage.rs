@@ -10,6 +10,11 @@
 //! Recent entry terms are cached in memory so that raft's frequent `term()`
 //! calls do not read log files.
 //!
+//! After a state-machine snapshot the log is compacted ([`RaftStorage::compact_to`])
+//! and raft-engine deletes the log files left without live data, so the
+//! log on disk (and what a restart reads) stays around the entries not yet
+//! covered by a snapshot.
+//!
 //! On open, raft-engine drops a damaged tail of the newest log file
 //! (`TolerateTailCorruption`). That is right for a write torn by a crash, which
 //! was never acknowledged, but raft-engine cuts at the FIRST damaged record,
