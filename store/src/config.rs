@@ -48,7 +48,7 @@ const FLAGS: &[(&str, &str, Ty, Kind, &str)] = &[
     ("listen-peer-urls", "http://localhost:2380", Value, Used, "List of URLs to listen on for peer traffic."),
     ("listen-client-urls", "http://127.0.0.1:2379", Value, Used, "List of URLs to listen on for client traffic."),
     ("listen-client-http-urls", "", Value, Ignored, "List of URLs to listen on for HTTP-only client traffic."),
-    ("max-snapshots", "5", Value, Used, "Maximum number of snapshot files to retain (0 is unlimited; at least 2 are kept)."),
+    ("max-snapshots", "5", Value, Used, "Maximum number of snapshot files to retain (0 is unlimited; otherwise the 2 newest are kept, the only ones the raft log can replay from)."),
     ("max-wals", "5", Value, Ignored, "Maximum number of wal files to retain (0 is unlimited)."),
     ("quota-backend-bytes", "0", Value, Used, "Raise alarms when backend size exceeds the given quota (0 defaults to low space quota)."),
     ("backend-bbolt-freelist-type", "map", Value, Ignored, "BackendFreelistType specifies the type of freelist that boltdb backend uses."),
@@ -242,7 +242,8 @@ pub struct Config {
     pub wal_dir: PathBuf,
     /// Entries between state-machine snapshots.
     pub snapshot_count: u64,
-    /// Snapshot files to keep (at least 2).
+    /// `--max-snapshots`: 0 keeps every snapshot file, any other value the
+    /// 2 newest (see `SnapDir::open`).
     pub max_snapshots: usize,
     /// Raft heartbeat interval.
     pub heartbeat_interval: Duration,

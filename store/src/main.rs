@@ -8,6 +8,18 @@ use store::config::{self, Parsed};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read before `main` (its `malloc_conf` symbol, under
+/// the prefixed name tikv-jemalloc-sys builds it with). A background thread
+/// returns freed pages to the OS within about a second, also while the
+/// process is idle; by default they linger for 10 s and are only returned
+/// when some thread allocates again, so the RSS of an idle server kept the
+/// peak of the last burst (request buffers, raft batches, snapshot
+/// encoding).
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: Option<&'static u8> =
+    Some(&b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0]);
+
 fn main() {
     // Failpoints named in the FAILPOINTS env var (test builds only).
     #[cfg(feature = "failpoints")]

@@ -228,8 +228,15 @@ impl Node {
             .with_context(|| format!("cannot create data dir {}", member_dir.display()))?;
         // Before anything else: bad TLS flags or files stop the start.
         let tls = Tls::load(&cfg)?;
+        let t = std::time::Instant::now();
         let storage = RaftStorage::open(&cfg.wal_dir, !cfg.unsafe_no_fsync)
             .with_context(|| format!("cannot open raft log in {}", cfg.wal_dir.display()))?;
+        tracing::info!(
+            first_index = storage.first_log_index(),
+            last_index = storage.last_log_index(),
+            took_ms = t.elapsed().as_millis() as u64,
+            "opened raft log"
+        );
         let snaps = Arc::new(SnapDir::open(member_dir.join("snap"), cfg.max_snapshots)?);
         // A snapshot received from the leader whose install reached the raft
         // log but not the rename (a crash in between) is the newest state.
@@ -241,12 +248,22 @@ impl Node {
                 let _ = std::fs::remove_file(p);
             }
         }
+        let t = std::time::Instant::now();
         let mut sm = snaps
             .load_newest(|p, e| {
                 tracing::error!(path = %p.display(), error = %e, "skipping corrupt snapshot file")
             })
             .context("no usable state-machine snapshot")?
             .unwrap_or_default();
+        if sm.applied_index > 0 {
+            tracing::info!(
+                index = sm.applied_index,
+                rev = sm.mvcc.current_rev(),
+                keys = sm.mvcc.live_keys(),
+                took_ms = t.elapsed().as_millis() as u64,
+                "loaded state-machine snapshot"
+            );
+        }
         let initial = membership::initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
         let restarted_commit = (!storage.is_empty()).then(|| storage.hard_state().commit);
         let id = if storage.is_empty() {

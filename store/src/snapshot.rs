@@ -305,8 +305,8 @@ fn corrupt(msg: impl Into<String>) -> SnapError {
 }
 
 /// Decode a snapshot into a state machine, verifying every CRC.
-pub fn read_from<R: Read>(r: R) -> Result<StateMachine, SnapError> {
-    parse(BufReader::new(r))
+pub fn read_from<R: Read + Send>(r: R) -> Result<StateMachine, SnapError> {
+    parse(BufReader::with_capacity(1 << 20, r))
 }
 
 /// Like [`read_from`] on a whole file's bytes, which must end with the end
@@ -314,7 +314,8 @@ pub fn read_from<R: Read>(r: R) -> Result<StateMachine, SnapError> {
 /// body of an `etcdctl snapshot save` file). Other trailing bytes (say, a
 /// truncated saved file that lost part of its SHA-256 trailer) are an error.
 pub fn read_exact_from(mut bytes: &[u8], padded: bool) -> Result<StateMachine, SnapError> {
-    let sm = parse(&mut bytes)?;
+    // By reference: `bytes` must advance past the end record.
+    let sm = parse(Read::by_ref(&mut bytes))?;
     let padding_ok = padded && bytes.len() < 512 && bytes.iter().all(|b| *b == 0);
     if !bytes.is_empty() && !padding_ok {
         return Err(corrupt(format!(
@@ -325,19 +326,114 @@ pub fn read_exact_from(mut bytes: &[u8], padded: bool) -> Result<StateMachine, S
     Ok(sm)
 }
 
-fn parse<R: Read>(mut r: R) -> Result<StateMachine, SnapError> {
+/// A verified record, decoded, as the reading thread hands it on.
+enum Item {
+    Meta(Meta),
+    /// Keys in file (key) order, ready for the index.
+    Keys(Vec<(Bytes, Arc<KeyHistory>)>),
+    Leases(LeaseList),
+    Auth(AuthRec),
+}
+
+/// Records decoded ahead of the thread building the index.
+const RECORDS_AHEAD: usize = 8;
+
+/// Load in two stages: a reading thread verifies and decodes the records
+/// (I/O, CRCs, protobuf decoding, building each key's history), this
+/// thread inserts the keys into the index; they overlap, so a restart
+/// takes about the longer of the two rather than their sum.
+fn parse<R: Read + Send>(r: R) -> Result<StateMachine, SnapError> {
+    let mut sm = StateMachine::default();
+    let mut index: imbl::OrdMap<Bytes, Arc<KeyHistory>> = imbl::OrdMap::new();
+    let (mut current, mut compact) = (1, 0);
+    let mut saw_meta = false;
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(RECORDS_AHEAD);
+        let reader = std::thread::Builder::new()
+            .name("snapshot-read".into())
+            .spawn_scoped(scope, move || read_records(r, tx))
+            .map_err(SnapError::Io)?;
+        for item in rx {
+            match item {
+                Item::Meta(m) => {
+                    saw_meta = true;
+                    sm.applied_index = m.applied_index;
+                    sm.applied_term = m.applied_term;
+                    sm.conf_state = raft::eraftpb::ConfState {
+                        voters: m.voters,
+                        learners: m.learners,
+                        voters_outgoing: m.voters_outgoing,
+                        learners_next: m.learners_next,
+                        auto_leave: m.auto_leave,
+                        ..Default::default()
+                    };
+                    sm.alarms = m.alarms;
+                    sm.members = m.members.into_iter().map(|a| (a.id, a)).collect();
+                    sm.removed = m.removed.into_iter().collect();
+                    current = m.current;
+                    compact = m.compact;
+                }
+                Item::Keys(keys) => {
+                    for (k, hist) in keys {
+                        index.insert(k, hist);
+                    }
+                }
+                Item::Leases(ls) => {
+                    for l in ls.leases {
+                        sm.leases.grant(l.id, l.ttl);
+                        sm.leases.checkpoint(l.id, l.remaining_ttl);
+                        for k in l.keys {
+                            sm.leases.attach(l.id, &k);
+                        }
+                    }
+                }
+                Item::Auth(a) => {
+                    sm.auth = crate::auth::AuthStore {
+                        enabled: a.enabled,
+                        revision: a.revision,
+                        users: a
+                            .users
+                            .into_iter()
+                            .map(|u| (String::from_utf8_lossy(&u.name).into_owned(), u))
+                            .collect(),
+                        roles: a
+                            .roles
+                            .into_iter()
+                            .map(|r| (String::from_utf8_lossy(&r.name).into_owned(), r))
+                            .collect(),
+                    };
+                }
+            }
+        }
+        // The channel closed: the reader reached the end record or failed.
+        reader
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })?;
+    if !saw_meta {
+        return Err(corrupt("no metadata record"));
+    }
+    sm.mvcc = Mvcc::from_snapshot(MvccSnapshot {
+        index,
+        current,
+        compact,
+    });
+    Ok(sm)
+}
+
+/// Read, verify and decode every record up to and including the end
+/// record, handing them to `tx` in order. Returns early (Ok) if the
+/// receiver is gone.
+fn read_records<R: Read>(mut r: R, tx: std::sync::mpsc::SyncSender<Item>) -> Result<(), SnapError> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)
         .map_err(|_| corrupt("file too short for the snapshot header"))?;
     if &magic != MAGIC {
         return Err(corrupt("bad magic: not a Strata snapshot"));
     }
-    let mut sm = StateMachine::default();
-    let mut index: imbl::OrdMap<Bytes, Arc<KeyHistory>> = imbl::OrdMap::new();
-    let (mut current, mut compact) = (1, 0);
     let mut records = 0u64;
     let mut digest = crc32fast::Hasher::new();
-    let mut saw_meta = false;
+    let mut payload = Vec::new();
     loop {
         let mut hdr = [0u8; 8];
         r.read_exact(&mut hdr)
@@ -349,7 +445,7 @@ fn parse<R: Read>(mut r: R) -> Result<StateMachine, SnapError> {
                 "record {records} has implausible length {len}"
             )));
         }
-        let mut payload = vec![0u8; len as usize];
+        payload.resize(len as usize, 0);
         r.read_exact(&mut payload)
             .map_err(|_| corrupt(format!("record {records} truncated")))?;
         if crc32fast::hash(&payload) != crc {
@@ -357,88 +453,45 @@ fn parse<R: Read>(mut r: R) -> Result<StateMachine, SnapError> {
         }
         let rec = Record::decode(payload.as_slice())
             .map_err(|e| corrupt(format!("record {records}: {e}")))?;
-        match rec.body {
-            Some(Body::Meta(m)) => {
-                saw_meta = true;
-                sm.applied_index = m.applied_index;
-                sm.applied_term = m.applied_term;
-                sm.conf_state = raft::eraftpb::ConfState {
-                    voters: m.voters,
-                    learners: m.learners,
-                    voters_outgoing: m.voters_outgoing,
-                    learners_next: m.learners_next,
-                    auto_leave: m.auto_leave,
-                    ..Default::default()
-                };
-                sm.alarms = m.alarms;
-                sm.members = m.members.into_iter().map(|a| (a.id, a)).collect();
-                sm.removed = m.removed.into_iter().collect();
-                current = m.current;
-                compact = m.compact;
-            }
-            Some(Body::Keys(ks)) => {
-                for k in ks.keys {
-                    let mut hist = KeyHistory::default();
-                    for rv in k.revs {
-                        let mut kv = rv.kv.unwrap_or_default();
-                        kv.key = k.key.clone();
-                        hist.entries.push(HistEntry {
-                            rev: Revision {
-                                main: rv.main,
-                                sub: rv.sub,
-                            },
-                            kv: Arc::new(kv),
-                            tombstone: rv.tombstone,
-                        });
-                    }
-                    index.insert(Bytes::from(k.key), Arc::new(hist));
-                }
-            }
-            Some(Body::Leases(ls)) => {
-                for l in ls.leases {
-                    sm.leases.grant(l.id, l.ttl);
-                    sm.leases.checkpoint(l.id, l.remaining_ttl);
-                    for k in l.keys {
-                        sm.leases.attach(l.id, &k);
-                    }
-                }
-            }
-            Some(Body::Auth(a)) => {
-                sm.auth = crate::auth::AuthStore {
-                    enabled: a.enabled,
-                    revision: a.revision,
-                    users: a
-                        .users
-                        .into_iter()
-                        .map(|u| (String::from_utf8_lossy(&u.name).into_owned(), u))
-                        .collect(),
-                    roles: a
-                        .roles
-                        .into_iter()
-                        .map(|r| (String::from_utf8_lossy(&r.name).into_owned(), r))
-                        .collect(),
-                };
-            }
+        let item = match rec.body {
+            Some(Body::Meta(m)) => Item::Meta(m),
+            Some(Body::Keys(ks)) => Item::Keys(ks.keys.into_iter().map(key_history).collect()),
+            Some(Body::Leases(ls)) => Item::Leases(ls),
+            Some(Body::Auth(a)) => Item::Auth(a),
             Some(Body::End(e)) => {
                 if e.records != records || e.digest != digest.clone().finalize() {
                     return Err(corrupt("end record does not match the records read"));
                 }
-                break;
+                return Ok(());
             }
             None => return Err(corrupt(format!("record {records}: empty"))),
+        };
+        if tx.send(item).is_err() {
+            return Ok(());
         }
         digest.update(&crc.to_le_bytes());
         records += 1;
     }
-    if !saw_meta {
-        return Err(corrupt("no metadata record"));
+}
+
+/// One decoded key and its history, as the index holds them.
+fn key_history(k: Key) -> (Bytes, Arc<KeyHistory>) {
+    let mut hist = KeyHistory {
+        entries: Vec::with_capacity(k.revs.len()),
+    };
+    for rv in k.revs {
+        let mut kv = rv.kv.unwrap_or_default();
+        kv.key = k.key.clone();
+        hist.entries.push(HistEntry {
+            rev: Revision {
+                main: rv.main,
+                sub: rv.sub,
+            },
+            kv: Arc::new(kv),
+            tombstone: rv.tombstone,
+        });
     }
-    sm.mvcc = Mvcc::from_snapshot(MvccSnapshot {
-        index,
-        current,
-        compact,
-    });
-    Ok(sm)
+    (Bytes::from(k.key), Arc::new(hist))
 }
 
 /// The directory of snapshot files.
@@ -452,12 +505,17 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 }
 
 impl SnapDir {
-    /// Open (creating) the directory; keep at least 2 files.
-    pub fn open(dir: PathBuf, keep: usize) -> io::Result<Self> {
+    /// Open (creating) the directory. `max` is `--max-snapshots`: 0 keeps
+    /// every file; otherwise the 2 newest are kept. Older files are of no
+    /// use to recovery (the raft log is compacted up to the second newest
+    /// snapshot, so it cannot replay from an older one), and each holds the
+    /// whole key space: keeping etcd's default of 5 (whose `.snap` files
+    /// hold only the membership) cost three times the data size on disk.
+    pub fn open(dir: PathBuf, max: usize) -> io::Result<Self> {
         fs::create_dir_all(&dir)?;
         Ok(SnapDir {
             dir,
-            keep: if keep == 0 { usize::MAX } else { keep.max(2) },
+            keep: if max == 0 { usize::MAX } else { 2 },
         })
     }
 

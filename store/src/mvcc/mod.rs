@@ -56,6 +56,17 @@ pub struct KeyHistory {
 }
 
 impl KeyHistory {
+    /// Append `e` (newer than every entry held). Most keys hold one or two
+    /// revisions: the first few pushes grow the vector one slot at a time
+    /// instead of to the usual minimum of four, which would triple the
+    /// index's per-key cost; longer histories grow geometrically.
+    pub fn push(&mut self, e: HistEntry) {
+        if self.entries.len() == self.entries.capacity() && self.entries.len() < 4 {
+            self.entries.reserve_exact(1);
+        }
+        self.entries.push(e);
+    }
+
     /// The live value visible at main revision `rev`, if any.
     pub fn visible_at(&self, rev: i64) -> Option<&Arc<KeyValue>> {
         let idx = self.entries.partition_point(|e| e.rev.main <= rev);
@@ -364,7 +375,8 @@ impl Mvcc {
         WriteTxn {
             mvcc: self,
             main,
-            events: Vec::new(),
+            // Most writes change one key (see `commit`).
+            events: Vec::with_capacity(1),
         }
     }
 
@@ -522,6 +534,9 @@ impl Mvcc {
                 }),
             }
         }
+        for re in log.iter_mut().filter(|re| re.events.len() > 1) {
+            re.events.shrink_to_fit();
+        }
         Mvcc {
             index: snap.index,
             log,
@@ -621,7 +636,7 @@ impl WriteTxn<'_> {
         self.mvcc.live += prev.is_none() as usize;
         let k = Bytes::copy_from_slice(key);
         let hist = self.mvcc.index.entry(k).or_default();
-        Arc::make_mut(hist).entries.push(entry);
+        Arc::make_mut(hist).push(entry);
         self.events.push(Event {
             kind: EventKind::Put,
             kv,
@@ -660,7 +675,7 @@ impl WriteTxn<'_> {
                 .index
                 .get_mut(k.as_ref())
                 .expect("invariant: victim exists");
-            Arc::make_mut(hist).entries.push(entry);
+            Arc::make_mut(hist).push(entry);
             self.events.push(Event {
                 kind: EventKind::Delete,
                 kv,
@@ -673,8 +688,11 @@ impl WriteTxn<'_> {
 
     /// Finish: bump the revision if anything changed. Returns the store
     /// revision after the transaction.
-    pub fn commit(self) -> i64 {
+    pub fn commit(mut self) -> i64 {
         if !self.events.is_empty() {
+            // The events stay in the watch log until compaction: no spare
+            // capacity (a vector grown by pushes has room for at least four).
+            self.events.shrink_to_fit();
             self.mvcc.peak = self.mvcc.peak.max(self.mvcc.size);
             self.mvcc.current = self.main;
             self.mvcc.log.push_back(RevEvents {

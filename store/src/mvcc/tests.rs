@@ -620,3 +620,47 @@ fn hash_of_a_point_in_time_copy_matches_the_store() {
         Mvcc::from_snapshot(snap).hash_kv(19).unwrap().0
     );
 }
+
+#[test]
+fn single_revision_keys_and_events_hold_no_spare_capacity() {
+    let mut m = Mvcc::new();
+    for i in 0..3u8 {
+        let mut t = m.write();
+        t.put(&[b'k', i], vec![i; 8], 0);
+        t.commit();
+    }
+    // One key written three times, then two keys in one transaction.
+    for v in 0..3u8 {
+        let mut t = m.write();
+        t.put(b"hot", vec![v], 0);
+        t.commit();
+    }
+    let mut t = m.write();
+    t.put(b"a", vec![1], 0);
+    t.put(b"b", vec![2], 0);
+    t.commit();
+    let snap = m.snapshot();
+    for k in [&b"k\x00"[..], b"k\x01", b"a"] {
+        assert_eq!(snap.index.get(k).unwrap().entries.capacity(), 1);
+    }
+    let hot = &snap.index.get(&b"hot"[..]).unwrap().entries;
+    assert_eq!((hot.len(), hot.capacity()), (3, 3));
+    for re in m.events_from(1, 100).unwrap() {
+        assert_eq!(
+            re.events.capacity(),
+            re.events.len(),
+            "revision {}",
+            re.main
+        );
+    }
+    // Rebuilt from a snapshot: the same.
+    let back = Mvcc::from_snapshot(snap);
+    for re in back.events_from(1, 100).unwrap() {
+        assert_eq!(
+            re.events.capacity(),
+            re.events.len(),
+            "revision {}",
+            re.main
+        );
+    }
+}

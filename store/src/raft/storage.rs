@@ -10,6 +10,11 @@
 //! Recent entry terms are cached in memory so that raft's frequent `term()`
 //! calls do not read log files.
 //!
+//! After a state-machine snapshot the log is compacted ([`RaftStorage::compact_to`])
+//! and raft-engine deletes the log files left without live data, so the
+//! log on disk (and what a restart reads) stays around the entries not yet
+//! covered by a snapshot.
+//!
 //! On open, raft-engine drops a damaged tail of the newest log file
 //! (`TolerateTailCorruption`). That is right for a write torn by a crash, which
 //! was never acknowledged, but raft-engine cuts at the FIRST damaged record,
@@ -38,6 +43,11 @@ const KEY_TRUNCATED: &[u8] = b"truncated";
 /// This member's ID and its cluster's ID (16 bytes, big-endian).
 const KEY_IDENTITY: &[u8] = b"identity";
 const MAX_CACHED_TERMS: usize = 1 << 17;
+/// Terms of the newest entries read into the cache when the log is opened.
+const TERMS_READ_AT_OPEN: u64 = 1024;
+/// Size of one raft log file; compacted files are deleted once the log is
+/// larger than two of them.
+const LOG_FILE_MB: u64 = 32;
 
 /// raft-engine's default file system, except that while the log is being
 /// recovered it refuses to cut a file anywhere but at a torn tail.
@@ -175,6 +185,9 @@ pub struct RaftStorage {
     /// Views handed to raft as snapshots, by receiving member, until the
     /// transport streams them.
     outgoing: Arc<parking_lot::Mutex<HashMap<u64, crate::snapshot::SnapshotView>>>,
+    /// Held while writing the membership, the identity or the truncation
+    /// marker, which more than one thread writes.
+    kv_lock: Arc<parking_lot::Mutex<()>>,
 }
 
 fn engine_err(e: raft_engine::Error) -> raft::Error {
@@ -184,8 +197,24 @@ fn engine_err(e: raft_engine::Error) -> raft::Error {
 impl RaftStorage {
     /// Open (or create) the log in `dir`. `sync` false is `--unsafe-no-fsync`.
     pub fn open(dir: &Path, sync: bool) -> Result<Self, raft_engine::Error> {
+        Self::open_sized(dir, sync, raft_engine::ReadableSize::mb(LOG_FILE_MB))
+    }
+
+    fn open_sized(
+        dir: &Path,
+        sync: bool,
+        file_size: raft_engine::ReadableSize,
+    ) -> Result<Self, raft_engine::Error> {
         let cfg = raft_engine::Config {
             dir: dir.to_string_lossy().into_owned(),
+            // The log only holds entries not yet covered by a snapshot plus
+            // the catch-up margin (see `compact_to`). raft-engine deletes
+            // compacted files only once the log exceeds `purge_threshold`
+            // (10 GiB by default, sized for thousands of regions): with the
+            // default, every entry ever written stayed on disk and was
+            // re-read on every start.
+            target_file_size: file_size,
+            purge_threshold: raft_engine::ReadableSize(2 * file_size.0),
             ..Default::default()
         };
         // Without fsync (--unsafe-no-fsync) any unsynced suffix may be
@@ -211,7 +240,11 @@ impl RaftStorage {
             .unwrap_or(truncated.0)
             .max(truncated.0);
         let first = engine.first_index(REGION).unwrap_or(last_index + 1);
-        let term_first = first.max(last_index.saturating_sub(MAX_CACHED_TERMS as u64) + 1);
+        // Only the newest terms are read at open (reading a term means
+        // reading and decoding its whole entry): raft asks about the tail
+        // of the log, and the cache grows with every append. Older terms
+        // are read from the log when asked for.
+        let term_first = first.max(last_index.saturating_sub(TERMS_READ_AT_OPEN) + 1);
         let mut terms = VecDeque::new();
         if term_first <= last_index {
             let mut ents = Vec::new();
@@ -237,6 +270,7 @@ impl RaftStorage {
             sync,
             source: Arc::new(RwLock::new(None)),
             outgoing: Default::default(),
+            kv_lock: Default::default(),
         })
     }
 
@@ -279,6 +313,7 @@ impl RaftStorage {
         let mut b = LogBatch::default();
         b.put(REGION, KEY_IDENTITY.to_vec(), v)
             .expect("invariant: identity key is not internal");
+        let _g = self.kv_lock.lock();
         self.write(&mut b);
     }
 
@@ -287,6 +322,7 @@ impl RaftStorage {
     /// restarts right after `meta.index` with `meta`'s membership (durably,
     /// in one write, keeping the vote and identity).
     pub fn install_snapshot(&self, meta: &SnapshotMetadata) {
+        let _g = self.kv_lock.lock();
         let identity = self.engine.get(REGION, KEY_IDENTITY);
         let mut hs = self.inner.read().hard_state.clone();
         hs.term = hs.term.max(meta.term);
@@ -354,6 +390,7 @@ impl RaftStorage {
         let mut b = LogBatch::default();
         b.put_message(REGION, KEY_CONF_STATE.to_vec(), &cs)
             .expect("invariant: ConfState encodes");
+        let _g = self.kv_lock.lock();
         self.write(&mut b);
         self.inner.write().conf_state = cs;
     }
@@ -445,6 +482,23 @@ impl RaftStorage {
         let mut b = LogBatch::default();
         b.put_message(REGION, KEY_TRUNCATED.to_vec(), &marker)
             .expect("invariant: marker encodes");
+        // Rewrite the rarely written keys too: raft-engine deletes a log
+        // file only when nothing live is left in it, and the identity and
+        // membership (written once, at bootstrap) would otherwise pin the
+        // first file and every file after it. (The HardState is rewritten
+        // by the raft thread all the time.) `kv_lock` keeps a concurrent
+        // membership change or snapshot install from being overwritten by
+        // the older value read here.
+        let guard = self.kv_lock.lock();
+        if index <= self.inner.read().truncated.0 {
+            return;
+        }
+        for key in [KEY_CONF_STATE, KEY_IDENTITY] {
+            if let Some(v) = self.engine.get(REGION, key) {
+                b.put(REGION, key.to_vec(), v)
+                    .expect("invariant: the key is not internal");
+            }
+        }
         self.write(&mut b);
         self.engine.compact_to(REGION, index + 1);
         let mut i = self.inner.write();
@@ -457,6 +511,7 @@ impl RaftStorage {
             i.term_first = index + 1;
         }
         drop(i);
+        drop(guard);
         if let Err(e) = self.engine.purge_expired_files() {
             tracing::warn!(error = %e, "raft log purge failed");
         }
@@ -580,6 +635,71 @@ mod tests {
             data: vec![index as u8; 8].into(),
             ..Default::default()
         }
+    }
+
+    fn log_files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".raftlog"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn compaction_deletes_old_log_files_and_keeps_identity_and_membership() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = raft_engine::ReadableSize::kb(64);
+        let s = RaftStorage::open_sized(dir.path(), false, size).unwrap();
+        // Written once, at the start: they must not pin the first file.
+        s.set_identity(7, 9);
+        s.set_conf_state(ConfState {
+            voters: vec![7],
+            ..Default::default()
+        });
+        for batch in 0..100u64 {
+            let ents: Vec<Entry> = (1..=10)
+                .map(|i| {
+                    // Incompressible, as raft-engine compresses batches.
+                    let mut data = vec![0u8; 1024];
+                    rand::Rng::fill(&mut rand::thread_rng(), &mut data[..]);
+                    Entry {
+                        index: batch * 10 + i,
+                        term: 1,
+                        data: data.into(),
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            s.append(&ents, None);
+        }
+        let before = log_files(dir.path());
+        assert!(before.len() > 10, "{before:?}");
+        assert!(before.contains(&"0000000000000001.raftlog".to_string()));
+        // Half the log stays: too much for raft-engine to move the live
+        // data out of the old files by itself.
+        s.compact_to(500);
+        drop(s);
+        let after = log_files(dir.path());
+        assert!(
+            !after.contains(&"0000000000000001.raftlog".to_string())
+                && after.len() < before.len() * 3 / 4,
+            "compacted log files stay: {after:?}"
+        );
+        let s = RaftStorage::open_sized(dir.path(), false, size).unwrap();
+        assert_eq!(s.identity(), Some((7, 9)));
+        assert_eq!(s.conf_state().voters, vec![7]);
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (501, 1000)
+        );
+        assert_eq!(s.term(500).unwrap(), 1);
+        let got = s
+            .entries(501, 1001, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(got.len(), 500);
+        assert_eq!(got[499].data.len(), 1024);
     }
 
     #[test]
