@@ -371,6 +371,14 @@ impl RaftStorage {
     /// Append entries (truncating any conflicting suffix) and set the
     /// HardState, durably, in one write.
     pub fn append(&self, entries: &[Entry], hs: Option<&HardState>) {
+        self.append_sync(entries, hs, true)
+    }
+
+    /// [`append`](Self::append), fsynced only if `must_sync` (raft's
+    /// `Ready::must_sync`: false when nothing but the HardState's commit
+    /// index changed, which raft allows to be written asynchronously, as
+    /// etcd does; a lost commit index is re-learned from the leader).
+    pub fn append_sync(&self, entries: &[Entry], hs: Option<&HardState>, must_sync: bool) {
         let mut b = LogBatch::default();
         if !entries.is_empty() {
             b.add_entries::<EntryExt>(REGION, entries)
@@ -383,7 +391,7 @@ impl RaftStorage {
         if b.is_empty() {
             return;
         }
-        self.write(&mut b);
+        self.write_with(&mut b, self.sync && must_sync);
         let mut i = self.inner.write();
         if let Some(hs) = hs {
             i.hard_state = hs.clone();
