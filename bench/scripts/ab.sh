@@ -9,7 +9,9 @@
 # both get the same flags (-f adds to both). --endpoints is filled in with
 # every member's client URL (add --target-leader to the benchmark args to
 # use only the leader). For `range`, key "foo" is written first.
-# Prints each run's req/s, p50 and p99, then the medians and the ratio.
+# Prints each run's req/s, p50 and p99, then the medians (each column on
+# its own; the lower middle value for an even rep count) and the ratio.
+# For watch-latency, p50/p99 are the put-to-event latencies.
 # Servers are killed by PID on exit; temp dirs are removed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -18,7 +20,7 @@ source "$here/scripts/peers.env"
 STRATA=${STRATA:-$here/target/release/strata}
 ETCD=${ETCD:-$ETCD35_BIN}
 ETCDCTL=${ETCDCTL:-$ETCDCTL35_BIN}
-BENCH=${BENCH:-$STRATA_CACHE/etcd-benchmark/benchmark}
+BENCH=${BENCH:-$("$here/bench/scripts/install-etcd-benchmark.sh")}
 N=1 REPS=3 FLAGS=""
 while getopts "n:r:f:" o; do
   case $o in
