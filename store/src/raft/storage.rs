@@ -643,4 +643,31 @@ mod tests {
             vec![13, 14]
         );
     }
+
+    #[test]
+    fn unsynced_commit_only_write_is_kept_in_order_with_synced_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RaftStorage::open(dir.path(), true).unwrap();
+        let mut hs = HardState {
+            term: 2,
+            vote: 1,
+            commit: 1,
+            ..Default::default()
+        };
+        s.append(&[entry(1, 2), entry(2, 2), entry(3, 2)], Some(&hs));
+        // A commit-only Ready (raft's must_sync false) is written, unsynced.
+        hs.commit = 3;
+        s.append_sync(&[], Some(&hs), false);
+        assert_eq!(s.hard_state().commit, 3);
+        // A later synced write carries it to disk with everything before it.
+        s.append_sync(&[entry(4, 2)], None, true);
+        drop(s);
+        let s = RaftStorage::open(dir.path(), true).unwrap();
+        let st = s.initial_state().unwrap();
+        assert_eq!(
+            (st.hard_state.term, st.hard_state.vote, st.hard_state.commit),
+            (2, 1, 3)
+        );
+        assert_eq!(s.last_index().unwrap(), 4);
+    }
 }
