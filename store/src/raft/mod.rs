@@ -282,8 +282,13 @@ pub fn run_raft(mut l: RaftLoop) {
         let committed = ready.take_committed_entries();
         dispatch_committed(&mut l, committed);
         let started = Instant::now();
-        l.raw.mut_store().append(ready.entries(), ready.hs());
-        if !ready.entries().is_empty() || ready.hs().is_some() {
+        // A Ready that changes only the commit index needs no fsync (raft's
+        // must_sync); entries, term, vote and snapshots always do.
+        let must_sync = ready.must_sync();
+        l.raw
+            .mut_store()
+            .append_sync(ready.entries(), ready.hs(), must_sync);
+        if must_sync {
             METRICS.wal_fsync.observe(started.elapsed().as_secs_f64());
         }
         if let Some(hs) = ready.hs() {

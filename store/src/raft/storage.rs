@@ -408,6 +408,14 @@ impl RaftStorage {
     /// Append entries (truncating any conflicting suffix) and set the
     /// HardState, durably, in one write.
     pub fn append(&self, entries: &[Entry], hs: Option<&HardState>) {
+        self.append_sync(entries, hs, true)
+    }
+
+    /// [`append`](Self::append), fsynced only if `must_sync` (raft's
+    /// `Ready::must_sync`: false when nothing but the HardState's commit
+    /// index changed, which raft allows to be written asynchronously, as
+    /// etcd does; a lost commit index is re-learned from the leader).
+    pub fn append_sync(&self, entries: &[Entry], hs: Option<&HardState>, must_sync: bool) {
         let mut b = LogBatch::default();
         if !entries.is_empty() {
             b.add_entries::<EntryExt>(REGION, entries)
@@ -420,7 +428,7 @@ impl RaftStorage {
         if b.is_empty() {
             return;
         }
-        self.write(&mut b);
+        self.write_with(&mut b, self.sync && must_sync);
         let mut i = self.inner.write();
         if let Some(hs) = hs {
             i.hard_state = hs.clone();
@@ -754,5 +762,32 @@ mod tests {
             got.iter().map(|e| e.index).collect::<Vec<_>>(),
             vec![13, 14]
         );
+    }
+
+    #[test]
+    fn unsynced_commit_only_write_is_kept_in_order_with_synced_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RaftStorage::open(dir.path(), true).unwrap();
+        let mut hs = HardState {
+            term: 2,
+            vote: 1,
+            commit: 1,
+            ..Default::default()
+        };
+        s.append(&[entry(1, 2), entry(2, 2), entry(3, 2)], Some(&hs));
+        // A commit-only Ready (raft's must_sync false) is written, unsynced.
+        hs.commit = 3;
+        s.append_sync(&[], Some(&hs), false);
+        assert_eq!(s.hard_state().commit, 3);
+        // A later synced write carries it to disk with everything before it.
+        s.append_sync(&[entry(4, 2)], None, true);
+        drop(s);
+        let s = RaftStorage::open(dir.path(), true).unwrap();
+        let st = s.initial_state().unwrap();
+        assert_eq!(
+            (st.hard_state.term, st.hard_state.vote, st.hard_state.commit),
+            (2, 1, 3)
+        );
+        assert_eq!(s.last_index().unwrap(), 4);
     }
 }
