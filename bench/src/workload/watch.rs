@@ -326,6 +326,32 @@ fn tally(results: &[StreamResult], expected: impl Fn(usize, usize) -> u64) -> (u
     (received, dropped, extra)
 }
 
+/// Counts `other`'s errors into `stats` as `"<what>: <message>"`.
+fn add_errors(stats: &mut Stats, what: &str, other: &Stats) {
+    for (m, n) in &other.errors {
+        *stats.errors.entry(format!("{what}: {m}")).or_default() += n;
+    }
+}
+
+/// The watcher figures every watch report carries in `extra`; `tallied`
+/// is [`tally`]'s (received, dropped, unexpected).
+fn insert_tally(
+    r: &mut Report,
+    watchers: u64,
+    streams: u64,
+    expected: u64,
+    tallied: (u64, u64, u64),
+) {
+    let (received, dropped, unexpected) = tallied;
+    r.extra.insert("watchers".into(), json!(watchers));
+    r.extra.insert("streams".into(), json!(streams));
+    r.extra.insert("events_expected".into(), json!(expected));
+    r.extra.insert("events_received".into(), json!(received));
+    r.extra.insert("events_dropped".into(), json!(dropped));
+    r.extra
+        .insert("events_unexpected".into(), json!(unexpected));
+}
+
 fn merge<'a>(it: impl Iterator<Item = &'a Stats>) -> Stats {
     let mut all = Stats::default();
     for s in it {
@@ -463,18 +489,15 @@ pub async fn run_watch(ctx: &Ctx, a: WatchArgs) -> Result<Report> {
     let put_stats = puts.merged();
     let creates = merge(results.iter().map(|r| &r.creates));
     let mut main = merge(results.iter().map(|r| &r.events));
-    for (m, n) in &put_stats.errors {
-        for _ in 0..*n {
-            main.err(format!("put: {m}"));
-        }
-    }
+    add_errors(&mut main, "put", &put_stats);
     let mut r = ctx.report("watch", planned, main.clone(), elapsed);
-    r.extra.insert("watchers".into(), json!(watchers));
-    r.extra.insert("streams".into(), json!(a.streams));
-    r.extra.insert("events_expected".into(), json!(expected));
-    r.extra.insert("events_received".into(), json!(received));
-    r.extra.insert("events_dropped".into(), json!(dropped));
-    r.extra.insert("events_unexpected".into(), json!(extra));
+    insert_tally(
+        &mut r,
+        watchers as u64,
+        a.streams as u64,
+        expected,
+        (received, dropped, extra),
+    );
     r.extra.insert("puts".into(), json!(put_stats.ok_count()));
     r.extra
         .insert("put_errors".into(), json!(put_stats.err_count()));
@@ -550,18 +573,15 @@ pub async fn run_latency(ctx: &Ctx, a: WatchLatencyArgs) -> Result<Report> {
     let ok_puts = puts.ok_count();
     let (received, dropped, extra) = tally(&results, |_, _| ok_puts);
     let mut main = merge(results.iter().map(|r| &r.events));
-    for (m, n) in &puts.errors {
-        for _ in 0..*n {
-            main.err(format!("put: {m}"));
-        }
-    }
+    add_errors(&mut main, "put", &puts);
     let mut r = ctx.report("watch-latency", total, main.clone(), elapsed);
-    r.extra.insert("watchers".into(), json!(watchers));
-    r.extra.insert("streams".into(), json!(a.streams));
-    r.extra.insert("events_expected".into(), json!(expected));
-    r.extra.insert("events_received".into(), json!(received));
-    r.extra.insert("events_dropped".into(), json!(dropped));
-    r.extra.insert("events_unexpected".into(), json!(extra));
+    insert_tally(
+        &mut r,
+        watchers as u64,
+        a.streams as u64,
+        expected,
+        (received, dropped, extra),
+    );
     r.extra.insert("puts".into(), json!(ok_puts));
     r.extra.insert("put_errors".into(), json!(puts.err_count()));
     r.extra.insert("put_latency_ms".into(), latency_json(&puts));
@@ -647,19 +667,16 @@ pub async fn run_get(ctx: &Ctx, a: WatchGetArgs) -> Result<Report> {
     let (received, dropped, extra) = tally(&results, |_, _| a.events);
     let watch_errors = merge(results.iter().map(|r| &r.events));
     let mut main = get_stats.clone();
-    for (m, n) in &watch_errors.errors {
-        for _ in 0..*n {
-            main.err(format!("watch: {m}"));
-        }
-    }
+    add_errors(&mut main, "watch", &watch_errors);
     let total = main.ok_count() + main.err_count();
     let mut r = ctx.report("watch-get", total, main, get_elapsed);
-    r.extra.insert("watchers".into(), json!(a.watchers));
-    r.extra.insert("streams".into(), json!(a.streams));
-    r.extra.insert("events_expected".into(), json!(expected));
-    r.extra.insert("events_received".into(), json!(received));
-    r.extra.insert("events_dropped".into(), json!(dropped));
-    r.extra.insert("events_unexpected".into(), json!(extra));
+    insert_tally(
+        &mut r,
+        a.watchers as u64,
+        a.streams as u64,
+        expected,
+        (received, dropped, extra),
+    );
     r.extra
         .insert("catch_up_secs".into(), json!(catch_up.as_secs_f64()));
     r.blocks
