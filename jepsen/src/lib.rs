@@ -1,1 +1,12 @@
-//! `jepsen`: placeholder crate; the orchestration/tooling issues fill it in. It has no code yet.
+//! `jepsen`: a Jepsen-style harness for etcd-compatible clusters (Strata or
+//! real etcd) and the checkers that judge what it records.
+//!
+//! Where things live:
+//! - [`history`]: the recorded operations (`history.jsonl`), watch
+//!   observations (`watches.jsonl`) and faults (`faults.jsonl`): the one
+//!   format every workload writes and every checker reads.
+//!
+//! The binary `strata-jepsen` (src/main.rs) runs a test or re-checks a saved
+//! history.
+
+pub mod history;
