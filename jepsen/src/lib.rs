@@ -5,8 +5,11 @@
 //! - [`history`]: the recorded operations (`history.jsonl`), watch
 //!   observations (`watches.jsonl`) and faults (`faults.jsonl`): the one
 //!   format every workload writes and every checker reads.
+//! - [`checker`]: verdicts on a recorded run (linearizability, revision
+//!   order, Elle-style cycles, watch guarantees, server logs).
 //!
 //! The binary `strata-jepsen` (src/main.rs) runs a test or re-checks a saved
 //! history.
 
+pub mod checker;
 pub mod history;
