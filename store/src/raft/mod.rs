@@ -246,6 +246,14 @@ pub fn run_raft(mut l: RaftLoop) {
             continue;
         }
         let mut ready = l.raw.ready();
+        // Published before the messages that tell followers about it: a
+        // follower may apply and answer a client before our fsync ends, and
+        // a lease renewal forwarded here must then wait for our apply.
+        if l.raw.raft.state == StateRole::Leader {
+            l.status
+                .commit
+                .fetch_max(l.raw.raft.raft_log.committed, Ordering::AcqRel);
+        }
         // Messages that need no local persistence go out first, so peers
         // work in parallel with our fsync.
         l.transport.send(ready.take_messages());

@@ -470,7 +470,7 @@ async fn peer_loop_inner(p: PeerLoop, rx: flume::Receiver<Message>) {
 #[tonic::async_trait]
 pub trait PeerHandler: Send + Sync + 'static {
     /// Renew a lease on this member, which must lead.
-    fn renew(&self, id: i64) -> Result<i64, Error>;
+    async fn renew(&self, id: i64) -> Result<i64, Error>;
     /// Whether `id` was removed from the cluster.
     fn is_removed(&self, id: u64) -> bool;
     /// The member table.
@@ -478,7 +478,7 @@ pub trait PeerHandler: Send + Sync + 'static {
     /// A peer was heard from.
     fn touch(&self, from: u64);
     /// A lease's remaining TTL on this member, which must lead (-1: no such lease).
-    fn remaining(&self, id: i64) -> Result<i64, Error>;
+    async fn remaining(&self, id: i64) -> Result<i64, Error>;
     /// Promote a learner (this member must lead).
     async fn promote(&self, id: u64) -> Result<pb::MemberPromoteResponse, Error>;
     /// HashKV at `rev` (0: the current revision).
@@ -561,7 +561,7 @@ impl raft_server::Raft for PeerService {
         &self,
         req: Request<LeaseRenewRequest>,
     ) -> Result<Response<LeaseRenewResponse>, Status> {
-        let ttl = self.handler.renew(req.into_inner().id)?;
+        let ttl = self.handler.renew(req.into_inner().id).await?;
         Ok(Response::new(LeaseRenewResponse { ttl }))
     }
 
@@ -569,7 +569,7 @@ impl raft_server::Raft for PeerService {
         &self,
         req: Request<LeaseRenewRequest>,
     ) -> Result<Response<LeaseRenewResponse>, Status> {
-        let ttl = self.handler.remaining(req.into_inner().id)?;
+        let ttl = self.handler.remaining(req.into_inner().id).await?;
         Ok(Response::new(LeaseRenewResponse { ttl }))
     }
 
