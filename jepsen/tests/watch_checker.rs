@@ -1,0 +1,422 @@
+//! The watch checker passes a clean multi-watcher log (disconnect/resume,
+//! compaction, progress notifications, a txn touching two keys) generated
+//! from a model store, and catches each planted violation.
+
+use jepsen::checker::watch::check;
+use jepsen::checker::{CheckResult, Validity};
+use jepsen::history::{EventType, Op, OpType, WatchEvent, WatchKv, WatchRecord, WatchRecordKind};
+use serde_json::{json, Value};
+
+/// A model store: one entry per revision (from 2), each the events of one txn.
+struct Store {
+    revs: Vec<Vec<WatchEvent>>,
+}
+
+impl Store {
+    /// Applies `txns` (each a list of (key, Some(value)) puts or (key, None)
+    /// deletes) from revision 2 on.
+    fn build(txns: &[&[(&str, Option<i64>)]]) -> Store {
+        let mut state: std::collections::BTreeMap<String, WatchKv> = Default::default();
+        let mut revs = Vec::new();
+        for (i, txn) in txns.iter().enumerate() {
+            let rev = i as i64 + 2;
+            let mut events = Vec::new();
+            for &(key, value) in txn.iter() {
+                let prev = state.get(key).cloned();
+                let event = match value {
+                    Some(v) => {
+                        let kv = WatchKv {
+                            key: key.into(),
+                            value: v.to_string(),
+                            create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+                            mod_revision: rev,
+                            version: prev.as_ref().map_or(1, |p| p.version + 1),
+                            lease: 0,
+                        };
+                        state.insert(key.into(), kv.clone());
+                        WatchEvent {
+                            kind: EventType::Put,
+                            kv,
+                            prev_kv: prev,
+                        }
+                    }
+                    None => {
+                        state.remove(key);
+                        WatchEvent {
+                            kind: EventType::Delete,
+                            kv: WatchKv {
+                                key: key.into(),
+                                value: String::new(),
+                                create_revision: 0,
+                                mod_revision: rev,
+                                version: 0,
+                                lease: 0,
+                            },
+                            prev_kv: prev,
+                        }
+                    }
+                };
+                events.push(event);
+            }
+            revs.push(events);
+        }
+        Store { revs }
+    }
+
+    /// The events for keys in `[lo, hi)` at revision `rev`.
+    fn at(&self, rev: i64, lo: &str, hi: &str, prev_kv: bool) -> Vec<WatchEvent> {
+        self.revs[(rev - 2) as usize]
+            .iter()
+            .filter(|e| e.kv.key.as_str() >= lo && e.kv.key.as_str() < hi)
+            .map(|e| {
+                let mut e = e.clone();
+                if !prev_kv {
+                    e.prev_kv = None;
+                }
+                e
+            })
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    recs: Vec<WatchRecord>,
+}
+
+impl Log {
+    fn rec(&mut self, w: u64, kind: WatchRecordKind) -> &mut WatchRecord {
+        let t = self.recs.len() as u64;
+        self.recs.push(WatchRecord::new(w, t, kind));
+        self.recs.last_mut().unwrap()
+    }
+    fn start(&mut self, w: u64, key: &str, end: &str, start: i64, prev_kv: bool) {
+        let r = self.rec(w, WatchRecordKind::Start);
+        r.key = Some(key.into());
+        r.range_end = Some(end.into());
+        r.start_revision = Some(start);
+        r.prev_kv = prev_kv;
+        r.progress_notify = true;
+    }
+    fn created(&mut self, w: u64, rev: i64) {
+        self.rec(w, WatchRecordKind::Created).revision = Some(rev);
+    }
+    fn events(&mut self, w: u64, header: i64, events: Vec<WatchEvent>) {
+        let r = self.rec(w, WatchRecordKind::Events);
+        r.revision = Some(header);
+        r.events = events;
+    }
+    /// One response per revision in `from..=to` that has events in range.
+    fn stream(
+        &mut self,
+        w: u64,
+        s: &Store,
+        from: i64,
+        to: i64,
+        range: (&str, &str),
+        prev_kv: bool,
+    ) {
+        for rev in from..=to {
+            let evs = s.at(rev, range.0, range.1, prev_kv);
+            if !evs.is_empty() {
+                self.events(w, rev, evs);
+            }
+        }
+    }
+    fn progress(&mut self, w: u64, rev: i64) {
+        self.rec(w, WatchRecordKind::Progress).revision = Some(rev);
+    }
+    fn disconnected(&mut self, w: u64) {
+        self.rec(w, WatchRecordKind::Disconnected);
+    }
+    fn compacted(&mut self, w: u64, c: i64) {
+        self.rec(w, WatchRecordKind::Compacted).compact_revision = Some(c);
+    }
+    fn resumed(&mut self, w: u64, from: i64) {
+        self.rec(w, WatchRecordKind::Resumed).start_revision = Some(from);
+    }
+}
+
+fn store() -> Store {
+    Store::build(&[
+        &[("a", Some(1))],                 // 2
+        &[("b", Some(1))],                 // 3
+        &[("a", Some(2)), ("b", Some(2))], // 4: one txn, two keys
+        &[("c", Some(1))],                 // 5
+        &[("a", None)],                    // 6
+        &[("b", Some(3))],                 // 7
+        &[("a", Some(3))],                 // 8: re-create
+        &[("c", Some(2))],                 // 9
+        &[("b", None), ("c", Some(3))],    // 10
+        &[("a", Some(4))],                 // 11
+    ])
+}
+
+const ALL: (&str, &str) = ("a", "d");
+const B: (&str, &str) = ("b", "b\0");
+
+/// The acknowledged register writes behind the store, as the history
+/// records them.
+fn history() -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut push = |kind: OpType, f: &str, key: &str, value: Value, rev: Option<i64>| {
+        let index = ops.len();
+        ops.push(Op {
+            index,
+            process: 0,
+            time: index as u64,
+            kind,
+            f: f.into(),
+            key: Some(key.into()),
+            value,
+            revision: rev,
+            version: None,
+            mod_revision: rev,
+            node: None,
+            error: None,
+        });
+    };
+    push(OpType::Invoke, "write", "a", json!(1), None);
+    push(OpType::Ok, "write", "a", json!(1), Some(2));
+    push(OpType::Invoke, "cas", "c", json!([1, 2]), None);
+    push(OpType::Ok, "cas", "c", json!([1, 2]), Some(9));
+    push(OpType::Invoke, "write", "a", json!(4), None);
+    push(OpType::Ok, "write", "a", json!(4), Some(11));
+    ops
+}
+
+/// Three watchers: W1 over a..d with prev_kv, disconnecting after a
+/// progress notification and resuming; W2 on key b from "now"; W3 over a..d
+/// compacted at 6 and resumed there.
+fn clean_log(s: &Store) -> Log {
+    let mut l = Log::default();
+    l.start(1, "a", "d", 2, true);
+    l.start(2, "b", "", 0, false);
+    l.start(3, "a", "d", 2, false);
+    l.created(1, 1);
+    l.created(2, 3);
+    l.created(3, 3);
+    l.stream(1, s, 2, 5, ALL, true);
+    l.stream(3, s, 2, 3, ALL, false);
+    l.progress(1, 5);
+    l.disconnected(1);
+    l.compacted(3, 6);
+    l.resumed(3, 6);
+    l.resumed(1, 6);
+    l.stream(2, s, 4, 11, B, false);
+    l.stream(1, s, 6, 11, ALL, true);
+    l.stream(3, s, 6, 11, ALL, false);
+    l.progress(2, 11);
+    l
+}
+
+fn types(r: &CheckResult) -> Vec<String> {
+    r.anomalies
+        .iter()
+        .map(|a| a["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn assert_caught(r: &CheckResult, kind: &str) {
+    assert_eq!(r.valid, Validity::Invalid, "{r:#?}");
+    assert!(types(r).iter().any(|t| t == kind), "no {kind} in {r:#?}");
+}
+
+/// The line (1-based) of watcher `w`'s `n`-th events response.
+fn events_line(l: &Log, w: u64, n: usize) -> usize {
+    l.recs
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.watcher == w && r.kind == WatchRecordKind::Events)
+        .nth(n)
+        .unwrap()
+        .0
+}
+
+#[test]
+fn clean_multi_watcher_log_passes() {
+    let s = store();
+    let l = clean_log(&s);
+    let r = check(&l.recs, &history());
+    assert_eq!(r.valid, Validity::Valid, "{r:#?}");
+    assert!(r.summary.contains("3 watchers"), "{}", r.summary);
+    assert!(r.summary.contains("3 acknowledged writes"), "{}", r.summary);
+}
+
+#[test]
+fn duplicated_event_is_caught() {
+    let s = store();
+    let mut l = clean_log(&s);
+    let i = events_line(&l, 1, 3);
+    let dup = l.recs[events_line(&l, 1, 2)].events[0].clone();
+    l.recs[i].events.insert(0, dup);
+    assert_caught(&check(&l.recs, &history()), "duplicate");
+}
+
+#[test]
+fn gap_is_caught_from_other_watchers_and_from_acked_writes() {
+    let s = store();
+    let mut l = clean_log(&s);
+    // W2 misses b's change at 7 (W1 and W3 saw it).
+    let i = events_line(&l, 2, 1);
+    assert_eq!(l.recs[i].events[0].kv.mod_revision, 7);
+    l.recs.remove(i);
+    let r = check(&l.recs, &history());
+    assert_caught(&r, "missing-event");
+    assert_eq!(r.anomalies[0]["watcher"], 2);
+    assert_eq!(r.anomalies[0]["revision"], 7);
+
+    // No watcher saw c at 9, but the history acknowledged it.
+    let mut l = clean_log(&s);
+    for rec in &mut l.recs {
+        rec.events.retain(|e| e.kv.mod_revision != 9);
+    }
+    l.recs
+        .retain(|r| r.kind != WatchRecordKind::Events || !r.events.is_empty());
+    let r = check(&l.recs, &history());
+    assert_caught(&r, "missing-event");
+    assert_eq!(r.witness, vec![3]);
+}
+
+#[test]
+fn reordered_responses_are_caught() {
+    let s = store();
+    let mut l = clean_log(&s);
+    let (i, j) = (events_line(&l, 1, 4), events_line(&l, 1, 5));
+    l.recs.swap(i, j);
+    assert_caught(&check(&l.recs, &history()), "unordered");
+}
+
+#[test]
+fn event_at_or_below_progress_revision_is_caught() {
+    let s = store();
+    let mut l = clean_log(&s);
+    // A progress notification at 7 before W1 receives revision 6 and 7.
+    let i = events_line(&l, 1, 4);
+    l.recs.insert(i, {
+        let mut r = WatchRecord::new(1, 0, WatchRecordKind::Progress);
+        r.revision = Some(7);
+        r
+    });
+    assert_caught(&check(&l.recs, &history()), "event-below-progress");
+}
+
+#[test]
+fn wrong_prev_kv_is_caught() {
+    let s = store();
+    let mut l = clean_log(&s);
+    // W1's event for b at 7: prev_kv claims b's first version, not the one
+    // W1 saw at 4.
+    let i = events_line(&l, 1, 5);
+    let ev = &mut l.recs[i].events[0];
+    assert_eq!((ev.kv.key.as_str(), ev.kv.mod_revision), ("b", 7));
+    let p = ev.prev_kv.as_mut().unwrap();
+    p.value = "1".into();
+    p.mod_revision = 3;
+    p.version = 1;
+    assert_caught(&check(&l.recs, &history()), "prev-kv-mismatch");
+
+    // A missing prev_kv on a delete of a key the watcher saw put.
+    let mut l = clean_log(&s);
+    let i = events_line(&l, 1, 4);
+    assert_eq!(l.recs[i].events[0].kind, EventType::Delete);
+    l.recs[i].events[0].prev_kv = None;
+    assert_caught(&check(&l.recs, &history()), "prev-kv-missing");
+}
+
+#[test]
+fn txn_split_across_responses_is_caught() {
+    let s = store();
+    let mut l = clean_log(&s);
+    // Revision 4 touched a and b: deliver b in a response of its own.
+    let i = events_line(&l, 1, 2);
+    let b = l.recs[i].events.pop().unwrap();
+    assert_eq!(b.kv.mod_revision, 4);
+    let mut r = WatchRecord::new(1, 0, WatchRecordKind::Events);
+    r.revision = Some(4);
+    r.events = vec![b];
+    l.recs.insert(i + 1, r);
+    assert_caught(&check(&l.recs, &history()), "non-atomic");
+}
+
+#[test]
+fn bad_resume_is_caught() {
+    let s = store();
+    // W1 resumes at 8 although it covered only up to 5: 6 and 7 are skipped.
+    let mut l = clean_log(&s);
+    let i = l
+        .recs
+        .iter()
+        .position(|r| r.watcher == 1 && r.kind == WatchRecordKind::Resumed)
+        .unwrap();
+    l.recs[i].start_revision = Some(8);
+    l.recs.retain(|r| {
+        r.watcher != 1
+            || r.kind != WatchRecordKind::Events
+            || r.events[0].kv.mod_revision >= 8
+            || r.events[0].kv.mod_revision <= 5
+    });
+    let r = check(&l.recs, &history());
+    assert_caught(&r, "bad-resume");
+    assert_caught(&r, "missing-event");
+
+    // Resuming at or below the last delivered revision repeats events.
+    let mut l = clean_log(&s);
+    l.recs[i].start_revision = Some(5);
+    let j = events_line(&l, 1, 3);
+    let again = l.recs[j].clone();
+    l.recs.insert(i + 1, again);
+    let r = check(&l.recs, &history());
+    assert_caught(&r, "bad-resume");
+    assert_caught(&r, "duplicate");
+
+    // A compacted watcher must resume from the compact revision.
+    let mut l = clean_log(&s);
+    let k = l
+        .recs
+        .iter()
+        .position(|r| r.watcher == 3 && r.kind == WatchRecordKind::Resumed)
+        .unwrap();
+    l.recs[k].start_revision = Some(7);
+    assert_caught(&check(&l.recs, &history()), "bad-resume");
+}
+
+#[test]
+fn watchers_disagreeing_on_an_event_are_caught() {
+    let s = store();
+    let mut l = clean_log(&s);
+    let i = events_line(&l, 2, 1);
+    l.recs[i].events[0].kv.value = "99".into();
+    let r = check(&l.recs, &history());
+    assert_caught(&r, "inconsistent-event");
+
+    // An event contradicting an acknowledged write.
+    let mut l = clean_log(&s);
+    for rec in &mut l.recs {
+        for e in &mut rec.events {
+            if e.kv.key == "a" && e.kv.mod_revision == 11 {
+                e.kv.value = "5".into();
+            }
+        }
+    }
+    assert_caught(&check(&l.recs, &history()), "wrong-value");
+}
+
+#[test]
+fn out_of_range_and_before_start_events_are_caught() {
+    let s = store();
+    let mut l = clean_log(&s);
+    let i = events_line(&l, 2, 0);
+    l.recs[i].events.push(s.at(5, "c", "d", false).remove(0));
+    let r = check(&l.recs, &history());
+    assert_caught(&r, "out-of-range");
+    let mut l = clean_log(&s);
+    let i = events_line(&l, 2, 0);
+    l.recs.insert(i, {
+        let mut r = WatchRecord::new(2, 0, WatchRecordKind::Events);
+        r.revision = Some(3);
+        r.events = s.at(3, "b", "c", false);
+        r
+    });
+    assert_caught(&check(&l.recs, &history()), "before-start");
+}
