@@ -540,3 +540,61 @@ fn large_generated_wr_history_is_valid_and_fast() {
     let r = timed("wr", &ops, check_wr);
     assert_valid(&r);
 }
+
+#[test]
+fn stale_read_planted_in_a_large_history_is_caught() {
+    let mut ops = generate(Workload::Append, scale() / 4, 10, 3);
+    // Find an ok read whose last element's appender completed before the
+    // reader was invoked, and drop that element: a stale read.
+    let pairs = jepsen::history::pair_ops(&ops).unwrap();
+    let mut done_at: std::collections::HashMap<(i64, i64), usize> = Default::default();
+    let mut target = None;
+    'find: for &(inv, comp) in &pairs {
+        let Some(c) = comp else { continue };
+        if ops[c].kind != OpType::Ok {
+            continue;
+        }
+        for (m, mop) in ops[c].value.as_array().unwrap().iter().enumerate() {
+            if mop[0] == "r" {
+                if let Some(last) = mop[2].as_array().unwrap().last() {
+                    let k = (mop[1].as_i64().unwrap(), last.as_i64().unwrap());
+                    if done_at.get(&k).is_some_and(|&d| d < inv) {
+                        target = Some((c, m));
+                        break 'find;
+                    }
+                }
+            }
+        }
+        for mop in ops[c].value.as_array().unwrap() {
+            if mop[0] == "append" {
+                done_at.insert((mop[1].as_i64().unwrap(), mop[2].as_i64().unwrap()), c);
+            }
+        }
+    }
+    let (c, m) = target.expect("the generator produces such a read");
+    ops[c].value[m][2].as_array_mut().unwrap().pop();
+    let r = timed("append+stale", &ops, check_append);
+    assert_caught(&r, "G-single-realtime");
+    assert!(r.witness.contains(&ops[c].index), "{r:#?}");
+}
+
+#[test]
+fn check_run_runs_elle_on_a_run_directory() {
+    let t1 = json!([["append", "x", 1], ["append", "y", 1]]);
+    let t2 = json!([["append", "x", 2], ["append", "y", 2]]);
+    let mut h = H::default();
+    h.inv(0, t1.clone())
+        .inv(1, t2.clone())
+        .ok(0, t1, 2)
+        .ok(1, t2, 3)
+        .txn(2, json!([["r", "x", [1, 2]], ["r", "y", [2, 1]]]), 3);
+    let dir = tempfile::tempdir().unwrap();
+    jepsen::history::write_jsonl(&dir.path().join("history.jsonl"), &h.ops).unwrap();
+    let results = jepsen::checker::check_run(dir.path()).unwrap();
+    let elle = results
+        .iter()
+        .find(|r| r.checker == "elle-append")
+        .expect("elle ran");
+    assert_eq!(elle.valid, Validity::Invalid);
+    assert!(!results.iter().any(|r| r.checker == "watch"));
+}

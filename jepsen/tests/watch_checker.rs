@@ -420,3 +420,88 @@ fn out_of_range_and_before_start_events_are_caught() {
     });
     assert_caught(&check(&l.recs, &history()), "before-start");
 }
+
+#[test]
+fn large_generated_watch_log_is_checked_quickly() {
+    use rand::{Rng, SeedableRng};
+    let n: usize = if cfg!(debug_assertions) {
+        20_000
+    } else {
+        100_000
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let keys = ["a", "b", "c", "d", "e", "f"];
+    let mut live = std::collections::HashSet::new();
+    let txns: Vec<Vec<(&str, Option<i64>)>> = (0..n)
+        .map(|i| {
+            let k = keys[rng.gen_range(0..keys.len())];
+            if live.contains(k) && rng.gen_bool(0.1) {
+                live.remove(k);
+                vec![(k, None)]
+            } else {
+                live.insert(k);
+                vec![(k, Some(i as i64))]
+            }
+        })
+        .collect();
+    let refs: Vec<&[(&str, Option<i64>)]> = txns.iter().map(|t| t.as_slice()).collect();
+    let s = Store::build(&refs);
+    let last = n as i64 + 1;
+    let mut l = Log::default();
+    for w in 0..5u64 {
+        let range = if w % 2 == 0 { ALL } else { ("b", "e") };
+        l.start(w, range.0, range.1, 2, true);
+        l.created(w, 1);
+        let mid = last / 2 + w as i64;
+        l.stream(w, &s, 2, mid, range, true);
+        l.progress(w, mid);
+        l.disconnected(w);
+        l.resumed(w, mid + 1);
+        l.stream(w, &s, mid + 1, last, range, true);
+    }
+    let t = std::time::Instant::now();
+    let r = check(&l.recs, &[]);
+    eprintln!(
+        "watch: {} records checked in {:.2?}: {}",
+        l.recs.len(),
+        t.elapsed(),
+        r.summary
+    );
+    assert_eq!(r.valid, Validity::Valid, "{r:#?}");
+
+    // One event dropped from one watcher is found.
+    let i = events_line(&l, 2, 1000);
+    let dropped = l.recs.remove(i);
+    let r = check(&l.recs, &[]);
+    assert_caught(&r, "missing-event");
+    let rev = dropped.events[0].kv.mod_revision;
+    assert!(
+        r.anomalies
+            .iter()
+            .any(|a| a["type"] == "missing-event" && a["revision"] == rev && a["watcher"] == 2),
+        "{r:#?}"
+    );
+}
+
+#[test]
+fn check_run_runs_the_watch_checker_when_watches_were_logged() {
+    let s = store();
+    let mut l = clean_log(&s);
+    let dir = tempfile::tempdir().unwrap();
+    jepsen::history::write_jsonl(&dir.path().join("history.jsonl"), &history()).unwrap();
+    jepsen::history::write_jsonl(&dir.path().join("watches.jsonl"), &l.recs).unwrap();
+    let results = jepsen::checker::check_run(dir.path()).unwrap();
+    let w = results
+        .iter()
+        .find(|r| r.checker == "watch")
+        .expect("watch ran");
+    assert_eq!(w.valid, Validity::Valid, "{w:#?}");
+    assert!(!results.iter().any(|r| r.checker.starts_with("elle")));
+    let i = events_line(&l, 1, 3);
+    let dup = l.recs[i].clone();
+    l.recs.insert(i, dup);
+    jepsen::history::write_jsonl(&dir.path().join("watches.jsonl"), &l.recs).unwrap();
+    let results = jepsen::checker::check_run(dir.path()).unwrap();
+    let w = results.iter().find(|r| r.checker == "watch").unwrap();
+    assert_eq!(w.valid, Validity::Invalid);
+}

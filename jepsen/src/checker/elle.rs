@@ -593,15 +593,6 @@ fn analyze_append(hist: &History, g: &mut Graph, an: &mut Anomalies) {
                         );
                         xs.len()
                     };
-                    let mut seen = HashSet::with_capacity(xs.len());
-                    if let Some(dup) = xs.iter().find(|x| !seen.insert(**x)) {
-                        an.push(
-                            "duplicate-elements",
-                            json!({"key": hist.keys[*k as usize], "element": dup, "read": xs, "txn": hist.txn_json(t),
-                                   "explanation": format!("{} read key {} holding {dup} more than once", hist.label(t), hist.keys[*k as usize])}),
-                            ops_of(hist, &[t]),
-                        );
-                    }
                     reads.push(ReadRef {
                         txn: t,
                         mop: i,
@@ -651,9 +642,27 @@ fn analyze_append(hist: &History, g: &mut Graph, an: &mut Anomalies) {
     // Aborted, intermediate and garbage reads; wr and rw edges.
     let mut reported = HashSet::new();
     let mut observed: HashSet<(u32, i64)> = HashSet::new();
-    for r in &reads {
+    for (i, r) in reads.iter().enumerate() {
         let xs = read_list(hist, r);
-        for &x in xs {
+        // A compatible read is a prefix of its key's longest read, so only
+        // the longest and the incompatible reads need their elements
+        // examined one by one.
+        if r.incompatible || longest[r.key as usize] == Some(i) {
+            let mut seen = HashSet::with_capacity(xs.len());
+            if let Some(dup) = xs.iter().find(|x| !seen.insert(**x)) {
+                let k = &hist.keys[r.key as usize];
+                an.push(
+                    "duplicate-elements",
+                    json!({"key": k, "element": dup, "read": xs, "txn": hist.txn_json(r.txn),
+                           "explanation": format!("{} read key {k} holding {dup} more than once", hist.label(r.txn))}),
+                    ops_of(hist, &[r.txn]),
+                );
+            }
+        }
+        for &x in xs
+            .iter()
+            .filter(|_| r.incompatible || longest[r.key as usize] == Some(i))
+        {
             if observed.insert((r.key, x)) {
                 let w = writes.get(&(r.key, x));
                 if w.is_none_or(|w| hist.txns[w.txn as usize].status == Status::Fail) {

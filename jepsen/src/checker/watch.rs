@@ -20,9 +20,10 @@
 //!   after the revision the current stream started from.
 //! - **resumable**: after `disconnected` (or `compacted`), the `resumed`
 //!   stream starts right after what was covered: above the last delivered
-//!   revision and no later than one past the highest delivered or
-//!   progress-notified revision; after a compaction, no later than the
-//!   compact revision.
+//!   revision and no later than one past the highest delivered,
+//!   progress-notified or response-header revision (events a resume skips
+//!   that way are still caught as gaps); after a compaction, no later than
+//!   the compact revision.
 //! - **prev_kv** (when requested): prev_kv is for the same key and below the
 //!   event; when the watcher saw the key's previous event, prev_kv equals
 //!   that event's kv (or is absent if it was a delete); a delete or update of
@@ -99,6 +100,8 @@ struct Watcher<'a> {
     /// Highest progress-notified revision, and its line.
     floor: i64,
     floor_line: usize,
+    /// Highest response header revision seen.
+    header: i64,
     seen: HashSet<(&'a str, i64)>,
     last_by_key: HashMap<&'a str, (usize, &'a WatchEvent)>,
     /// Inclusive revision ranges lost to compaction.
@@ -207,6 +210,7 @@ pub fn check(records: &[WatchRecord], ops: &[Op]) -> CheckResult {
                 last_rev_line: 0,
                 floor: 0,
                 floor_line: 0,
+                header: 0,
                 seen: HashSet::new(),
                 last_by_key: HashMap::new(),
                 excused: Vec::new(),
@@ -216,6 +220,9 @@ pub fn check(records: &[WatchRecord], ops: &[Op]) -> CheckResult {
         });
         let w = &mut watchers[wi];
         let id = w.id;
+        if rec.kind != WatchRecordKind::Created {
+            w.header = w.header.max(rec.revision.unwrap_or(0));
+        }
         match rec.kind {
             WatchRecordKind::Start => {
                 if w.range.is_some() {
@@ -258,7 +265,9 @@ pub fn check(records: &[WatchRecord], ops: &[Op]) -> CheckResult {
             WatchRecordKind::Resumed => {
                 let s = rec.start_revision.unwrap_or(0);
                 let lo = w.last_rev + 1;
-                let mut hi = w.covered() + 1;
+                // A client may resume from one past any header revision it
+                // got (events skipped that way are caught as gaps).
+                let mut hi = w.covered().max(w.header) + 1;
                 if let Some(Pause::Compacted(c)) = w.pause {
                     hi = hi.max(c);
                 }
@@ -287,9 +296,9 @@ pub fn check(records: &[WatchRecord], ops: &[Op]) -> CheckResult {
                     events_total += 1;
                     let key = ev.kv.key.as_str();
                     let rev = ev.kv.mod_revision;
-                    let here = json!({"watcher": id, "line": line, "key": key, "revision": rev});
                     let note = |rep: &mut Report, kind: &'static str, why: String, extra: Value| {
-                        let mut body = here.clone();
+                        let mut body =
+                            json!({"watcher": id, "line": line, "key": key, "revision": rev});
                         body["explanation"] = json!(why);
                         if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
                             b.extend(e.clone());
