@@ -598,3 +598,35 @@ fn check_run_runs_elle_on_a_run_directory() {
     assert_eq!(elle.valid, Validity::Invalid);
     assert!(!results.iter().any(|r| r.checker == "watch"));
 }
+
+#[test]
+fn heavily_corrupted_large_history_is_judged_quickly() {
+    // A tenth of the reads return an older value of their key: the graph
+    // gets large strongly connected components, and the cycle search must
+    // stay bounded.
+    let mut ops = generate(Workload::Wr, scale(), 10, 13);
+    let mut rng = StdRng::seed_from_u64(99);
+    let mut written: std::collections::HashMap<i64, Vec<i64>> = Default::default();
+    for op in ops.iter_mut() {
+        if op.kind != OpType::Ok {
+            continue;
+        }
+        for mop in op.value.as_array_mut().unwrap() {
+            let k = mop[1].as_i64().unwrap();
+            if mop[0] == "w" {
+                written.entry(k).or_default().push(mop[2].as_i64().unwrap());
+            } else if let Some(vs) = written.get(&k).filter(|_| mop[2].is_i64()) {
+                if rng.gen_bool(0.1) {
+                    mop[2] = json!(vs[rng.gen_range(0..vs.len())]);
+                }
+            }
+        }
+    }
+    let t = Instant::now();
+    let r = timed("wr-corrupted", &ops, check_wr);
+    assert_eq!(r.valid, Validity::Invalid);
+    assert!(r.anomalies.len() > 1, "{}", r.summary);
+    if !cfg!(debug_assertions) {
+        assert!(t.elapsed().as_secs() < 30, "{:?}", t.elapsed());
+    }
+}

@@ -50,8 +50,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use petgraph::algo::tarjan_scc;
-use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::{json, Value};
 
 use super::{CheckResult, Validity};
@@ -993,26 +991,73 @@ fn label(kinds: u8) -> u8 {
         .unwrap_or(0)
 }
 
+/// Tarjan's strongly connected components of the graph restricted to
+/// `allowed` edge kinds (and to the nodes marked in `within`), iteratively so
+/// that long real-time chains cannot overflow the stack. Returns only
+/// components of two or more nodes (self-loops are never added).
 fn sccs(g: &Graph, allowed: u8, within: Option<&[bool]>) -> Vec<Vec<u32>> {
-    let mut pg: DiGraph<(), ()> = DiGraph::with_capacity(g.n, 0);
-    for _ in 0..g.n {
-        pg.add_node(());
-    }
-    for (from, list) in g.adj.iter().enumerate() {
-        if within.is_some_and(|w| !w[from]) {
+    const UNSEEN: u32 = u32::MAX;
+    let n = g.n;
+    let mut index = vec![UNSEEN; n];
+    let mut low = vec![0u32; n];
+    let mut on_stack = vec![false; n];
+    let mut stack: Vec<u32> = Vec::new();
+    // The DFS call stack: (node, position of its next edge).
+    let mut calls: Vec<(u32, usize)> = Vec::new();
+    let mut next = 0u32;
+    let mut out = Vec::new();
+    let inside = |v: u32| within.is_none_or(|w| w[v as usize]);
+    for root in 0..n as u32 {
+        if index[root as usize] != UNSEEN || !inside(root) {
             continue;
         }
-        for &(to, kinds) in list {
-            if kinds & allowed != 0 && within.is_none_or(|w| w[to as usize]) {
-                pg.add_edge(NodeIndex::new(from), NodeIndex::new(to as usize), ());
+        index[root as usize] = next;
+        low[root as usize] = next;
+        next += 1;
+        stack.push(root);
+        on_stack[root as usize] = true;
+        calls.push((root, 0));
+        while let Some(&(v, pos)) = calls.last() {
+            let edges = &g.adj[v as usize];
+            if pos < edges.len() {
+                calls.last_mut().expect("non-empty").1 += 1;
+                let (w, kinds) = edges[pos];
+                if kinds & allowed == 0 || !inside(w) {
+                    continue;
+                }
+                if index[w as usize] == UNSEEN {
+                    index[w as usize] = next;
+                    low[w as usize] = next;
+                    next += 1;
+                    stack.push(w);
+                    on_stack[w as usize] = true;
+                    calls.push((w, 0));
+                } else if on_stack[w as usize] {
+                    low[v as usize] = low[v as usize].min(index[w as usize]);
+                }
+                continue;
+            }
+            calls.pop();
+            if let Some(&(parent, _)) = calls.last() {
+                low[parent as usize] = low[parent as usize].min(low[v as usize]);
+            }
+            if low[v as usize] == index[v as usize] {
+                let mut comp = Vec::new();
+                loop {
+                    let w = stack.pop().expect("invariant: v is on the stack");
+                    on_stack[w as usize] = false;
+                    comp.push(w);
+                    if w == v {
+                        break;
+                    }
+                }
+                if comp.len() > 1 {
+                    out.push(comp);
+                }
             }
         }
     }
-    tarjan_scc(&pg)
-        .into_iter()
-        .filter(|c| c.len() > 1)
-        .map(|c| c.into_iter().map(|n| n.index() as u32).collect())
-        .collect()
+    out
 }
 
 /// Breadth-first search for a shortest path `from` → `to` inside the
