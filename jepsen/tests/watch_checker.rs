@@ -187,17 +187,17 @@ fn history() -> Vec<Op> {
 
 /// Three watchers: W1 over a..d with prev_kv, disconnecting after a
 /// progress notification and resuming; W2 on key b from "now"; W3 over a..d
-/// compacted at 6 and resumed there.
+/// with prev_kv, compacted at 6 and resumed there.
 fn clean_log(s: &Store) -> Log {
     let mut l = Log::default();
     l.start(1, "a", "d", 2, true);
     l.start(2, "b", "", 0, false);
-    l.start(3, "a", "d", 2, false);
+    l.start(3, "a", "d", 2, true);
     l.created(1, 1);
     l.created(2, 3);
     l.created(3, 3);
     l.stream(1, s, 2, 5, ALL, true);
-    l.stream(3, s, 2, 3, ALL, false);
+    l.stream(3, s, 2, 3, ALL, true);
     l.progress(1, 5);
     l.disconnected(1);
     l.compacted(3, 6);
@@ -205,7 +205,7 @@ fn clean_log(s: &Store) -> Log {
     l.resumed(1, 6);
     l.stream(2, s, 4, 11, B, false);
     l.stream(1, s, 6, 11, ALL, true);
-    l.stream(3, s, 6, 11, ALL, false);
+    l.stream(3, s, 6, 11, ALL, true);
     l.progress(2, 11);
     l
 }

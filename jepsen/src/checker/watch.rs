@@ -258,6 +258,9 @@ pub fn check(records: &[WatchRecord], ops: &[Op]) -> CheckResult {
                 let from = w.covered() + 1;
                 if c > from {
                     w.excused.push((from, c - 1));
+                    // Changes in the lost revisions were never seen, so the
+                    // previous event per key no longer predicts prev_kv.
+                    w.last_by_key.clear();
                 }
                 w.pause = Some(Pause::Compacted(c));
             }
