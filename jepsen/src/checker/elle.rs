@@ -174,6 +174,7 @@ struct Txn {
 
 struct History<'a> {
     ops: &'a [Op],
+    workload: Workload,
     txns: Vec<Txn>,
     keys: Vec<String>,
 }
@@ -252,7 +253,12 @@ impl<'a> History<'a> {
                 mops,
             });
         }
-        Ok(History { ops, txns, keys })
+        Ok(History {
+            ops,
+            workload,
+            txns,
+            keys,
+        })
     }
 
     /// How humans find a transaction in the history: its completion line (or
@@ -1226,21 +1232,30 @@ fn explain(hist: &History, g: &Graph, a: u32, b: u32, kind: u8) -> String {
         return format!("{la} -> {lb}");
     };
     let key = &hist.keys[e.key as usize];
-    match kind {
-        WW => format!(
-            "{la} -ww-> {lb}: {la} wrote {} to key {key}, and {lb} wrote {}, the next version",
-            show(e.a),
-            show(e.b)
-        ),
-        WR => format!(
-            "{la} -wr-> {lb}: {lb} read {} from key {key}, written by {la}",
-            show(e.a)
-        ),
-        RW => format!(
-            "{la} -rw-> {lb}: {la} read key {key} at version {}, and {lb} wrote {}, the next version",
-            show(e.a),
-            show(e.b)
-        ),
+    let (x, y) = (show(e.a), show(e.b));
+    match (kind, hist.workload) {
+        (WW, Workload::Append) => {
+            format!("{la} -ww-> {lb}: {la} appended {x} to key {key}, and {lb} appended {y} right after it")
+        }
+        (WW, Workload::Wr) => {
+            format!(
+                "{la} -ww-> {lb}: {la} wrote {key}={x}, and {lb} wrote {key}={y}, the next version"
+            )
+        }
+        (WR, Workload::Append) => {
+            format!("{la} -wr-> {lb}: {lb} read key {key} ending in {x}, appended by {la}")
+        }
+        (WR, Workload::Wr) => format!("{la} -wr-> {lb}: {lb} read {key}={x}, written by {la}"),
+        (RW, Workload::Append) => {
+            let read =
+                e.a.map_or("empty".to_string(), |v| format!("ending in {v}"));
+            format!("{la} -rw-> {lb}: {la} read key {key} {read}, and {lb} appended {y}, the next element")
+        }
+        (RW, Workload::Wr) => {
+            format!(
+                "{la} -rw-> {lb}: {la} read {key}={x}, and {lb} wrote {key}={y}, the next version"
+            )
+        }
         _ => {
             let done = hist.txns[a as usize].comp_pos.map(|p| hist.ops[p].index);
             let began = hist.ops[hist.txns[b as usize].inv_pos].index;
