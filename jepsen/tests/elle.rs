@@ -630,3 +630,30 @@ fn heavily_corrupted_large_history_is_judged_quickly() {
         assert!(t.elapsed().as_secs() < 30, "{:?}", t.elapsed());
     }
 }
+
+#[test]
+fn info_txns_may_take_effect_any_time_after_their_invoke() {
+    // T1 timed out; a later read does not see its append, a still later one
+    // does: T1 committed late, which is allowed.
+    let t1 = json!([["append", "x", 1]]);
+    let mut h = H::default();
+    h.inv(0, t1.clone())
+        .info(0, t1)
+        .txn(1, json!([["r", "x", []]]), 2)
+        .txn(1, json!([["r", "x", [1]]]), 3);
+    assert_valid(&check_append(&h.ops));
+    // The same with wr, and an info write nobody read.
+    let mut h = H::default();
+    h.inv(0, json!([["w", "x", 1]]))
+        .info(0, json!([["w", "x", 1]]))
+        .inv(2, json!([["w", "y", 7]]))
+        .info(2, json!([["w", "y", 7]]))
+        .txn(1, json!([["r", "x", null], ["r", "y", null]]), 2)
+        .txn(1, json!([["r", "x", 1], ["r", "y", null]]), 3);
+    assert_valid(&check_wr(&h.ops));
+    // But an info txn cannot take effect before it was invoked.
+    let t2 = json!([["append", "x", 2]]);
+    let mut h = H::default();
+    h.txn(1, json!([["r", "x", [2]]]), 2).inv(0, t2.clone()).info(0, t2);
+    assert_caught(&check_append(&h.ops), "G1c-realtime");
+}
