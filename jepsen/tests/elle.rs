@@ -654,6 +654,8 @@ fn info_txns_may_take_effect_any_time_after_their_invoke() {
     // But an info txn cannot take effect before it was invoked.
     let t2 = json!([["append", "x", 2]]);
     let mut h = H::default();
-    h.txn(1, json!([["r", "x", [2]]]), 2).inv(0, t2.clone()).info(0, t2);
+    h.txn(1, json!([["r", "x", [2]]]), 2)
+        .inv(0, t2.clone())
+        .info(0, t2);
     assert_caught(&check_append(&h.ops), "G1c-realtime");
 }

@@ -27,8 +27,9 @@
 //!   assumed absent before the run (a read of nil observes the initial
 //!   version).
 //! - **real time**: an `ok` transaction that completed before another was
-//!   invoked precedes it (only the frontier of latest completions is linked,
-//!   which keeps the edge count linear; the rest follows by transitivity).
+//!   invoked (strictly, by the ops' `time`) precedes it. Only the frontier
+//!   of latest completions is linked, which keeps the edge count linear; the
+//!   rest follows by transitivity.
 //!
 //! `info` transactions are in the graph: their writes may be observed (then
 //! they committed), they have real-time edges into them but never out of them,
@@ -289,6 +290,11 @@ impl<'a> History<'a> {
             "revision": txn.revision,
             "value": line.value,
         })
+    }
+
+    /// When the txn was invoked.
+    fn invoked(&self, t: u32) -> u64 {
+        self.ops[self.txns[t as usize].inv_pos].time
     }
 
     fn in_graph(&self, t: u32) -> bool {
@@ -729,7 +735,7 @@ fn analyze_append(hist: &History, g: &mut Graph, an: &mut Anomalies) {
     let mut latest_reader: Vec<Option<u32>> = vec![None; nkeys];
     for r in &reads {
         let slot = &mut latest_reader[r.key as usize];
-        if slot.is_none_or(|s| hist.txns[s as usize].inv_pos < hist.txns[r.txn as usize].inv_pos) {
+        if slot.is_none_or(|s| hist.invoked(s) < hist.invoked(r.txn)) {
             *slot = Some(r.txn);
         }
     }
@@ -742,8 +748,11 @@ fn analyze_append(hist: &History, g: &mut Graph, an: &mut Anomalies) {
         let Some(r) = latest_reader[k as usize] else {
             continue;
         };
-        let (wt, rt) = (&hist.txns[w.txn as usize], &hist.txns[r as usize]);
-        if wt.comp_pos.is_some_and(|c| c < rt.inv_pos) {
+        let wt = &hist.txns[w.txn as usize];
+        if wt
+            .comp_pos
+            .is_some_and(|c| hist.ops[c].time < hist.invoked(r))
+        {
             an.push(
                 "lost-append",
                 json!({"key": hist.keys[k as usize], "element": v,
@@ -890,14 +899,16 @@ fn analyze_wr(hist: &History, g: &mut Graph, an: &mut Anomalies) {
 // Real time
 
 fn add_realtime(hist: &History, g: &mut Graph) {
-    let mut events: Vec<(usize, bool, u32)> = Vec::new();
+    // By time, invokes before completions at equal times (so that equal
+    // timestamps imply no order), then by file position.
+    let mut events: Vec<(u64, bool, usize, u32)> = Vec::new();
     for (t, txn) in hist.txns.iter().enumerate() {
         if txn.status == Status::Fail {
             continue;
         }
-        events.push((txn.inv_pos, false, t as u32));
+        events.push((hist.ops[txn.inv_pos].time, false, txn.inv_pos, t as u32));
         if let (Status::Ok, Some(c)) = (txn.status, txn.comp_pos) {
-            events.push((c, true, t as u32));
+            events.push((hist.ops[c].time, true, c, t as u32));
         }
     }
     events.sort_unstable();
@@ -905,7 +916,7 @@ fn add_realtime(hist: &History, g: &mut Graph) {
     let mut frontier: Vec<u32> = Vec::new();
     let mut preds: HashMap<u32, Vec<u32>> = HashMap::new();
     let mut superseded = vec![false; hist.txns.len()];
-    for (_, done, t) in events {
+    for (_, done, _, t) in events {
         if done {
             if let Some(ps) = preds.remove(&t) {
                 for p in ps {
