@@ -315,7 +315,13 @@ fn wr_anomalies_are_caught() {
         .inv(1, t2.clone())
         .ok(0, t1, 10)
         .ok(1, t2, 11);
-    assert_caught(&check_wr(&h.ops), "G0");
+    let r = check_wr(&h.ops);
+    assert_caught(&r, "G0");
+    let steps = r.anomalies[0]["steps"].to_string();
+    assert!(
+        steps.contains("at revision 10") && steps.contains("overwrote it"),
+        "{steps}"
+    );
 
     // G1a and G1b.
     let mut h = H::default();

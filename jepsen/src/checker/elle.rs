@@ -1249,9 +1249,18 @@ fn explain(hist: &History, g: &Graph, a: u32, b: u32, kind: u8) -> String {
             format!("{la} -ww-> {lb}: {la} appended {x} to key {key}, and {lb} appended {y} right after it")
         }
         (WW, Workload::Wr) => {
-            format!(
-                "{la} -ww-> {lb}: {la} wrote {key}={x}, and {lb} wrote {key}={y}, the next version"
-            )
+            let (ra, rb) = (
+                hist.txns[a as usize].revision,
+                hist.txns[b as usize].revision,
+            );
+            match (ra, rb) {
+                (Some(ra), Some(rb)) if ra < rb => format!(
+                    "{la} -ww-> {lb}: {la} wrote {key}={x} at revision {ra}, and {lb} wrote {key}={y} at revision {rb}, a later one"
+                ),
+                _ => format!(
+                    "{la} -ww-> {lb}: {lb} read {key}={x}, written by {la}, and then overwrote it with {y}"
+                ),
+            }
         }
         (WR, Workload::Append) => {
             format!("{la} -wr-> {lb}: {lb} read key {key} ending in {x}, appended by {la}")
