@@ -39,15 +39,23 @@
 //!
 //! # What it reports
 //! Cycles, found by Tarjan's SCC algorithm on the graph restricted to the
-//! edge kinds each class allows, then a shortest cycle per component by BFS
-//! through a seed edge: G0 (ww only), G1c (ww+wr), G-single (exactly one rw),
-//! G2 (several rw); with `-realtime` appended (and `realtime: true`) when the
-//! cycle needs a real-time edge. Besides cycles: G1a (aborted read), G1b
+//! edge kinds each class allows, then a short cycle per component by BFS
+//! back from a seed edge of the kind the class needs. Each component is
+//! reported once, under the most specific class found, in this order: G0
+//! (ww only), G1c (ww+wr), G-single (exactly one rw), G2 (two or more rw;
+//! Adya's G2 also covers G-single, which is reported as such), then the same
+//! with `-realtime` appended (and `realtime: true`) when the cycle needs a
+//! real-time edge. The witness is the smallest anomaly's txns (invoke and
+//! completion indexes); each cycle lists its txns and explains every edge.
+//! Besides cycles: G1a (aborted read), G1b
 //! (intermediate read), `internal` (a read disagreeing with the transaction's
 //! own earlier write), `incompatible-order`, `duplicate-elements`,
 //! `lost-append` (an acknowledged append missing from a read that began after
 //! it completed), `garbage-read` (a value nobody wrote) and
-//! `revision-conflict` (two writers acknowledged at one revision).
+//! `revision-conflict` (two writers acknowledged at one revision). A
+//! `duplicate-write` (one value written twice to a key) breaks the
+//! workload's uniqueness promise: alone it makes the verdict Unknown, as
+//! does a malformed history.
 
 use std::collections::{HashMap, HashSet};
 
