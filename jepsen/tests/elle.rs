@@ -665,3 +665,24 @@ fn info_txns_may_take_effect_any_time_after_their_invoke() {
         .info(0, t2);
     assert_caught(&check_append(&h.ops), "G1c-realtime");
 }
+
+#[test]
+fn broken_uniqueness_or_malformed_history_is_unknown() {
+    let mut h = H::default();
+    h.txn(0, json!([["append", "x", 1]]), 2)
+        .txn(1, json!([["append", "x", 1]]), 3)
+        .txn(1, json!([["r", "x", [1, 1]]]), 3);
+    let r = check_append(&h.ops);
+    // The duplicate element is a real anomaly; the duplicate write alone
+    // would only make the verdict Unknown.
+    assert_caught(&r, "duplicate-elements");
+    let mut h = H::default();
+    h.txn(0, json!([["append", "x", 1]]), 2)
+        .txn(1, json!([["append", "x", 1]]), 3);
+    let r = check_append(&h.ops);
+    assert_eq!(r.valid, Validity::Unknown, "{r:#?}");
+    assert_eq!(types(&r), vec!["duplicate-write"]);
+    let mut h = H::default();
+    h.txn(0, json!([["append", "x", "one"]]), 2);
+    assert_eq!(check_append(&h.ops).valid, Validity::Unknown);
+}

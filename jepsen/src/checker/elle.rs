@@ -40,8 +40,9 @@
 //! # What it reports
 //! Cycles, found by Tarjan's SCC algorithm on the graph restricted to the
 //! edge kinds each class allows, then a short cycle per component by BFS
-//! back from a seed edge of the kind the class needs. Each component is
-//! reported once, under the most specific class found, in this order: G0
+//! back from a seed edge of the kind the class needs. Classes are tried in
+//! this order, and a component whose txns were all reported under an earlier
+//! class is not reported again: G0
 //! (ww only), G1c (ww+wr), G-single (exactly one rw), G2 (two or more rw;
 //! Adya's G2 also covers G-single, which is reported as such), then the same
 //! with `-realtime` appended (and `realtime: true`) when the cycle needs a
