@@ -110,10 +110,16 @@ struct Watcher<'a> {
 }
 
 impl Watcher<'_> {
-    /// Highest revision the watcher has covered so far.
+    /// Highest revision the watcher has covered so far: delivered, promised
+    /// by a progress notification, or below where the current stream began
+    /// (a resume that skipped revisions is reported on its own, and the
+    /// skipped revisions are still checked for gaps).
     fn covered(&self) -> i64 {
-        let before_start = self.start.map_or(0, |s| s - 1);
-        self.last_rev.max(self.floor).max(before_start)
+        let before = |s: Option<i64>| s.map_or(0, |s| s - 1);
+        self.last_rev
+            .max(self.floor)
+            .max(before(self.start))
+            .max(before(self.stream_start))
     }
 }
 
