@@ -142,6 +142,12 @@ impl Node {
         }
     }
 
+    async fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_ready().await;
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -159,7 +165,6 @@ impl Drop for Node {
 struct Run {
     dir: tempfile::TempDir,
     ops: Vec<Op>,
-    #[allow(dead_code)]
     watches: Vec<WatchRecord>,
 }
 
@@ -196,6 +201,14 @@ fn legit_fail(op: &Op) -> bool {
 }
 
 fn assert_clean(kind: WorkloadKind, server: Server, run: &Run) {
+    let mut stats: std::collections::BTreeMap<String, usize> = Default::default();
+    for op in run.ops.iter().filter(|o| !o.is_invoke()) {
+        *stats.entry(format!("{}:{:?}", op.f, op.kind)).or_default() += 1;
+    }
+    for w in &run.watches {
+        *stats.entry(format!("watch:{:?}", w.kind)).or_default() += 1;
+    }
+    eprintln!("{kind} on {server:?}: {stats:?}");
     let wf = check_well_formed(&run.ops);
     assert_eq!(
         wf.valid,
@@ -229,8 +242,12 @@ fn assert_clean(kind: WorkloadKind, server: Server, run: &Run) {
 }
 
 async fn check(kind: WorkloadKind, server: Server) -> Run {
+    check_for(kind, server, 3).await
+}
+
+async fn check_for(kind: WorkloadKind, server: Server, secs: u64) -> Run {
     let node = Node::start(server).await;
-    let run = run_workload(kind, vec![node.endpoint.clone()], 3).await;
+    let run = run_workload(kind, vec![node.endpoint.clone()], secs).await;
     assert_clean(kind, server, &run);
     run
 }
@@ -292,6 +309,116 @@ async fn set(server: Server) {
     );
 }
 
+/// Per watcher: starts once, and event revisions strictly increase across
+/// its responses (resumes included).
+fn assert_watch_streams_ordered(watches: &[WatchRecord]) {
+    let mut last: std::collections::HashMap<u64, i64> = Default::default();
+    let mut started: std::collections::HashSet<u64> = Default::default();
+    for w in watches {
+        if w.kind == WatchRecordKind::Start {
+            assert!(
+                started.insert(w.watcher),
+                "watcher {} started twice",
+                w.watcher
+            );
+            assert!(w.start_revision.is_some() && w.key.is_some());
+        } else {
+            assert!(started.contains(&w.watcher), "record before start: {w:?}");
+        }
+        for e in &w.events {
+            let prev = last.insert(w.watcher, e.kv.mod_revision).unwrap_or(0);
+            assert!(
+                e.kv.mod_revision > prev,
+                "watcher {} went back: {w:?}",
+                w.watcher
+            );
+        }
+    }
+}
+
+async fn watch(server: Server) {
+    let run = check(WorkloadKind::Watch, server).await;
+    assert!(watch_events(&run.watches) > 0, "watchers saw no events");
+    assert_watch_streams_ordered(&run.watches);
+    let has = |k| run.watches.iter().any(|w| w.kind == k);
+    assert!(has(WatchRecordKind::Created));
+    assert!(has(WatchRecordKind::Progress), "no progress notification");
+    // prev_kv is set on overwrites.
+    assert!(run
+        .watches
+        .iter()
+        .flat_map(|w| &w.events)
+        .any(|e| e.prev_kv.is_some()));
+    // Watchers drained: every event of an acknowledged register write was
+    // seen by every prefix watcher that started before it.
+    let last_write = oks(&run, "write")
+        .map(|o| o.revision.unwrap())
+        .max()
+        .unwrap();
+    for w in run.watches.iter().filter(|w| {
+        w.kind == WatchRecordKind::Start && w.key.as_deref() == Some("/jepsen/register/")
+    }) {
+        let seen = run
+            .watches
+            .iter()
+            .filter(|r| r.watcher == w.watcher)
+            .flat_map(|r| r.events.iter().map(|e| e.kv.mod_revision))
+            .max()
+            .unwrap_or(0);
+        assert!(
+            seen >= last_write,
+            "watcher {} stopped at {seen} < {last_write}",
+            w.watcher
+        );
+    }
+}
+
+async fn k8s(server: Server) {
+    let run = check(WorkloadKind::K8s, server).await;
+    for f in ["create", "update", "list"] {
+        assert!(oks(&run, f).count() > 0, "no ok {f}");
+    }
+    assert!(watch_events(&run.watches) > 0, "informers saw no events");
+    assert_watch_streams_ordered(&run.watches);
+    // A list is one snapshot: no item newer than its revision.
+    for op in oks(&run, "list") {
+        for item in op.value.as_array().unwrap() {
+            assert!(item[2].as_i64().unwrap() <= op.revision.unwrap(), "{op:?}");
+        }
+    }
+}
+
+async fn lease(server: Server) {
+    let run = check_for(WorkloadKind::Lease, server, 6).await;
+    for f in ["grant", "put", "read"] {
+        assert!(oks(&run, f).count() > 0, "no ok {f}");
+    }
+    assert!(
+        oks(&run, "read").any(|o| o.value["lease"].as_i64().is_some_and(|l| l != 0)),
+        "no read saw a key attached to a lease"
+    );
+    assert!(oks(&run, "revoke").count() + oks(&run, "keepalive").count() > 0);
+}
+
+async fn mix(server: Server) {
+    let run = check_for(WorkloadKind::Mix, server, 4).await;
+    for f in ["write", "read", "read-at", "range", "txn"] {
+        assert!(oks(&run, f).count() > 0, "no ok {f}");
+    }
+    assert!(oks(&run, "range").any(|o| {
+        o.value["kvs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|kv| kv[1].is_null())
+    }));
+    // A read at an old revision never sees a newer write.
+    for op in oks(&run, "read-at") {
+        let at = op.value["revision"].as_i64().unwrap();
+        assert!(op.mod_revision.unwrap_or(0) <= at, "{op:?}");
+    }
+}
+
 macro_rules! on_both {
     ($name:ident) => {
         mod $name {
@@ -312,6 +439,111 @@ on_both!(register);
 on_both!(append);
 on_both!(wr);
 on_both!(set);
+on_both!(watch);
+on_both!(k8s);
+on_both!(lease);
+on_both!(mix);
+on_both!(watch_resumes);
+on_both!(watch_restarts_after_compaction);
+
+/// Records of one watcher after the first record of `kind`.
+fn after_first<'a>(
+    watches: &'a [WatchRecord],
+    kind: WatchRecordKind,
+) -> Option<(&'a WatchRecord, Vec<&'a WatchRecord>)> {
+    let first = watches.iter().find(|w| w.kind == kind)?;
+    let rest = watches
+        .iter()
+        .filter(|w| w.watcher == first.watcher && w.time >= first.time)
+        .collect();
+    Some((first, rest))
+}
+
+/// Watchers survive a server crash: each logs `disconnected`, resumes with
+/// a `resumed` record from where it was, and keeps receiving events.
+async fn watch_resumes(server: Server) {
+    let mut node = Node::start(server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::create(dir.path(), Instant::now()).unwrap();
+    let stop = CancellationToken::new();
+    let opts = WorkloadOpts {
+        kind: WorkloadKind::Watch,
+        endpoints: vec![node.endpoint.clone()],
+        concurrency: 3,
+        keys: 3,
+        seed: 3,
+        serializable_reads: false,
+    };
+    let task = tokio::spawn(workload::run(opts, recorder.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    node.restart().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let ops: Vec<Op> = read_jsonl(&dir.path().join("history.jsonl")).unwrap();
+    let watches: Vec<WatchRecord> = read_jsonl(&dir.path().join("watches.jsonl")).unwrap();
+    assert_eq!(check_well_formed(&ops).valid, Validity::Valid);
+    assert_watch_streams_ordered(&watches);
+    let (disc, rest) = after_first(&watches, WatchRecordKind::Disconnected)
+        .unwrap_or_else(|| panic!("no watcher disconnected: {watches:?}"));
+    let resumed = rest
+        .iter()
+        .find(|w| w.kind == WatchRecordKind::Resumed)
+        .expect("no resume after disconnect");
+    // It resumes after the last event it saw.
+    let last_seen = watches
+        .iter()
+        .filter(|w| w.watcher == disc.watcher && w.time <= disc.time)
+        .flat_map(|w| w.events.iter().map(|e| e.kv.mod_revision))
+        .max()
+        .unwrap_or(0);
+    assert!(resumed.start_revision.unwrap() > last_seen);
+    assert!(
+        watches
+            .iter()
+            .any(|w| w.kind == WatchRecordKind::Events && w.time > resumed.time),
+        "no events after resuming"
+    );
+}
+
+/// A watcher whose start revision was compacted logs `compacted` and
+/// restarts from the reported compact revision.
+async fn watch_restarts_after_compaction(server: Server) {
+    let node = Node::start(server).await;
+    let client = jepsen::client::Client::new(std::slice::from_ref(&node.endpoint)).unwrap();
+    let mut rev = 0;
+    for i in 0..50 {
+        let put = proto::etcdserverpb::PutRequest {
+            key: format!("/jepsen/register/{}", i % 3).into_bytes(),
+            value: format!("{}", 1_000_000 + i).into_bytes(),
+            ..Default::default()
+        };
+        rev = jepsen::client::call(client.kv(0).put(put))
+            .await
+            .unwrap()
+            .header
+            .unwrap()
+            .revision;
+    }
+    let compact = proto::etcdserverpb::CompactionRequest {
+        revision: rev,
+        physical: true,
+    };
+    jepsen::client::call(client.kv(0).compact(compact))
+        .await
+        .unwrap();
+    let run = run_workload(WorkloadKind::Watch, vec![node.endpoint.clone()], 2).await;
+    assert_watch_streams_ordered(&run.watches);
+    let (compacted, rest) = after_first(&run.watches, WatchRecordKind::Compacted)
+        .unwrap_or_else(|| panic!("no watcher was compacted: {:?}", run.watches));
+    assert_eq!(compacted.compact_revision, Some(rev));
+    let resumed = rest
+        .iter()
+        .find(|w| w.kind == WatchRecordKind::Resumed)
+        .expect("no restart after compaction");
+    assert_eq!(resumed.start_revision, Some(rev));
+    assert!(rest.iter().any(|w| w.kind == WatchRecordKind::Events));
+}
 
 /// A server killed while requests are in flight: the writes in flight end
 /// `info` (they may have been applied), the reads `fail`, and requests to
@@ -376,7 +608,6 @@ async fn killed_server_mid_request_is_info_for_writes_and_fail_for_reads() {
     );
 }
 
-#[allow(dead_code)]
 fn watch_events(watches: &[WatchRecord]) -> usize {
     watches
         .iter()

@@ -33,12 +33,12 @@ use crate::client::{Client, OpError};
 use crate::history::{Op, OpType, WatchRecord};
 
 pub mod append;
-//pub mod k8s;
-//pub mod lease;
-//pub mod mix;
+pub mod k8s;
+pub mod lease;
+pub mod mix;
 pub mod register;
 pub mod set;
-//pub mod watch;
+pub mod watch;
 
 /// Appends operations and watch records to a run directory; cheap to clone
 /// and shared by every worker.
@@ -367,9 +367,10 @@ pub async fn run(
         WorkloadKind::Append => append::run(ctx, append::Model::ListAppend).await,
         WorkloadKind::Wr => append::run(ctx, append::Model::Wr).await,
         WorkloadKind::Set => set::run(ctx).await,
-        WorkloadKind::Watch | WorkloadKind::K8s | WorkloadKind::Lease | WorkloadKind::Mix => {
-            anyhow::bail!("workload {} is not available in this build yet", opts.kind)
-        }
+        WorkloadKind::Watch => watch::run(ctx).await,
+        WorkloadKind::K8s => k8s::run(ctx).await,
+        WorkloadKind::Lease => lease::run(ctx).await,
+        WorkloadKind::Mix => mix::run(ctx).await,
     };
     recorder.flush()?;
     result

@@ -31,22 +31,38 @@ pub fn key(k: usize) -> String {
     format!("/jepsen/register/{k}")
 }
 
-struct Shared {
-    next_value: AtomicI64,
+/// Register values, unique across every workload of the process (the `watch`
+/// workload writes these keys too).
+static NEXT_VALUE: AtomicI64 = AtomicI64::new(1);
+
+/// A value no other register write has used.
+pub fn unique_value() -> i64 {
+    NEXT_VALUE.fetch_add(1, Ordering::Relaxed)
+}
+
+/// State shared by the workers writing one set of registers.
+pub struct Shared {
     /// The last value seen per key (for choosing a CAS's `from`).
     last: Mutex<Vec<Option<i64>>>,
 }
 
+impl Shared {
+    pub fn new(keys: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            last: Mutex::new(vec![None; keys]),
+        })
+    }
+}
+
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
-    let shared = Arc::new(Shared {
-        next_value: AtomicI64::new(1),
-        last: Mutex::new(vec![None; ctx.opts.keys]),
-    });
+    let shared = Shared::new(ctx.opts.keys);
     let n = ctx.opts.concurrency;
     spawn_workers(&ctx, n, move |ctx, w| worker(ctx, w, shared.clone())).await
 }
 
-async fn worker(ctx: Ctx, w: u64, shared: Arc<Shared>) -> anyhow::Result<()> {
+/// One register process: random read/write/cas on random keys and nodes
+/// until `ctx.stop`.
+pub async fn worker(ctx: Ctx, w: u64, shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut rng = ctx.rng(w);
     let mut proc = Process::new(&ctx.recorder);
     while !ctx.stop.is_cancelled() {
@@ -56,12 +72,12 @@ async fn worker(ctx: Ctx, w: u64, shared: Arc<Shared>) -> anyhow::Result<()> {
         let done = match rng.gen_range(0..3) {
             0 => read(&ctx, proc.id, node, &key, ctx.opts.serializable_reads).await,
             1 => {
-                let v = shared.next_value.fetch_add(1, Ordering::Relaxed);
+                let v = unique_value();
                 write(&ctx, proc.id, node, &key, v).await
             }
             _ => {
                 let from = shared.last.lock().unwrap()[k];
-                let to = shared.next_value.fetch_add(1, Ordering::Relaxed);
+                let to = unique_value();
                 match from {
                     Some(from) => cas(&ctx, proc.id, node, &key, from, to).await,
                     None => write(&ctx, proc.id, node, &key, to).await,
