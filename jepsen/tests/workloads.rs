@@ -447,10 +447,10 @@ on_both!(watch_resumes);
 on_both!(watch_restarts_after_compaction);
 
 /// Records of one watcher after the first record of `kind`.
-fn after_first<'a>(
-    watches: &'a [WatchRecord],
+fn after_first(
+    watches: &[WatchRecord],
     kind: WatchRecordKind,
-) -> Option<(&'a WatchRecord, Vec<&'a WatchRecord>)> {
+) -> Option<(&WatchRecord, Vec<&WatchRecord>)> {
     let first = watches.iter().find(|w| w.kind == kind)?;
     let rest = watches
         .iter()
