@@ -313,7 +313,18 @@ fn time_axis(html: &mut String, t_max: u64, y: f64) {
 fn timeline_svg(html: &mut String, spans: &[Span], faults: &[Fault], t_max: u64) {
     const LANES: u64 = 8;
     const LANE_H: f64 = 4.0;
-    let rows = spans.iter().map(|s| s.row).max().unwrap_or(0) + 1;
+    // Only rows that hold ops (at least one, so an empty run still draws).
+    let mut used: Vec<usize> = spans
+        .iter()
+        .map(|s| s.row)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if used.is_empty() {
+        used.push(1);
+    }
+    let pos: HashMap<usize, usize> = used.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+    let rows = used.len();
     let row_h = LANES as f64 * LANE_H + 8.0;
     let top = 10.0;
     let height = top + rows as f64 * row_h + 25.0;
@@ -322,8 +333,8 @@ fn timeline_svg(html: &mut String, spans: &[Span], faults: &[Fault], t_max: u64)
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height:.0}\" viewBox=\"0 0 {WIDTH} {height:.0}\">"
     );
     fault_bands(html, faults, t_max, top, rows as f64 * row_h);
-    for r in 0..rows {
-        let y = top + r as f64 * row_h;
+    for (i, &r) in used.iter().enumerate() {
+        let y = top + i as f64 * row_h;
         let label = if r == 0 {
             "no node".to_string()
         } else {
@@ -340,7 +351,7 @@ fn timeline_svg(html: &mut String, spans: &[Span], faults: &[Fault], t_max: u64)
     for s in spans {
         let x0 = x_of(s.start, t_max);
         let x1 = x_of(s.end.unwrap_or(t_max), t_max).max(x0 + 1.0);
-        let y = top + s.row as f64 * row_h + 4.0 + (s.lane % LANES) as f64 * LANE_H;
+        let y = top + pos[&s.row] as f64 * row_h + 4.0 + (s.lane % LANES) as f64 * LANE_H;
         let _ = writeln!(
             html,
             "<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{}</title></rect>",

@@ -110,7 +110,7 @@ async fn worker(ctx: Ctx, w: u64, shared: Arc<Shared>) -> anyhow::Result<()> {
         let node = ctx.pick_node(&mut rng);
         let mops = generate(&shared, &mut rng);
         let done = txn(&ctx, proc.id, node, shared.model, &mops).await;
-        proc.after(&done);
+        proc.after(&done).await;
     }
     Ok(())
 }

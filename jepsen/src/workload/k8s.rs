@@ -109,7 +109,7 @@ async fn worker(ctx: Ctx, w: u64, cache: Cache) -> anyhow::Result<()> {
                 create(&ctx, proc.id, node, &key, &cache).await
             }
         };
-        proc.after(&done);
+        proc.after(&done).await;
     }
     Ok(())
 }
@@ -308,7 +308,7 @@ async fn informer(ctx: Ctx, w: u64, cache: Cache, drain: DrainRx) {
         let node = ctx.pick_node(&mut rng);
         // Informers list linearizably, as reflectors do on a relist.
         let (done, listed) = list(&ctx, proc.id, node, 3, false).await;
-        proc.after(&done);
+        proc.after(&done).await;
         let Some((rev, items)) = listed else {
             debug_assert_ne!(done.kind, OpType::Ok);
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;

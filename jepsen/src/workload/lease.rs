@@ -118,7 +118,7 @@ async fn worker(ctx: Ctx, w: u64) -> anyhow::Result<()> {
             let key = lease_key(rng.gen_range(0..ctx.opts.keys));
             read(&ctx, proc.id, node, &key).await
         };
-        proc.after(&done);
+        proc.after(&done).await;
         // Leases are about time: pace the worker a little.
         tokio::time::sleep(Duration::from_millis(rng.gen_range(10..50))).await;
     }

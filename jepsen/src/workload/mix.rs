@@ -120,7 +120,7 @@ async fn worker(ctx: Ctx, w: u64, shared: Arc<Shared>) -> anyhow::Result<()> {
             }
         };
         shared.saw(&done);
-        proc.after(&done);
+        proc.after(&done).await;
     }
     Ok(())
 }

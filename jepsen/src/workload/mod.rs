@@ -244,6 +244,9 @@ impl Invocation {
     }
 }
 
+/// How long a worker pauses after a request error.
+pub const ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A worker's logical process: it takes a fresh number after an `info`.
 pub struct Process {
     pub id: u64,
@@ -258,10 +261,17 @@ impl Process {
         }
     }
 
-    /// Moves to a new process number if `completion` was indefinite.
-    pub fn after(&mut self, completion: &Op) {
+    /// Moves to a new process number if `completion` was indefinite, and
+    /// backs off for [`ERROR_BACKOFF`] after any error other than a failed
+    /// compare (so a dead node is not hammered in a tight loop).
+    pub async fn after(&mut self, completion: &Op) {
         if completion.kind == OpType::Info {
             self.id = self.recorder.new_process();
+        }
+        let errored = matches!(completion.kind, OpType::Info | OpType::Fail)
+            && completion.error.as_deref() != Some("compare failed");
+        if errored {
+            tokio::time::sleep(ERROR_BACKOFF).await;
         }
     }
 }
@@ -464,15 +474,15 @@ mod tests {
         assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
     }
 
-    #[test]
-    fn recorder_numbers_ops_in_write_order_and_retires_processes() {
+    #[tokio::test]
+    async fn recorder_numbers_ops_in_write_order_and_retires_processes() {
         let dir = tempfile::tempdir().unwrap();
         let rec = Recorder::create(dir.path(), Instant::now()).unwrap();
         let mut p = Process::new(&rec);
         let inv = rec.invoke(p.id, "write", Some("k".into()), 1.into(), 0);
         let done = inv.error(&OpError::indefinite("timeout"), false);
         assert_eq!(done.kind, OpType::Info);
-        p.after(&done);
+        p.after(&done).await;
         assert_ne!(p.id, done.process);
         let inv = rec.invoke(p.id, "read", Some("k".into()), Value::Null, 1);
         let done = inv.error(&OpError::indefinite("timeout"), true);

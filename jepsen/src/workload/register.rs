@@ -93,7 +93,7 @@ pub async fn worker(ctx: Ctx, w: u64, shared: Arc<Shared>) -> anyhow::Result<()>
                 shared.last.lock().unwrap()[k] = seen;
             }
         }
-        proc.after(&done);
+        proc.after(&done).await;
     }
     Ok(())
 }

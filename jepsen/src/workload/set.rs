@@ -35,7 +35,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         if done.kind == OpType::Ok {
             break;
         }
-        proc.after(&done);
+        proc.after(&done).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(())
@@ -51,7 +51,7 @@ async fn worker(ctx: Ctx, w: u64, next: Arc<AtomicI64>) -> anyhow::Result<()> {
         } else {
             add(&ctx, proc.id, node, next.fetch_add(1, Ordering::Relaxed)).await
         };
-        proc.after(&done);
+        proc.after(&done).await;
     }
     Ok(())
 }

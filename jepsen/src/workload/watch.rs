@@ -18,7 +18,9 @@
 //! - after `compacted`, `resumed` from the `compact_revision` the server
 //!   reported (events between the last one seen and it are gone for good).
 //!
-//! Every [`PROGRESS_EVERY`] a watcher also sends a `RequestProgress` on its
+//! Streams carry etcd's `hasleader: true` metadata, as kube-apiserver's do,
+//! so a member cut off from its leader ends the stream and the watcher moves
+//! to another node. Every [`PROGRESS_EVERY`] a watcher also sends a `RequestProgress` on its
 //! stream. When `stop` fires the writers stop first; then each watcher runs
 //! on until it has seen an event or progress notification at or above the
 //! store revision read after the last write (at most [`DRAIN_TIMEOUT`]), so
@@ -179,12 +181,14 @@ async fn open(
     };
     tx.send(create).await.map_err(|e| e.to_string())?;
     let mut client = ctx.client.watch(node);
-    match tokio::time::timeout(
-        crate::client::REQUEST_TIMEOUT,
-        client.watch(ReceiverStream::new(rx)),
-    )
-    .await
-    {
+    // Like kube-apiserver (clientv3.WithRequireLeader): a member that loses
+    // its leader cancels the stream instead of going quietly stale.
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    req.metadata_mut().insert(
+        "hasleader",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    match tokio::time::timeout(crate::client::REQUEST_TIMEOUT, client.watch(req)).await {
         Ok(Ok(resp)) => Ok(Stream {
             tx,
             rx: resp.into_inner(),
