@@ -3,7 +3,7 @@
 //! operation must complete `ok` (or `fail` for a legitimate compare miss),
 //! watchers must receive events, and the HTML report must render.
 //!
-//! Strata's binary is `$STRATA_BIN`, else `<workspace>/target/debug/strata`
+//! Strata's binary is `$STRATA_BIN`, else `<target dir>/debug/strata`
 //! (built with `cargo build -p store --bin strata` when missing). etcd is
 //! `~/.cache/strata/etcd-3.5/bin/etcd` (installed by
 //! `scripts/install-peers.sh` when missing).
@@ -31,7 +31,10 @@ fn strata_bin() -> PathBuf {
         if let Ok(p) = std::env::var("STRATA_BIN") {
             return PathBuf::from(p);
         }
-        let bin = workspace().join("target/debug/strata");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target"));
+        let bin = target.join("debug/strata");
         if !bin.exists() {
             let status = Command::new(env!("CARGO"))
                 .args(["build", "-p", "store", "--bin", "strata"])

@@ -41,7 +41,6 @@ enum Fate {
 
 struct Lease {
     id: i64,
-    ttl: i64,
     fate: Fate,
     granted: Instant,
     /// When the lease is expected to have expired (extended by keepalives).
@@ -100,7 +99,6 @@ async fn worker(ctx: Ctx, w: u64) -> anyhow::Result<()> {
                 };
                 leases.push(Lease {
                     id,
-                    ttl,
                     fate,
                     granted: now,
                     expires: now + Duration::from_secs(ttl as u64),
@@ -111,7 +109,6 @@ async fn worker(ctx: Ctx, w: u64) -> anyhow::Result<()> {
             done
         } else if !leases.is_empty() && rng.gen_bool(0.5) {
             let l = &leases[rng.gen_range(0..leases.len())];
-            debug_assert!(l.ttl > 0);
             let key = lease_key(rng.gen_range(0..ctx.opts.keys));
             put(&ctx, proc.id, node, &key, l.id).await
         } else {
