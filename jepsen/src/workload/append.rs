@@ -105,9 +105,9 @@ pub async fn run(ctx: Ctx, model: Model) -> anyhow::Result<()> {
 
 async fn worker(ctx: Ctx, w: u64, shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut rng = ctx.rng(w);
-    let mut proc = Process::new(&ctx.recorder);
+    let mut proc = Process::new(&ctx);
     while !ctx.stop.is_cancelled() {
-        let node = ctx.pick_node(&mut rng);
+        let node = proc.node(&mut rng);
         let mops = generate(&shared, &mut rng);
         let done = txn(&ctx, proc.id, node, shared.model, &mops).await;
         proc.after(&done).await;

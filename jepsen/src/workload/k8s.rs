@@ -82,9 +82,9 @@ fn object_key(n: usize) -> String {
 
 async fn worker(ctx: Ctx, w: u64, cache: Cache) -> anyhow::Result<()> {
     let mut rng = ctx.rng(w);
-    let mut proc = Process::new(&ctx.recorder);
+    let mut proc = Process::new(&ctx);
     while !ctx.stop.is_cancelled() {
-        let node = ctx.pick_node(&mut rng);
+        let node = proc.node(&mut rng);
         let known: Option<(String, i64)> = {
             let c = cache.lock().unwrap();
             if c.is_empty() {
@@ -300,12 +300,12 @@ async fn list(
 /// List, then watch from the list's revision + 1; relist when compacted.
 async fn informer(ctx: Ctx, w: u64, cache: Cache, drain: DrainRx) {
     let mut rng = ctx.rng(w);
-    let mut proc = Process::new(&ctx.recorder);
+    let mut proc = Process::new(&ctx);
     loop {
         if drain.borrow().is_some() {
             return;
         }
-        let node = ctx.pick_node(&mut rng);
+        let node = proc.node(&mut rng);
         // Informers list linearizably, as reflectors do on a relist.
         let (done, listed) = list(&ctx, proc.id, node, 3, false).await;
         proc.after(&done).await;

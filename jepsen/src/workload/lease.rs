@@ -59,14 +59,14 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
 
 async fn worker(ctx: Ctx, w: u64) -> anyhow::Result<()> {
     let mut rng = ctx.rng(w);
-    let mut proc = Process::new(&ctx.recorder);
+    let mut proc = Process::new(&ctx);
     let mut leases: Vec<Lease> = Vec::new();
     while !ctx.stop.is_cancelled() {
         let now = Instant::now();
         // Forget leases that must have expired by now (with a little slack,
         // so a few puts hit a just-expired lease and fail definitely).
         leases.retain(|l| l.expires + Duration::from_millis(300) > now);
-        let node = ctx.pick_node(&mut rng);
+        let node = proc.node(&mut rng);
         let due_revoke = leases.iter().position(|l| {
             l.fate == Fate::Revoke
                 && now.duration_since(l.granted) > Duration::from_millis(500 + (l.id as u64 % 1000))

@@ -73,11 +73,11 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
 
 async fn worker(ctx: Ctx, w: u64, shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut rng = ctx.rng(w);
-    let mut proc = Process::new(&ctx.recorder);
+    let mut proc = Process::new(&ctx);
     let mut last_compact = Instant::now();
     let keys = ctx.opts.keys;
     while !ctx.stop.is_cancelled() {
-        let node = ctx.pick_node(&mut rng);
+        let node = proc.node(&mut rng);
         let latest = shared.latest.load(Ordering::Relaxed);
         let done = if w == 0 && last_compact.elapsed() > Duration::from_secs(1) && latest > 150 {
             last_compact = Instant::now();

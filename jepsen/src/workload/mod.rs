@@ -248,22 +248,44 @@ impl Invocation {
 pub const ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A worker's logical process: it takes a fresh number after an `info`.
+///
+/// It also chooses the node for each request: mostly its current "home"
+/// node, sometimes (1 in 5) any node, and it moves home to a random node
+/// after a request error. Faults thus hit every worker, but a hung node does
+/// not hold all of them at once (with a fresh random node per request,
+/// nearly every worker ends up waiting on the one that hangs).
 pub struct Process {
     pub id: u64,
     recorder: Recorder,
+    nodes: usize,
+    home: Option<usize>,
 }
 
 impl Process {
-    pub fn new(recorder: &Recorder) -> Self {
+    pub fn new(ctx: &Ctx) -> Self {
         Process {
-            id: recorder.new_process(),
-            recorder: recorder.clone(),
+            id: ctx.recorder.new_process(),
+            recorder: ctx.recorder.clone(),
+            nodes: ctx.client.nodes(),
+            home: None,
         }
     }
 
-    /// Moves to a new process number if `completion` was indefinite, and
-    /// backs off for [`ERROR_BACKOFF`] after any error other than a failed
-    /// compare (so a dead node is not hammered in a tight loop).
+    /// The node for the next request.
+    pub fn node(&mut self, rng: &mut impl rand::Rng) -> usize {
+        let nodes = self.nodes;
+        let home = *self.home.get_or_insert_with(|| rng.gen_range(0..nodes));
+        if rng.gen_ratio(1, 5) {
+            rng.gen_range(0..nodes)
+        } else {
+            home
+        }
+    }
+
+    /// Moves to a new process number if `completion` was indefinite; after
+    /// any error other than a failed compare, moves home to a random node
+    /// and backs off for [`ERROR_BACKOFF`] (so a dead node is not hammered
+    /// in a tight loop).
     pub async fn after(&mut self, completion: &Op) {
         if completion.kind == OpType::Info {
             self.id = self.recorder.new_process();
@@ -271,6 +293,7 @@ impl Process {
         let errored = matches!(completion.kind, OpType::Info | OpType::Fail)
             && completion.error.as_deref() != Some("compare failed");
         if errored {
+            self.home = None;
             tokio::time::sleep(ERROR_BACKOFF).await;
         }
     }
@@ -478,7 +501,20 @@ mod tests {
     async fn recorder_numbers_ops_in_write_order_and_retires_processes() {
         let dir = tempfile::tempdir().unwrap();
         let rec = Recorder::create(dir.path(), Instant::now()).unwrap();
-        let mut p = Process::new(&rec);
+        let ctx = Ctx {
+            client: Client::new(&["127.0.0.1:1".to_string()]).unwrap(),
+            recorder: rec.clone(),
+            stop: CancellationToken::new(),
+            opts: WorkloadOpts {
+                kind: WorkloadKind::Register,
+                endpoints: vec![],
+                concurrency: 1,
+                keys: 1,
+                seed: 0,
+                serializable_reads: false,
+            },
+        };
+        let mut p = Process::new(&ctx);
         let inv = rec.invoke(p.id, "write", Some("k".into()), 1.into(), 0);
         let done = inv.error(&OpError::indefinite("timeout"), false);
         assert_eq!(done.kind, OpType::Info);

@@ -64,9 +64,9 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
 /// until `ctx.stop`.
 pub async fn worker(ctx: Ctx, w: u64, shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut rng = ctx.rng(w);
-    let mut proc = Process::new(&ctx.recorder);
+    let mut proc = Process::new(&ctx);
     while !ctx.stop.is_cancelled() {
-        let node = ctx.pick_node(&mut rng);
+        let node = proc.node(&mut rng);
         let k = rng.gen_range(0..ctx.opts.keys);
         let key = key(k);
         let done = match rng.gen_range(0..3) {

@@ -28,9 +28,9 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     spawn_workers(&ctx, n, move |ctx, w| worker(ctx, w, next.clone())).await?;
     // The final read.
     let mut rng = ctx.rng(u64::MAX);
-    let mut proc = Process::new(&ctx.recorder);
+    let mut proc = Process::new(&ctx);
     for _ in 0..10 {
-        let node = ctx.pick_node(&mut rng);
+        let node = proc.node(&mut rng);
         let done = read(&ctx, proc.id, node).await;
         if done.kind == OpType::Ok {
             break;
@@ -43,9 +43,9 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
 
 async fn worker(ctx: Ctx, w: u64, next: Arc<AtomicI64>) -> anyhow::Result<()> {
     let mut rng = ctx.rng(w);
-    let mut proc = Process::new(&ctx.recorder);
+    let mut proc = Process::new(&ctx);
     while !ctx.stop.is_cancelled() {
-        let node = ctx.pick_node(&mut rng);
+        let node = proc.node(&mut rng);
         let done = if rng.gen_ratio(1, 20) {
             read(&ctx, proc.id, node).await
         } else {
