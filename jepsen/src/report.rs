@@ -10,7 +10,8 @@
 //!   (with their invoke/completion partners) as a table.
 //!
 //! Histories above [`MAX_PLOTTED`] operations are downsampled for the plots
-//! (every failed, indefinite and witness op is kept), so the page stays small.
+//! (half the budget for `ok` ops, half for the rest, so failures stay
+//! visible; witness ops are always drawn), so the page stays small.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -176,7 +177,7 @@ pre{{background:#f7f7f7;padding:6px;font-size:12px;overflow-x:auto}}svg{{border:
     if pairs.len() > spans.len() {
         let _ = writeln!(
             html,
-            "<p>Showing {} of {} operations (downsampled; every fail, info and witness op kept).</p>",
+            "<p>Showing {} of {} operations (downsampled; every witness op kept).</p>",
             spans.len(),
             pairs.len()
         );
@@ -232,18 +233,34 @@ fn secs(ns: u64) -> f64 {
 }
 
 fn spans(ops: &[Op], pairs: &[(usize, Option<usize>)], witnesses: &BTreeSet<usize>) -> Vec<Span> {
-    let stride = pairs.len().div_ceil(MAX_PLOTTED).max(1);
+    let is_witness = |inv: usize, done: Option<usize>| {
+        witnesses.contains(&ops[inv].index)
+            || done.is_some_and(|d| witnesses.contains(&ops[d].index))
+    };
+    let not_ok = |done: Option<usize>| done.is_none_or(|d| ops[d].kind != OpType::Ok);
+    // Half the budget for ok ops, half for the others (fail, info, open);
+    // witnesses always.
+    let others = pairs.iter().filter(|&&(_, d)| not_ok(d)).count();
+    let ok_stride = (pairs.len() - others).div_ceil(MAX_PLOTTED / 2).max(1);
+    let other_stride = others.div_ceil(MAX_PLOTTED / 2).max(1);
+    let (mut ok_n, mut other_n) = (0usize, 0usize);
     let mut out = Vec::new();
-    for (n, &(inv, done)) in pairs.iter().enumerate() {
+    for &(inv, done) in pairs {
+        let keep = if is_witness(inv, done) {
+            true
+        } else if not_ok(done) {
+            other_n += 1;
+            (other_n - 1) % other_stride == 0
+        } else {
+            ok_n += 1;
+            (ok_n - 1) % ok_stride == 0
+        };
+        if !keep {
+            continue;
+        }
         let i = &ops[inv];
         let d = done.map(|d| &ops[d]);
         let kind = d.map(|d| d.kind);
-        let notable = kind != Some(OpType::Ok)
-            || witnesses.contains(&i.index)
-            || d.is_some_and(|d| witnesses.contains(&d.index));
-        if !notable && n % stride != 0 {
-            continue;
-        }
         let node = d.and_then(|d| d.node).or(i.node);
         out.push(Span {
             start: i.time,
@@ -544,10 +561,10 @@ mod tests {
         for i in 0..30_000u64 {
             let p = i % 10;
             ops.push(op(ops.len(), p, i * 10, OpType::Invoke, "write"));
-            let kind = if i == 12_345 {
-                OpType::Fail
-            } else {
-                OpType::Ok
+            let kind = match i {
+                12_345 => OpType::Fail,
+                i if i % 2 == 0 && i > 20_000 => OpType::Info,
+                _ => OpType::Ok,
             };
             ops.push(op(ops.len(), p, i * 10 + 5, kind, "write"));
         }
@@ -555,5 +572,7 @@ mod tests {
         let s = spans(&ops, &pairs, &BTreeSet::new());
         assert!(s.len() <= MAX_PLOTTED + 1, "{}", s.len());
         assert!(s.iter().any(|s| s.kind == Some(OpType::Fail)));
+        assert!(s.iter().any(|s| s.kind == Some(OpType::Info)));
+        assert!(s.iter().filter(|s| s.kind == Some(OpType::Ok)).count() > MAX_PLOTTED / 3);
     }
 }
