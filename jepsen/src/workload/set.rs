@@ -1,11 +1,12 @@
 //! `set`: workers add unique integers, each as its own key
 //! `/jepsen/set/<n>` (value `n`), and occasionally read the whole set; after
 //! `stop`, a final read of the prefix (retried, each attempt recorded, until
-//! one succeeds or ten attempts fail).
+//! one succeeds or five attempts fail).
 //!
-//! Operations: `add` (value: the integer; ok `revision` is the put's) and
-//! `read` (invoke value null; ok value: the sorted list of integers found,
-//! `revision` the read's). A set checker expects every acknowledged add in
+//! Operations: `add` (`key` the element's key, value: the integer; ok
+//! `revision` is the put's) and `read` (no `key`, so register checkers that
+//! partition by key leave it alone; invoke value null; ok value: the sorted
+//! list of integers found, `revision` the read's). A set checker expects every acknowledged add in
 //! the final read, and no element that was never added.
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -29,7 +30,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     // The final read.
     let mut rng = ctx.rng(u64::MAX);
     let mut proc = Process::new(&ctx);
-    for _ in 0..10 {
+    for _ in 0..5 {
         let node = proc.node(&mut rng);
         let done = read(&ctx, proc.id, node).await;
         if done.kind == OpType::Ok {
@@ -75,7 +76,7 @@ async fn add(ctx: &Ctx, process: u64, node: usize, n: i64) -> Op {
 async fn read(ctx: &Ctx, process: u64, node: usize) -> Op {
     let inv = ctx
         .recorder
-        .invoke(process, "read", Some(PREFIX.to_string()), Value::Null, node);
+        .invoke(process, "read", None, Value::Null, node);
     let req = RangeRequest {
         key: PREFIX.as_bytes().to_vec(),
         range_end: prefix_end(PREFIX),
