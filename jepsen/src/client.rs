@@ -26,14 +26,20 @@
 //! | `ResourceExhausted` (too many requests, no space)              | definite   |
 //! | `Unimplemented`                                                | definite   |
 //! | connection refused / could not connect (request never sent)    | definite   |
+//! | "no leader" (refused before proposing, by etcd and Strata)      | definite   |
+//! | "proposal dropped" (raft refused to append it)                  | definite   |
 //! | per-request deadline passed on the client ("client timeout")   | indefinite |
 //! | `DeadlineExceeded`, "request timed out" (any code)            | indefinite |
-//! | "leader changed", "no leader", "stopped" (any code)            | indefinite |
+//! | "leader changed", "stopped" (any code)                          | indefinite |
 //! | `Unavailable` after the request was sent (reset, broken pipe)  | indefinite |
 //! | `Cancelled`, `Unknown`, `Internal`, `DataLoss`, `Aborted`      | indefinite |
 //!
-//! The message checks come first: etcd reports a proposal that timed out as
-//! `Unavailable: etcdserver: request timed out`, which may have committed.
+//! The indefinite message checks come first: etcd reports a proposal that
+//! timed out as `Unavailable: etcdserver: request timed out`, which may have
+//! committed. `etcdserver: no leader` is only ever returned before a request
+//! is proposed (etcd: the require-leader interceptor and lease forwarding;
+//! Strata: raft refused the proposal for want of a leader), so it is
+//! definite although its code is `Unavailable`.
 
 use std::time::Duration;
 
@@ -116,11 +122,13 @@ pub fn classify(status: &Status) -> OpError {
     let indefinite_text = msg.contains("timed out")
         || msg.contains("timeout")
         || msg.contains("leader changed")
-        || msg.contains("no leader")
         || msg.contains("stopped")
         || msg.contains("leader fail");
     if indefinite_text {
         return OpError::indefinite(message);
+    }
+    if msg.contains("no leader") || msg.contains("proposal dropped") {
+        return OpError::definite(message);
     }
     match status.code() {
         Code::InvalidArgument
@@ -240,6 +248,8 @@ mod tests {
             Status::resource_exhausted("etcdserver: mvcc: database space exceeded"),
             Status::permission_denied("etcdserver: permission denied"),
             Status::unauthenticated("etcdserver: invalid auth token"),
+            Status::unavailable("etcdserver: no leader"),
+            Status::unknown("raft proposal dropped"),
         ];
         for s in definite {
             assert!(classify(&s).definite, "{s:?}");
@@ -247,7 +257,6 @@ mod tests {
         let indefinite = [
             Status::unavailable("etcdserver: request timed out"),
             Status::unavailable("etcdserver: leader changed"),
-            Status::unavailable("etcdserver: no leader"),
             Status::unavailable("error reading a body from connection: connection reset"),
             Status::deadline_exceeded("context deadline exceeded"),
             Status::unknown("h2 protocol error"),
