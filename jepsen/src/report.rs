@@ -145,6 +145,46 @@ pre{{background:#f7f7f7;padding:6px;font-size:12px;overflow-x:auto}}svg{{border:
         counts.get(&OpType::Info).unwrap_or(&0),
         faults.len()
     );
+    // Per operation name: how they ended, and the median ok latency.
+    let mut by_f: std::collections::BTreeMap<&str, [usize; 4]> = Default::default();
+    let mut invoked_at: HashMap<u64, u64> = HashMap::new();
+    let mut ok_lat: HashMap<&str, Vec<u64>> = HashMap::new();
+    for op in ops {
+        let slot = by_f.entry(op.f.as_str()).or_default();
+        match op.kind {
+            OpType::Invoke => {
+                slot[0] += 1;
+                invoked_at.insert(op.process, op.time);
+            }
+            OpType::Ok => {
+                slot[1] += 1;
+                if let Some(t) = invoked_at.get(&op.process) {
+                    ok_lat
+                        .entry(op.f.as_str())
+                        .or_default()
+                        .push(op.time.saturating_sub(*t));
+                }
+            }
+            OpType::Fail => slot[2] += 1,
+            OpType::Info => slot[3] += 1,
+        }
+    }
+    if !by_f.is_empty() {
+        html.push_str("<table><tr><th>f</th><th>invoked</th><th>ok</th><th>fail</th><th>info</th><th>median ok latency</th></tr>\n");
+        for (f, [inv, ok, fail, info]) in &by_f {
+            let median = ok_lat.get_mut(f).map(|l| {
+                l.sort_unstable();
+                format!("{:.1} ms", l[l.len() / 2] as f64 / 1e6)
+            });
+            let _ = writeln!(
+                html,
+                "<tr><td>{}</td><td>{inv}</td><td>{ok}</td><td>{fail}</td><td>{info}</td><td>{}</td></tr>",
+                esc(f),
+                median.unwrap_or_else(|| "-".into())
+            );
+        }
+        html.push_str("</table>\n");
+    }
 
     let witnesses: BTreeSet<usize> = results
         .iter()
@@ -552,6 +592,13 @@ mod tests {
         // Witness op 3 is shown with its invoke (index 1).
         assert!(html.contains("<td>1</td><td>0.002000</td>"), "{html}");
         assert!(html.contains("&lt;cas&gt;"));
+        // The per-f table: write invoked once, ok once with 4 ms latency.
+        assert!(
+            html.contains(
+                "<tr><td>write</td><td>1</td><td>1</td><td>0</td><td>0</td><td>4.0 ms</td></tr>"
+            ),
+            "{html}"
+        );
         assert!(!html.contains("<cas>"));
     }
 
