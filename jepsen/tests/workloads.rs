@@ -405,7 +405,7 @@ async fn lease(server: Server) {
 
 async fn mix(server: Server) {
     let run = check_for(WorkloadKind::Mix, server, 4).await;
-    for f in ["write", "read", "read-at", "range", "txn"] {
+    for f in ["write", "read", "read-at", "range", "mix-txn"] {
         assert!(oks(&run, f).count() > 0, "no ok {f}");
     }
     assert!(oks(&run, "range").any(|o| {
@@ -415,6 +415,18 @@ async fn mix(server: Server) {
             .iter()
             .all(|kv| kv[1].is_null())
     }));
+    // Inside one txn, a read after a write of the same key sees that write.
+    for op in oks(&run, "mix-txn") {
+        let mut written: std::collections::HashMap<&str, i64> = Default::default();
+        for m in op.value.as_array().unwrap() {
+            let key = m[1].as_str().unwrap();
+            if m[0] == "w" {
+                written.insert(key, m[2].as_i64().unwrap());
+            } else if let Some(v) = written.get(key) {
+                assert_eq!(m[2].as_i64(), Some(*v), "{op:?}");
+            }
+        }
+    }
     // A read at an old revision never sees a newer write.
     for op in oks(&run, "read-at") {
         let at = op.value["revision"].as_i64().unwrap();
