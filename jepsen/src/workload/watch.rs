@@ -247,6 +247,7 @@ pub async fn watch_loop(
         };
         let mut ticker = tokio::time::interval(PROGRESS_EVERY);
         ticker.tick().await;
+        let mut idle_at = tokio::time::Instant::now() + IDLE_TIMEOUT;
         let reason: String = loop {
             if drain_done(&drain, seen, drain_deadline) {
                 return WatchEnd::Stopped;
@@ -269,12 +270,15 @@ pub async fn watch_loop(
                 _ = sleep_until_opt(drain_deadline) => {
                     return WatchEnd::Stopped;
                 }
-                msg = tokio::time::timeout(IDLE_TIMEOUT, stream.rx.message()) => {
+                _ = tokio::time::sleep_until(idle_at) => {
+                    break "watch stream idle".to_string();
+                }
+                msg = stream.rx.message() => {
+                    idle_at = tokio::time::Instant::now() + IDLE_TIMEOUT;
                     let resp = match msg {
-                        Err(_) => break "watch stream idle".to_string(),
-                        Ok(Err(status)) => break crate::client::classify(&status).message,
-                        Ok(Ok(None)) => break "watch stream closed by server".to_string(),
-                        Ok(Ok(Some(resp))) => resp,
+                        Err(status) => break crate::client::classify(&status).message,
+                        Ok(None) => break "watch stream closed by server".to_string(),
+                        Ok(Some(resp)) => resp,
                     };
                     let revision = header_rev(&resp.header);
                     if resp.created {
@@ -414,4 +418,103 @@ async fn watcher(ctx: Ctx, w: u64, drain: DrainRx) {
     spec.declare(&mut r, start, node);
     ctx.recorder.record_watch(r);
     watch_loop(&ctx, &mut rng, id, &spec, start, node, true, drain, |_| {}).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+
+    use futures::Stream;
+    use proto::etcdserverpb::{watch_server, ResponseHeader};
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+    use crate::client::Client;
+    use crate::history::read_jsonl;
+    use crate::workload::{Recorder, WorkloadKind, WorkloadOpts};
+
+    /// A Watch server that answers the create and then says nothing, while
+    /// keeping the connection healthy (it answers HTTP/2 pings).
+    struct Silent;
+
+    #[tonic::async_trait]
+    impl watch_server::Watch for Silent {
+        type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+        async fn watch(
+            &self,
+            req: Request<Streaming<WatchRequest>>,
+        ) -> Result<Response<Self::WatchStream>, Status> {
+            let mut inbound = req.into_inner();
+            tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+            let created = WatchResponse {
+                header: Some(ResponseHeader {
+                    revision: 1,
+                    ..Default::default()
+                }),
+                created: true,
+                ..Default::default()
+            };
+            let s = futures::StreamExt::chain(
+                futures::stream::iter([Ok::<_, Status>(created)]),
+                futures::stream::pending(),
+            );
+            Ok(Response::new(Box::pin(s)))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_stream_counts_as_disconnected_and_is_resumed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(watch_server::WatchServer::new(Silent))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::create(dir.path(), std::time::Instant::now()).unwrap();
+        let endpoints = vec![format!("http://{addr}")];
+        let ctx = Ctx {
+            client: Client::new(&endpoints).unwrap(),
+            recorder: recorder.clone(),
+            stop: tokio_util::sync::CancellationToken::new(),
+            opts: WorkloadOpts {
+                kind: WorkloadKind::Watch,
+                endpoints,
+                concurrency: 1,
+                keys: 1,
+                seed: 0,
+                serializable_reads: false,
+            },
+        };
+        let (tx, rx) = tokio_watch::channel(None);
+        let spec = WatchSpec::prefix("/jepsen/register/");
+        let mut rng = ctx.rng(0);
+        let task = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                watch_loop(&ctx, &mut rng, 7, &spec, 5, 0, true, rx, |_| {}).await
+            })
+        };
+        tokio::time::sleep(IDLE_TIMEOUT + Duration::from_secs(2)).await;
+        tx.send(Some(0)).unwrap();
+        assert_eq!(task.await.unwrap(), WatchEnd::Stopped);
+        recorder.flush().unwrap();
+        server.abort();
+        let recs: Vec<WatchRecord> = read_jsonl(&dir.path().join("watches.jsonl")).unwrap();
+        let kinds: Vec<WatchRecordKind> = recs.iter().map(|r| r.kind).collect();
+        let idle = recs
+            .iter()
+            .position(|r| {
+                r.kind == WatchRecordKind::Disconnected
+                    && r.error.as_deref() == Some("watch stream idle")
+            })
+            .unwrap_or_else(|| panic!("no idle disconnect: {kinds:?}"));
+        let resumed = &recs[idle + 1];
+        assert_eq!(resumed.kind, WatchRecordKind::Resumed, "{kinds:?}");
+        // Nothing was seen, so it resumes where it started.
+        assert_eq!(resumed.start_revision, Some(5));
+        assert_eq!(recs[0].kind, WatchRecordKind::Created);
+    }
 }
