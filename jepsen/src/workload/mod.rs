@@ -6,10 +6,13 @@
 //!   hands out process and watcher numbers that are unique across every
 //!   workload sharing it.
 //! - [`run`] runs one [`WorkloadKind`] until `stop` is cancelled. Each worker
-//!   is a process that sends every operation to a randomly chosen node, so
-//!   faults on any node show up in the history. After an indefinite (`info`)
-//!   completion the worker continues as a fresh process, as
-//!   [`crate::history`] requires.
+//!   is a [`Process`] that sends its operations to randomly chosen nodes
+//!   (mostly a random "home" node that changes after every error, see
+//!   [`Process::node`]), so faults on any node show up in the history. After
+//!   an indefinite (`info`) completion the worker continues as a fresh
+//!   process, as [`crate::history`] requires.
+//! - [`crate::client`] classifies failures; no operation is retried behind
+//!   the history's back.
 //!
 //! Key spaces (so workloads can run side by side): `register`
 //! `/jepsen/register/<k>`, `append` `/jepsen/append/<k>`, `wr`
