@@ -329,18 +329,40 @@ fn x_of(t: u64, t_max: u64) -> f64 {
     LEFT + (WIDTH - LEFT - RIGHT) * (t as f64 / t_max as f64)
 }
 
-fn fault_bands(html: &mut String, faults: &[Fault], t_max: u64, top: f64, height: f64) {
+/// Shades each fault's interval over `[top, top + height)`; when `rows`
+/// maps node indexes to row bands `(y, height)`, a fault that names nodes is
+/// shaded only over those nodes' rows (with its label on the first).
+fn fault_bands(
+    html: &mut String,
+    faults: &[Fault],
+    t_max: u64,
+    top: f64,
+    height: f64,
+    rows: Option<&dyn Fn(usize) -> Option<(f64, f64)>>,
+) {
     for (n, f) in faults.iter().enumerate() {
         let x0 = x_of(f.start, t_max);
         let x1 = x_of(f.end.unwrap_or(f.start), t_max).max(x0 + 2.0);
+        let mut bands: Vec<(f64, f64)> = match rows {
+            Some(row_of) => f.nodes.iter().filter_map(|&node| row_of(node)).collect(),
+            None => Vec::new(),
+        };
+        if bands.is_empty() {
+            bands.push((top, height));
+        }
+        let title = esc(&format!("{} nodes {:?} {}", f.kind, f.nodes, f.detail));
+        for &(y, h) in &bands {
+            let _ = writeln!(
+                html,
+                "<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{h:.1}\" fill=\"#7b5ea7\" fill-opacity=\"0.15\"><title>{title}</title></rect>",
+                w = x1 - x0,
+            );
+        }
         let _ = writeln!(
             html,
-            "<rect x=\"{x0:.1}\" y=\"{top:.1}\" width=\"{w:.1}\" height=\"{height:.1}\" fill=\"#7b5ea7\" fill-opacity=\"0.15\"><title>{t}</title></rect>\
-<text x=\"{tx:.1}\" y=\"{ty:.1}\" font-size=\"10\" fill=\"#5a3d85\">{k}</text>",
-            w = x1 - x0,
-            t = esc(&format!("{} nodes {:?} {}", f.kind, f.nodes, f.detail)),
+            "<text x=\"{tx:.1}\" y=\"{ty:.1}\" font-size=\"10\" fill=\"#5a3d85\">{k}</text>",
             tx = x0 + 2.0,
-            ty = top + 10.0 + (n % 3) as f64 * 11.0,
+            ty = bands[0].0 + 10.0 + (n % 3) as f64 * 11.0,
             k = esc(&f.kind)
         );
     }
@@ -389,7 +411,11 @@ fn timeline_svg(html: &mut String, spans: &[Span], faults: &[Fault], t_max: u64)
         html,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height:.0}\" viewBox=\"0 0 {WIDTH} {height:.0}\">"
     );
-    fault_bands(html, faults, t_max, top, rows as f64 * row_h);
+    let row_of = |node: usize| {
+        pos.get(&(node + 1))
+            .map(|&i| (top + i as f64 * row_h, row_h))
+    };
+    fault_bands(html, faults, t_max, top, rows as f64 * row_h, Some(&row_of));
     for (i, &r) in used.iter().enumerate() {
         let y = top + i as f64 * row_h;
         let label = if r == 0 {
@@ -442,7 +468,7 @@ fn latency_svg(html: &mut String, spans: &[Span], faults: &[Fault], t_max: u64) 
         html,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height:.0}\" viewBox=\"0 0 {WIDTH} {height:.0}\">"
     );
-    fault_bands(html, faults, t_max, top, plot_h);
+    fault_bands(html, faults, t_max, top, plot_h, None);
     let mut tick = 0.1f64;
     while tick <= max_ms * 1.0001 {
         let y = y_of(tick);
