@@ -3,7 +3,8 @@
 //! (the [`super::register`] processes and operations, on the same
 //! `/jepsen/register/<k>` keys) give them events to see.
 //!
-//! Each watcher watches one range: the register prefix (most watchers), the
+//! The workload runs `concurrency` register processes and
+//! `concurrency.clamp(2, 6)` watchers. Each watcher watches one range: the register prefix (most watchers), the
 //! `append` prefix (events appear when that workload runs too), or the single
 //! key `/jepsen/register/0`; always with `prev_kv` and `progress_notify`. It
 //! logs to `watches.jsonl` (see [`crate::history`]):
