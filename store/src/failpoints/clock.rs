@@ -103,7 +103,9 @@ impl SkewClock {
         }
         if let Some(o) = offset_ms {
             if !o.is_finite() || o.abs() > 1e12 {
-                return Err(format!("offset_ms must be a finite number of milliseconds, not {o}"));
+                return Err(format!(
+                    "offset_ms must be a finite number of milliseconds, not {o}"
+                ));
             }
         }
         let now = Instant::now();

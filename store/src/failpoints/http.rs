@@ -29,7 +29,11 @@ async fn list() -> String {
 async fn get_one(Path(name): Path<String>) -> Response {
     match super::list().into_iter().find(|(n, _)| *n == name) {
         Some((_, actions)) => format!("{actions}\n").into_response(),
-        None => (StatusCode::NOT_FOUND, format!("failpoint {name} is not set\n")).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("failpoint {name} is not set\n"),
+        )
+            .into_response(),
     }
 }
 

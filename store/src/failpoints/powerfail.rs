@@ -43,8 +43,7 @@ type InnerFile = <DefaultFileSystem as FileSystem>::Writer;
 static GATE: RwLock<()> = RwLock::new(());
 
 /// Tracked raft-engine files by path.
-static FILES: LazyLock<Mutex<HashMap<PathBuf, Arc<FileState>>>> =
-    LazyLock::new(Default::default);
+static FILES: LazyLock<Mutex<HashMap<PathBuf, Arc<FileState>>>> = LazyLock::new(Default::default);
 
 /// Files lost whole unless fsynced (snapshot temp and received files).
 static UNSYNCED: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Default::default);

@@ -307,14 +307,13 @@ pub fn run_raft(mut l: RaftLoop) {
         // `return` after it drops the messages that waited for the write
         // (votes, append responses), as a lossy network would.
         #[cfg(feature = "failpoints")]
-        let persisted = if writes
-            && crate::failpoints::eval(crate::failpoints::RAFT_AFTER_PERSIST).is_some()
-        {
-            drop(ready.take_persisted_messages());
-            Vec::new()
-        } else {
-            ready.take_persisted_messages()
-        };
+        let persisted =
+            if writes && crate::failpoints::eval(crate::failpoints::RAFT_AFTER_PERSIST).is_some() {
+                drop(ready.take_persisted_messages());
+                Vec::new()
+            } else {
+                ready.take_persisted_messages()
+            };
         #[cfg(not(feature = "failpoints"))]
         let persisted = ready.take_persisted_messages();
         l.transport.send(persisted);

@@ -44,7 +44,12 @@ fn http(endpoint: &str, method: &str, path: &str, body: &str) -> (u16, String) {
 
 /// Set failpoint `name` to `actions` on the member at `endpoint`.
 fn set_failpoint(endpoint: &str, name: &str, actions: &str) {
-    let (code, body) = http(endpoint, "PUT", &format!("/debug/failpoints/{name}"), actions);
+    let (code, body) = http(
+        endpoint,
+        "PUT",
+        &format!("/debug/failpoints/{name}"),
+        actions,
+    );
     assert_eq!(code, 204, "{body}");
 }
 
@@ -82,7 +87,12 @@ async fn http_control_round_trip_and_actions() {
     );
     let (code, one) = http(&ep, "GET", "/debug/failpoints/strata::snapshot::save", "");
     assert_eq!((code, one.as_str()), (200, "return\n"));
-    let (code, body) = http(&ep, "PUT", "/debug/failpoints/strata::snapshot::save", "bogus(1");
+    let (code, body) = http(
+        &ep,
+        "PUT",
+        "/debug/failpoints/strata::snapshot::save",
+        "bogus(1",
+    );
     assert_eq!(code, 400, "{body}");
     clear_failpoint(&ep, "strata::snapshot::save");
     clear_failpoint(&ep, "strata::watch::before_send");
@@ -116,10 +126,18 @@ async fn http_control_round_trip_and_actions() {
     assert_eq!(code, 200);
     assert!(v["offset_ms"].as_f64().unwrap().abs() < 1.0, "{body}");
     assert_eq!(v["rate"], 1.0);
-    let (code, body) = http(&ep, "PUT", "/debug/clock", r#"{"offset_ms": -1500, "rate": 2}"#);
+    let (code, body) = http(
+        &ep,
+        "PUT",
+        "/debug/clock",
+        r#"{"offset_ms": -1500, "rate": 2}"#,
+    );
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((v["offset_ms"].as_f64(), v["rate"].as_f64()), (Some(-1500.0), Some(2.0)));
+    assert_eq!(
+        (v["offset_ms"].as_f64(), v["rate"].as_f64()),
+        (Some(-1500.0), Some(2.0))
+    );
     for bad in [r#"{"rate": -1}"#, r#"{"skew": 1}"#, "{}", "nope"] {
         let (code, body) = http(&ep, "PUT", "/debug/clock", bad);
         assert_eq!(code, 400, "{bad}: {body}");
@@ -185,7 +203,7 @@ async fn watch_send_return_ends_the_stream_and_a_resume_sees_no_gap() {
     let s = Strata::start(&[]);
     let mut c = s.client().await;
     let start = current_rev(&mut c).await + 1;
-    let (_w, mut stream) = c
+    let mut stream = c
         .watch(
             "w/",
             Some(WatchOptions::new().with_prefix().with_start_revision(start)),
@@ -228,7 +246,7 @@ async fn watch_send_return_ends_the_stream_and_a_resume_sees_no_gap() {
     clear_failpoint(&s.endpoint, "strata::watch::before_send");
     // Resume from the last revision received + 1, as a client does.
     let from = seen.last().unwrap() + 1;
-    let (_w2, mut stream) = c
+    let mut stream = c
         .watch(
             "w/",
             Some(WatchOptions::new().with_prefix().with_start_revision(from)),
@@ -290,7 +308,8 @@ async fn writer(endpoints: Vec<String>, task: usize, acked: Acked, stop: Arc<Ato
             return;
         }
         let (k, v) = (format!("pf/{task}/{n:06}"), format!("v{n}"));
-        match tokio::time::timeout(Duration::from_secs(3), c.put(k.clone(), v.clone(), None)).await {
+        match tokio::time::timeout(Duration::from_secs(3), c.put(k.clone(), v.clone(), None)).await
+        {
             Ok(Ok(r)) => {
                 let rev = r.header().unwrap().revision();
                 acked.lock().unwrap().insert(k, (v, rev));
@@ -332,7 +351,8 @@ fn powerfail(s: &mut Strata) {
     let st = wait_exit(s);
     assert!(!st.success());
     assert!(
-        s.log_text().contains("powerfail: dropped every write not fsynced"),
+        s.log_text()
+            .contains("powerfail: dropped every write not fsynced"),
         "{}",
         s.log_text()
     );
@@ -384,7 +404,11 @@ async fn powerfail_with_a_disk_that_lies_about_fsync_loses_acknowledged_writes()
     s.restart();
     let mut c = s.client().await;
     let lost = missing(&mut c, &acked).await;
-    eprintln!("lying fsync: {} of {} acknowledged puts lost", lost.len(), acked.len());
+    eprintln!(
+        "lying fsync: {} of {} acknowledged puts lost",
+        lost.len(),
+        acked.len()
+    );
     assert!(!lost.is_empty(), "the simulated power loss dropped nothing");
 }
 
@@ -395,7 +419,8 @@ async fn powerfail_of_the_leader_loses_no_acknowledged_write_and_members_agree()
     let eps: Vec<String> = (0..3).map(|i| cl.endpoint(i)).collect();
     let node = Arc::new(Mutex::new(cl.nodes[leader].take().unwrap()));
     let n2 = node.clone();
-    let acked = write_through_powerfail(eps.clone(), move || powerfail(&mut n2.lock().unwrap())).await;
+    let acked =
+        write_through_powerfail(eps.clone(), move || powerfail(&mut n2.lock().unwrap())).await;
     let mut n = Arc::try_unwrap(node).ok().unwrap().into_inner().unwrap();
     // The others elect a new leader and go on; the old one rejoins.
     n.restart();
@@ -404,7 +429,10 @@ async fn powerfail_of_the_leader_loses_no_acknowledged_write_and_members_agree()
     let mut c = cl.client(other).await;
     c.put("pf-after", "1", None).await.unwrap();
     let lost = missing(&mut c, &acked).await;
-    eprintln!("{} acknowledged puts across a leader powerfail", acked.len());
+    eprintln!(
+        "{} acknowledged puts across a leader powerfail",
+        acked.len()
+    );
     assert!(lost.is_empty(), "acknowledged puts lost: {lost:?}");
     // Every member reaches the same revision with the same HashKV.
     let rev = current_rev(&mut c).await;
