@@ -454,3 +454,43 @@ async fn powerfail_of_the_leader_loses_no_acknowledged_write_and_members_agree()
     }
     assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
 }
+
+fn snap_files(s: &Strata) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(s.data_dir.join("member/snap"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn snapshot_save_return_abandons_the_snapshot_and_a_restart_recovers() {
+    let mut s = Strata::start(&["--snapshot-count", "10"]);
+    let mut c = s.client().await;
+    set_failpoint(&s.endpoint, "strata::snapshot::save", "return");
+    let mut want = fill(&mut c, "s/", 30).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.log_text().contains("abandoned the snapshot") {
+        assert!(Instant::now() < deadline, "no snapshot was attempted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        snap_files(&s).iter().all(|f| !f.ends_with(".snap")),
+        "{:?}",
+        snap_files(&s)
+    );
+    clear_failpoint(&s.endpoint, "strata::snapshot::save");
+    want.extend(fill(&mut c, "t/", 30).await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !snap_files(&s).iter().any(|f| f.ends_with(".snap")) {
+        assert!(Instant::now() < deadline, "no snapshot after clearing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.kill();
+    s.restart();
+    let mut c = s.client().await;
+    let mut got = read_prefix(&mut c, "s/").await;
+    got.extend(read_prefix(&mut c, "t/").await);
+    assert_eq!(got, want);
+}
