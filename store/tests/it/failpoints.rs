@@ -494,3 +494,37 @@ async fn snapshot_save_return_abandons_the_snapshot_and_a_restart_recovers() {
     got.extend(read_prefix(&mut c, "t/").await);
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_send_return_fails_sends_and_raft_retries() {
+    let mut cl = Cluster::start_with(
+        3,
+        &["--snapshot-count", "10", "--snapshot-catchup-entries", "0"],
+    );
+    let leader = cl.leader().await;
+    let f = (leader + 1) % 3;
+    cl.node(f).kill();
+    let mut c = cl.client(leader).await;
+    // Enough entries for several snapshots: the log the follower would
+    // need is compacted away, so it can only catch up by a snapshot.
+    let want = fill(&mut c, "ss/", 60).await;
+    set_failpoint(
+        &cl.endpoint(leader),
+        "strata::snapshot::before_send",
+        "2*return",
+    );
+    // The follower serves once the third attempt delivered a snapshot.
+    cl.node(f).restart();
+    let log = cl.node(leader).log_text();
+    let failed = log
+        .matches("failpoint strata::snapshot::before_send failed the send")
+        .count();
+    assert_eq!(failed, 2, "{log}");
+    assert!(cl
+        .node(f)
+        .log_text()
+        .contains("installed snapshot from the leader"));
+    let mut m = cl.client(f).await;
+    let got = read_prefix(&mut m, "ss/").await;
+    assert_eq!(got, want);
+}
