@@ -42,7 +42,12 @@ async fn put_one(Path(name): Path<String>, body: String) -> Response {
     if actions.is_empty() {
         return (StatusCode::BAD_REQUEST, "empty actions\n").into_response();
     }
-    match super::set(&name, actions) {
+    // Replacing a `pause` wakes the paused threads, which `fail` waits for.
+    let (n, a) = (name.clone(), actions.to_string());
+    let r = tokio::task::spawn_blocking(move || super::set(&n, &a))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    match r {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => (
             StatusCode::BAD_REQUEST,

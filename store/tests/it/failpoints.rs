@@ -120,6 +120,22 @@ async fn http_control_round_trip_and_actions() {
     let got = c.get("indefinite", None).await.unwrap();
     assert_eq!(got.kvs()[0].value(), b"1", "the write took effect");
 
+    // pause before apply: writes wait until the failpoint is deleted.
+    set_failpoint(&ep, "strata::apply::before_apply", "pause");
+    let mut c2 = c.clone();
+    let put = tokio::spawn(async move { c2.put("paused", "1", None).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!put.is_finished(), "apply is paused");
+    let ep2 = ep.clone();
+    tokio::task::spawn_blocking(move || clear_failpoint(&ep2, "strata::apply::before_apply"))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), put)
+        .await
+        .expect("the put completes once the pause is lifted")
+        .unwrap()
+        .unwrap();
+
     // The lease clock.
     let (code, body) = http(&ep, "GET", "/debug/clock", "");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
