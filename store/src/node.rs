@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{ApplyConfig, StateMachine};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::lessor::{Lessor, SystemClock};
+use crate::lessor::Lessor;
 use crate::membership::{self, Member};
 use crate::metrics::METRICS;
 use crate::raft::apply::{run_apply, Applied, ApplyLoop, SnapshotPolicy, Waiters};
@@ -396,7 +396,7 @@ impl Node {
             tokens: Some(tokens.clone()),
         };
         let lessor = Arc::new(
-            Lessor::new(Arc::new(SystemClock)).with_checkpoints(
+            Lessor::new(crate::lessor::lease_clock()).with_checkpoints(
                 cfg.lease_checkpoint
                     .then_some(cfg.lease_checkpoint_interval),
             ),

@@ -290,6 +290,17 @@ async fn send_snapshot(
         let view = storage
             .take_outgoing(to, index)
             .ok_or_else(|| "snapshot view is gone".to_string())?;
+        // Fault injection: `return` fails this send.
+        #[cfg(feature = "failpoints")]
+        if crate::failpoints::eval_async(crate::failpoints::SNAPSHOT_BEFORE_SEND)
+            .await
+            .is_some()
+        {
+            return Err(format!(
+                "failpoint {} failed the send",
+                crate::failpoints::SNAPSHOT_BEFORE_SEND
+            ));
+        }
         let url = urls.first().ok_or("no peer URL")?.clone();
         let channel = dialer
             .connect(&endpoint(&url)?)
@@ -678,6 +689,8 @@ async fn receive_into(
     s: &mut Streaming<SnapshotChunk>,
 ) -> Result<StateMachine, String> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| e.to_string())?);
+    #[cfg(feature = "failpoints")]
+    crate::failpoints::powerfail::track_unsynced(path);
     let mut crc = crc32fast::Hasher::new();
     let mut chunk = first;
     loop {
@@ -699,6 +712,16 @@ async fn receive_into(
     let p: PathBuf = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         f.sync_all().map_err(|e| e.to_string())?;
+        // The file's name must be durable too before raft installs the
+        // snapshot (the install drops the log it replaces): a power loss
+        // must not leave an installed snapshot without its file.
+        if let Some(dir) = p.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| e.to_string())?;
+        }
+        #[cfg(feature = "failpoints")]
+        crate::failpoints::powerfail::synced(&p);
         snapshot::read_from(std::fs::File::open(&p).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())
     })
