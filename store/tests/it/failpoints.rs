@@ -544,3 +544,36 @@ async fn snapshot_send_return_fails_sends_and_raft_retries() {
     let got = read_prefix(&mut m, "ss/").await;
     assert_eq!(got, want);
 }
+
+/// A lease granted through a follower is applied there before the leader's
+/// (lagging) apply thread has it; a keepalive sent right after, through the
+/// other follower, is forwarded to the leader and must still find the lease
+/// (the leader waits for its applied index to reach its commit index, as
+/// etcd's waitAppliedIndex does), not answer TTL 0 ("requested lease not
+/// found" in etcd's clients).
+#[tokio::test]
+async fn keepalive_right_after_a_grant_through_a_follower_finds_the_lease() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let mut via_a = cluster.client(followers[0]).await;
+    let mut via_b = cluster.client(followers[1]).await;
+    set_failpoint(
+        &cluster.endpoint(leader),
+        "strata::apply::before_apply",
+        "sleep(300)",
+    );
+    for round in 0..3 {
+        let id = via_a.lease_grant(30, None).await.unwrap().id();
+        // Opening the stream sends the first keepalive and reads its answer;
+        // etcd-client turns a TTL-0 answer into "lease not found".
+        let (mut keeper, mut stream) = via_b
+            .lease_keep_alive(id)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: keepalive of lease {id:x}: {e}"));
+        keeper.keep_alive().await.unwrap();
+        let resp = stream.message().await.unwrap().expect("a second answer");
+        assert_eq!((resp.id(), resp.ttl()), (id, 30), "round {round}");
+    }
+    clear_failpoint(&cluster.endpoint(leader), "strata::apply::before_apply");
+}
