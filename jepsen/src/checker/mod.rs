@@ -2,6 +2,11 @@
 //! a [`CheckResult`]. [`check_run`] runs every checker that applies to the
 //! files found in a run directory.
 
+pub mod linear;
+pub mod models;
+pub mod porcupine;
+pub mod revision;
+
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -111,6 +116,10 @@ pub fn check_run(dir: &Path) -> anyhow::Result<Vec<CheckResult>> {
     if history.exists() {
         let ops: Vec<Op> = read_jsonl(&history)?;
         results.push(check_well_formed(&ops));
+        if linear::is_register_history(&ops) {
+            results.push(linear::check_register(&ops, linear::RUN_BUDGET));
+            results.push(revision::check(&ops));
+        }
     }
     results.push(check_server_logs(dir)?);
     Ok(results)
