@@ -11,7 +11,12 @@
 //!
 //! Indefinite operations (`ret: None`) have no return entry, so they may be
 //! linearized anywhere after their call, or not at all: the search succeeds
-//! as soon as every definite operation is linearized.
+//! as soon as every definite operation is linearized. Two reductions keep
+//! them affordable: indefinite operations with equal input and output are
+//! taken in invoke order only (they are interchangeable), and at each step
+//! definite candidates are tried before indefinite ones. Many indefinite
+//! operations on one key still make the search exponential; it then
+//! reports Unknown at its budget, and [`super::revision`] still applies.
 //!
 //! When a partition is not linearizable, [`check`] shrinks it to a small
 //! failing sub-history for the report: the shortest real-time prefix that
@@ -22,7 +27,7 @@
 //! This module never parses files; [`super::models`] turns histories into
 //! operations and [`super::porcupine`] reads the reference logs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -150,6 +155,33 @@ fn search_until<M: Model>(
         prev[nx] = e as u32;
     };
 
+    // Indefinite operations with equal input and output are interchangeable
+    // once invoked: any linearization that uses a later one while an
+    // earlier one is still pending can use the earlier one instead. So only
+    // the earliest pending member of each such class may be linearized,
+    // which keeps the search from trying every subset of them.
+    let mut class_of = vec![NONE; n];
+    let mut rank = vec![0u32; n];
+    let mut taken: Vec<u32> = Vec::new();
+    {
+        let mut classes: HashMap<(&M::Input, &M::Output), u32> = HashMap::new();
+        for &(_, is_ret, i) in &order {
+            let op = &ops[i as usize];
+            if is_ret || op.ret.is_some() {
+                continue;
+            }
+            let c = *classes.entry((&op.input, &op.output)).or_insert_with(|| {
+                taken.push(0);
+                (taken.len() - 1) as u32
+            });
+            class_of[i as usize] = c;
+            // `taken` doubles as the member count while building.
+            rank[i as usize] = taken[c as usize];
+            taken[c as usize] += 1;
+        }
+        taken.iter_mut().for_each(|t| *t = 0);
+    }
+
     let mut remaining = ops.iter().filter(|o| o.ret.is_some()).count();
     let mut bits = vec![0u64; n.div_ceil(64)].into_boxed_slice();
     let mut bits_hash = 0u64;
@@ -158,6 +190,14 @@ fn search_until<M: Model>(
     let mut stack: Vec<(usize, M::State)> = Vec::new();
     let mut best: (Vec<usize>, Option<usize>) = (Vec::new(), None);
     let mut entry = next[head] as usize;
+    // Each configuration's candidates are scanned twice: definite
+    // operations first, then indefinite ones. Applying an indefinite write
+    // early is rarely what the history needs and, when wrong, is found out
+    // only much later; delaying it until a definite operation needs it keeps
+    // the search short on valid histories. Both passes together still try
+    // every candidate, so the search stays complete.
+    let has_optional = ops.iter().any(|o| o.ret.is_none());
+    let mut optional_pass = false;
     let mut steps: u64 = 0;
     loop {
         if remaining == 0 {
@@ -174,6 +214,16 @@ fn search_until<M: Model>(
         }
         if entry != tail && is_call[entry] {
             let o = op_of[entry] as usize;
+            let c = class_of[o];
+            let skip = if optional_pass {
+                ops[o].ret.is_some() || (c != NONE && rank[o] != taken[c as usize])
+            } else {
+                ops[o].ret.is_none()
+            };
+            if skip {
+                entry = next[entry] as usize;
+                continue;
+            }
             if let Some(ns) = model.step(&state, &ops[o].input, &ops[o].output) {
                 bits[o / 64] |= 1 << (o % 64);
                 bits_hash ^= mix(o);
@@ -190,7 +240,11 @@ fn search_until<M: Model>(
                         lift(&mut next, &mut prev, r as usize);
                         remaining -= 1;
                     }
+                    if c != NONE {
+                        taken[c as usize] += 1;
+                    }
                     entry = next[head] as usize;
+                    optional_pass = false;
                     continue;
                 }
                 bits[o / 64] &= !(1 << (o % 64));
@@ -200,7 +254,12 @@ fn search_until<M: Model>(
             continue;
         }
         // A return entry (its operation cannot be linearized yet) or the end
-        // of the list: backtrack.
+        // of the list: on to the indefinite candidates, or backtrack.
+        if !optional_pass && has_optional {
+            optional_pass = true;
+            entry = next[head] as usize;
+            continue;
+        }
         // (With definite operations left, a return entry always comes
         // before the tail.)
         if best.1.is_none() || stack.len() > best.0.len() {
@@ -224,7 +283,11 @@ fn search_until<M: Model>(
             unlift(&mut next, &mut prev, r as usize);
             remaining += 1;
         }
+        if class_of[o] != NONE {
+            taken[class_of[o] as usize] -= 1;
+        }
         unlift(&mut next, &mut prev, e);
+        optional_pass = ops[o].ret.is_none();
         entry = next[e] as usize;
     }
 }
@@ -549,5 +612,272 @@ fn unreadable(e: anyhow::Error) -> CheckResult {
         summary: format!("history cannot be checked: {e}"),
         anomalies: vec![json!({"type": "unreadable-history", "error": e.to_string()})],
         witness: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::checker::models::sim::{register_history, Builder};
+    use crate::history::OpType;
+
+    const BUDGET: Duration = Duration::from_secs(30);
+
+    fn verdict(b: &Builder) -> CheckResult {
+        check_register(&b.ops, BUDGET)
+    }
+
+    #[test]
+    fn concurrent_register_history_with_versions_is_linearizable() {
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        // Write 2 and a read overlap: the read may see either value.
+        h.invoke(0, "write", "a", json!(2));
+        h.invoke(1, "read", "a", json!(null));
+        h.ok_read(1, Some(1), 2, 1, 2);
+        h.ok_write(0, 3, 2);
+        h.invoke(2, "cas", "a", json!([2, 3]));
+        h.ok_write(2, 4, 3);
+        h.read(1, "a", Some(3), 4, 3, 4);
+        h.read(1, "b", None, 0, 0, 4);
+        let r = verdict(&h);
+        assert_eq!(r.valid, Validity::Valid, "{}", r.summary);
+    }
+
+    #[test]
+    fn stale_read_after_a_completed_write_is_caught_with_a_witness() {
+        let mut h = Builder::default();
+        let w1 = h.write(0, "a", 1, 2, 1);
+        let w2 = h.write(0, "a", 2, 3, 2);
+        let stale = h.read(1, "a", Some(1), 2, 1, 3);
+        let r = verdict(&h);
+        assert_eq!(r.valid, Validity::Invalid, "{}", r.summary);
+        assert_eq!(r.anomalies[0]["key"], "a");
+        assert_eq!(r.anomalies[0]["index"], stale);
+        for i in [w1, w2, stale] {
+            assert!(r.witness.contains(&i), "{i} not in witness {:?}", r.witness);
+        }
+    }
+
+    #[test]
+    fn lost_write_is_caught() {
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.write(1, "a", 7, 3, 2);
+        // The acknowledged write of 7 vanished: a later read sees nothing.
+        h.read(2, "a", None, 0, 0, 3);
+        let r = verdict(&h);
+        assert_eq!(r.valid, Validity::Invalid, "{}", r.summary);
+    }
+
+    #[test]
+    fn cas_that_could_not_have_succeeded_is_caught() {
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.invoke(0, "cas", "a", json!([5, 6]));
+        h.ok_write(0, 3, 2);
+        let r = verdict(&h);
+        assert_eq!(r.valid, Validity::Invalid, "{}", r.summary);
+    }
+
+    #[test]
+    fn versions_and_mod_revisions_are_part_of_the_model() {
+        // Same values, but the read reports the first write's mod revision
+        // after the second completed: an ABA the values alone would hide.
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.write(0, "a", 1, 3, 2);
+        h.read(1, "a", Some(1), 2, 1, 3);
+        assert_eq!(verdict(&h).valid, Validity::Invalid);
+        // A version that skips one.
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.write(0, "a", 2, 3, 3);
+        assert_eq!(verdict(&h).valid, Validity::Invalid);
+        // Mod revisions must grow along the linearization.
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 5, 1);
+        h.write(0, "a", 2, 4, 2);
+        assert_eq!(verdict(&h).valid, Validity::Invalid);
+    }
+
+    #[test]
+    fn indefinite_writes_may_or_may_not_have_happened_and_failed_ops_did_not() {
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.invoke(1, "write", "a", json!(5));
+        h.complete(1, OpType::Info, json!(5));
+        h.invoke(2, "write", "a", json!(9));
+        h.complete(2, OpType::Fail, json!(9));
+        h.read(3, "a", Some(1), 2, 1, 2);
+        // The info write lands later, at revision 3, and is read.
+        h.read(3, "a", Some(5), 3, 2, 3);
+        let r = verdict(&h);
+        assert_eq!(r.valid, Validity::Valid, "{}", r.summary);
+        // Never landing is fine too.
+        let mut h2 = Builder::default();
+        h2.invoke(1, "write", "a", json!(5));
+        h2.complete(1, OpType::Info, json!(5));
+        h2.read(3, "a", None, 0, 0, 1);
+        assert_eq!(verdict(&h2).valid, Validity::Valid);
+        // But a failed write is never visible.
+        h.read(3, "a", Some(9), 4, 3, 4);
+        assert_eq!(verdict(&h).valid, Validity::Invalid);
+    }
+
+    #[test]
+    fn serializable_reads_from_a_partitioned_node_are_not_linearizable() {
+        // Node 2 is cut off after revision 2; a serializable read served by
+        // it returns the old value after a newer write was acknowledged.
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.write(1, "a", 2, 3, 2);
+        let i = h.invoke(2, "read", "a", json!(null));
+        h.ok_read(2, Some(1), 2, 1, 2).node = Some(2);
+        h.ops[i].node = Some(2);
+        let r = verdict(&h);
+        assert_eq!(r.valid, Validity::Invalid, "{}", r.summary);
+        let r = crate::checker::revision::check(&h.ops);
+        assert_eq!(r.valid, Validity::Invalid, "{}", r.summary);
+    }
+
+    #[test]
+    fn only_the_failing_key_is_reported_and_its_witness_is_small() {
+        let mut h = Builder::default();
+        // Plenty of healthy traffic on two keys and on the failing one.
+        let mut rev = 1;
+        for round in 0..40 {
+            for key in ["a", "b", "c"] {
+                rev += 1;
+                h.write(0, key, round, rev, round + 1);
+                h.read(1, key, Some(round), rev, round + 1, rev);
+            }
+        }
+        let stale = h.read(2, "b", Some(3), 11, 4, rev);
+        let r = verdict(&h);
+        assert_eq!(r.valid, Validity::Invalid, "{}", r.summary);
+        assert_eq!(r.anomalies[0]["key"], "b");
+        assert!(r.witness.contains(&stale));
+        assert!(
+            !r.witness.is_empty() && r.witness.len() < 100,
+            "witness of {} indexes",
+            r.witness.len()
+        );
+        // Every witness op is on key b, and the witness itself fails.
+        let wops: Vec<Op> = r.witness.iter().map(|&i| h.ops[i].clone()).collect();
+        assert!(wops.iter().all(|o| o.key.as_deref() == Some("b")));
+    }
+
+    #[test]
+    fn witness_sub_history_is_itself_not_linearizable() {
+        let ops = {
+            let mut h = Builder::default();
+            h.write(0, "a", 1, 2, 1);
+            for _ in 0..20 {
+                h.read(1, "a", Some(1), 2, 1, 2);
+            }
+            h.write(0, "a", 2, 3, 2);
+            for _ in 0..20 {
+                h.read(1, "a", Some(2), 3, 2, 3);
+            }
+            h.read(1, "a", Some(1), 2, 1, 3);
+            for _ in 0..20 {
+                h.read(1, "a", Some(2), 3, 2, 3);
+            }
+            h.ops
+        };
+        let r = check_register(&ops, BUDGET);
+        assert_eq!(r.valid, Validity::Invalid);
+        // The two writes and the stale read: 3 ops, 6 lines.
+        assert_eq!(r.witness.len(), 6, "{:?}", r.witness);
+        let mut sub: Vec<Op> = r.witness.iter().map(|&i| ops[i].clone()).collect();
+        for (n, op) in sub.iter_mut().enumerate() {
+            op.index = n;
+        }
+        assert_eq!(check_register(&sub, BUDGET).valid, Validity::Invalid);
+    }
+
+    #[test]
+    fn check_run_judges_register_histories_with_both_checkers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.read(1, "a", Some(1), 2, 1, 2);
+        crate::history::write_jsonl(&dir.path().join("history.jsonl"), &h.ops).unwrap();
+        let results = crate::checker::check_run(dir.path()).unwrap();
+        let names: Vec<&str> = results.iter().map(|r| r.checker.as_str()).collect();
+        assert!(
+            names.contains(&NAME) && names.contains(&"revision-order"),
+            "{names:?}"
+        );
+        assert!(
+            results.iter().all(|r| r.valid == Validity::Valid),
+            "{results:?}"
+        );
+        // A stale read fails both.
+        h.write(0, "a", 2, 3, 2);
+        h.read(1, "a", Some(1), 2, 1, 3);
+        crate::history::write_jsonl(&dir.path().join("history.jsonl"), &h.ops).unwrap();
+        let results = crate::checker::check_run(dir.path()).unwrap();
+        for name in [NAME, "revision-order"] {
+            let r = results.iter().find(|r| r.checker == name).unwrap();
+            assert_eq!(r.valid, Validity::Invalid, "{name}: {}", r.summary);
+        }
+    }
+
+    #[test]
+    fn budget_exhaustion_is_unknown_not_valid() {
+        // Many overlapping writes and a read of a value nobody wrote: proving
+        // it impossible takes an exhaustive search.
+        let mut h = Builder::default();
+        for p in 0..12 {
+            h.invoke(p, "write", "a", json!(p));
+        }
+        for p in 0..12 {
+            h.complete(p, OpType::Ok, json!(p));
+        }
+        h.read(99, "a", Some(1000), 99, 1, 99);
+        let ops: Vec<Op> = h.ops.clone();
+        let r = check_register(&ops, Duration::ZERO);
+        assert_eq!(r.valid, Validity::Unknown, "{}", r.summary);
+        let r = check_register(&ops, BUDGET);
+        assert_eq!(r.valid, Validity::Invalid, "{}", r.summary);
+    }
+
+    #[test]
+    fn simulated_linearizable_store_passes_and_a_planted_stale_read_fails() {
+        let n = if cfg!(debug_assertions) {
+            3_000
+        } else {
+            30_000
+        };
+        let mut ops = register_history(7, n, 30, 8, 0.05);
+        let r = check_register(&ops, BUDGET);
+        assert_eq!(r.valid, Validity::Valid, "{}", r.summary);
+        assert!(is_register_history(&ops));
+        // Plant: a late ok read of a key returns that key's first value.
+        let first = ops
+            .iter()
+            .find(|o| o.kind == OpType::Ok && o.f == "write")
+            .cloned()
+            .unwrap();
+        let stale = ops
+            .iter()
+            .rposition(|o| {
+                o.kind == OpType::Ok
+                    && o.f == "read"
+                    && o.key == first.key
+                    && o.mod_revision
+                        .is_some_and(|m| m > first.mod_revision.unwrap() + 5)
+            })
+            .unwrap();
+        ops[stale].value = first.value.clone();
+        ops[stale].mod_revision = first.mod_revision;
+        ops[stale].version = first.version;
+        let r = check_register(&ops, BUDGET);
+        assert_eq!(r.valid, Validity::Invalid, "{}", r.summary);
+        assert!(r.witness.contains(&stale), "{:?}", r.witness);
     }
 }

@@ -52,8 +52,8 @@ impl<I, O> Operation<I, O> {
 /// A sequential specification.
 pub trait Model: Sync {
     type State: Clone + Eq + Hash + Send + Debug;
-    type Input: Clone + Send + Sync + Debug;
-    type Output: Clone + Send + Sync + Debug;
+    type Input: Clone + Eq + Hash + Send + Sync + Debug;
+    type Output: Clone + Eq + Hash + Send + Sync + Debug;
 
     /// The state before any operation.
     fn init(&self) -> Self::State;
@@ -195,7 +195,7 @@ impl RegisterInput {
 }
 
 /// What an [`EtcdRegister`] operation returned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EtcdOutput {
     /// A read's value (`None`: the key did not exist).
     Read(Option<i64>),
@@ -319,7 +319,7 @@ impl KvInput {
 }
 
 /// What a kv operation returned.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum KvOutput {
     /// A get's value (`""` for a missing key).
     Get(String),
@@ -427,7 +427,7 @@ pub struct KeyedInput {
 
 /// What a `register` workload operation returned, with the key metadata the
 /// server reported (absent fields are not checked).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RegisterOutput {
     Read {
         value: Option<i64>,
@@ -651,5 +651,332 @@ impl Register {
                 (_, Completion::Indefinite) => Some((input, RegisterOutput::Unknown)),
             })
         })
+    }
+}
+
+/// Test support: builds histories by hand and simulates a linearizable
+/// etcd-like store running the `register` workload.
+#[cfg(test)]
+pub(crate) mod sim {
+    use std::collections::HashMap;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use serde_json::{json, Value};
+
+    use crate::history::{Op, OpType};
+
+    /// A hand-written history: every call is one tick later than the last.
+    #[derive(Default)]
+    pub(crate) struct Builder {
+        pub(crate) ops: Vec<Op>,
+        open: HashMap<u64, usize>,
+    }
+
+    impl Builder {
+        fn push(
+            &mut self,
+            process: u64,
+            kind: OpType,
+            f: &str,
+            key: &str,
+            value: Value,
+        ) -> &mut Op {
+            let index = self.ops.len();
+            self.ops.push(Op {
+                index,
+                process,
+                time: index as u64 * 10,
+                kind,
+                f: f.into(),
+                key: Some(key.into()),
+                value,
+                revision: None,
+                version: None,
+                mod_revision: None,
+                node: None,
+                error: None,
+            });
+            &mut self.ops[index]
+        }
+
+        /// Invokes `f` on `key` from `process`; returns the invoke's index.
+        pub(crate) fn invoke(&mut self, process: u64, f: &str, key: &str, value: Value) -> usize {
+            self.push(process, OpType::Invoke, f, key, value);
+            let i = self.ops.len() - 1;
+            self.open.insert(process, i);
+            i
+        }
+
+        /// Completes `process`'s open op with `kind` and `value`.
+        pub(crate) fn complete(&mut self, process: u64, kind: OpType, value: Value) -> &mut Op {
+            let inv = self.open.remove(&process).expect("an open op");
+            let (f, key) = (self.ops[inv].f.clone(), self.ops[inv].key.clone().unwrap());
+            self.push(process, kind, &f, &key, value)
+        }
+
+        /// An ok write completing at mod revision `rev` with `version`.
+        pub(crate) fn ok_write(&mut self, process: u64, rev: i64, version: i64) -> &mut Op {
+            let v = self.ops[self.open[&process]].value.clone();
+            let op = self.complete(process, OpType::Ok, v);
+            op.revision = Some(rev);
+            op.mod_revision = Some(rev);
+            op.version = Some(version);
+            op
+        }
+
+        /// An ok read of `value` written at `mod_rev` (version `version`),
+        /// observed at store revision `rev`.
+        pub(crate) fn ok_read(
+            &mut self,
+            process: u64,
+            value: Option<i64>,
+            mod_rev: i64,
+            version: i64,
+            rev: i64,
+        ) -> &mut Op {
+            let op = self.complete(process, OpType::Ok, json!(value));
+            op.revision = Some(rev);
+            if value.is_some() {
+                op.mod_revision = Some(mod_rev);
+                op.version = Some(version);
+            }
+            op
+        }
+
+        /// A sequential write: invoke and ok.
+        pub(crate) fn write(
+            &mut self,
+            process: u64,
+            key: &str,
+            v: i64,
+            rev: i64,
+            version: i64,
+        ) -> usize {
+            let i = self.invoke(process, "write", key, json!(v));
+            self.ok_write(process, rev, version);
+            i
+        }
+
+        /// A sequential read: invoke and ok.
+        pub(crate) fn read(
+            &mut self,
+            process: u64,
+            key: &str,
+            value: Option<i64>,
+            mod_rev: i64,
+            version: i64,
+            rev: i64,
+        ) -> usize {
+            let i = self.invoke(process, "read", key, Value::Null);
+            self.ok_read(process, value, mod_rev, version, rev);
+            i
+        }
+    }
+
+    enum Pending {
+        NotApplied,
+        Read {
+            value: Option<(i64, i64, i64)>,
+            rev: i64,
+        },
+        Written {
+            rev: i64,
+            version: i64,
+        },
+        CasFailed {
+            rev: i64,
+        },
+    }
+
+    struct Slot {
+        process: u64,
+        op: Option<(usize, Pending)>,
+    }
+
+    /// Simulates `n` `register` workload ops by `concurrency` clients over
+    /// `keys` keys against a linearizable store: each op takes effect at one
+    /// instant between its invoke and completion. A fraction `indefinite`
+    /// of completions are `info` (applied or not) and retire the process;
+    /// a few ops never complete. Values are small integers, so the same
+    /// value is written many times.
+    pub(crate) fn register_history(
+        seed: u64,
+        n: usize,
+        keys: usize,
+        concurrency: usize,
+        indefinite: f64,
+    ) -> Vec<Op> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut store: HashMap<String, (i64, i64, i64)> = HashMap::new();
+        let mut revision = 1i64;
+        let mut ops: Vec<Op> = Vec::with_capacity(2 * n);
+        let mut slots: Vec<Slot> = (0..concurrency)
+            .map(|p| Slot {
+                process: p as u64,
+                op: None,
+            })
+            .collect();
+        let mut next_process = concurrency as u64;
+        let mut invoked = 0;
+        let mut time = 0u64;
+        let base = |index: usize,
+                    process: u64,
+                    time: u64,
+                    kind: OpType,
+                    f: &str,
+                    key: &str,
+                    value: Value| Op {
+            index,
+            process,
+            time,
+            kind,
+            f: f.into(),
+            key: Some(key.into()),
+            value,
+            revision: None,
+            version: None,
+            mod_revision: None,
+            node: None,
+            error: None,
+        };
+        loop {
+            if invoked >= n && slots.iter().all(|s| s.op.is_none()) {
+                break;
+            }
+            time += rng.gen_range(1..50);
+            let s = rng.gen_range(0..slots.len());
+            let slot = &mut slots[s];
+            match slot.op.take() {
+                None => {
+                    if invoked >= n {
+                        continue;
+                    }
+                    invoked += 1;
+                    let key = format!("k{}", rng.gen_range(0..keys));
+                    let (f, value) = match rng.gen_range(0..10) {
+                        0..=4 => ("read", Value::Null),
+                        5..=7 => ("write", json!(rng.gen_range(0..5))),
+                        _ => ("cas", json!([rng.gen_range(0..5), rng.gen_range(0..5)])),
+                    };
+                    ops.push(base(
+                        ops.len(),
+                        slot.process,
+                        time,
+                        OpType::Invoke,
+                        f,
+                        &key,
+                        value,
+                    ));
+                    slot.op = Some((ops.len() - 1, Pending::NotApplied));
+                }
+                Some((inv, Pending::NotApplied)) => {
+                    let (f, key) = (ops[inv].f.clone(), ops[inv].key.clone().unwrap());
+                    if rng.gen_bool(indefinite / 2.0) {
+                        // Times out before taking effect.
+                        ops.push(base(
+                            ops.len(),
+                            slot.process,
+                            time,
+                            OpType::Info,
+                            &f,
+                            &key,
+                            ops[inv].value.clone(),
+                        ));
+                        slot.process = next_process;
+                        next_process += 1;
+                        continue;
+                    }
+                    let cur = store.get(&key).copied();
+                    let pending = match f.as_str() {
+                        "read" => Pending::Read {
+                            value: cur,
+                            rev: revision,
+                        },
+                        _ => {
+                            let to = match f.as_str() {
+                                "write" => Some(ops[inv].value.as_i64().unwrap()),
+                                _ => {
+                                    let (from, to) = (
+                                        ops[inv].value[0].as_i64().unwrap(),
+                                        ops[inv].value[1].as_i64().unwrap(),
+                                    );
+                                    (cur.map(|c| c.0) == Some(from)).then_some(to)
+                                }
+                            };
+                            match to {
+                                Some(v) => {
+                                    revision += 1;
+                                    let version = cur.map_or(1, |c| c.1 + 1);
+                                    store.insert(key, (v, version, revision));
+                                    Pending::Written {
+                                        rev: revision,
+                                        version,
+                                    }
+                                }
+                                None => Pending::CasFailed { rev: revision },
+                            }
+                        }
+                    };
+                    slot.op = Some((inv, pending));
+                }
+                Some((inv, pending)) => {
+                    let (f, key) = (ops[inv].f.clone(), ops[inv].key.clone().unwrap());
+                    let index = ops.len();
+                    if rng.gen_bool(indefinite / 2.0) {
+                        // Took effect, but the client never heard back.
+                        ops.push(base(
+                            index,
+                            slot.process,
+                            time,
+                            OpType::Info,
+                            &f,
+                            &key,
+                            ops[inv].value.clone(),
+                        ));
+                        slot.process = next_process;
+                        next_process += 1;
+                        continue;
+                    }
+                    let mut op = base(
+                        index,
+                        slot.process,
+                        time,
+                        OpType::Ok,
+                        &f,
+                        &key,
+                        ops[inv].value.clone(),
+                    );
+                    match pending {
+                        Pending::Read { value, rev } => {
+                            op.value = json!(value.map(|v| v.0));
+                            op.revision = Some(rev);
+                            if let Some((_, version, m)) = value {
+                                op.version = Some(version);
+                                op.mod_revision = Some(m);
+                            }
+                        }
+                        Pending::Written { rev, version } => {
+                            op.revision = Some(rev);
+                            op.mod_revision = Some(rev);
+                            op.version = Some(version);
+                        }
+                        Pending::CasFailed { rev } => {
+                            op.kind = OpType::Fail;
+                            op.revision = Some(rev);
+                            op.error = Some("compare failed".into());
+                        }
+                        Pending::NotApplied => unreachable!("handled above"),
+                    }
+                    ops.push(op);
+                }
+            }
+            // Leave the last few ops of a run hanging, as a run that ends
+            // mid-flight does.
+            if invoked >= n && rng.gen_bool(0.01) {
+                break;
+            }
+        }
+        ops
     }
 }

@@ -190,10 +190,41 @@ pub fn check(ops: &[Op]) -> CheckResult {
         v.sort_unstable();
     }
 
+    // The highest revision among ok ops completed by each time: (completion
+    // time, running maximum), sorted by time.
+    let completed_max: Vec<(u64, i64)> = {
+        let mut c: Vec<(u64, i64)> = recs
+            .iter()
+            .filter_map(|r| {
+                let rev = match r.kind {
+                    Kind::Write => r.rev,
+                    Kind::Read => r.rev.or(r.read_mod),
+                };
+                Some((r.ret?, rev?))
+            })
+            .collect();
+        c.sort_unstable();
+        let mut max = i64::MIN;
+        for e in &mut c {
+            max = max.max(e.1);
+            e.1 = max;
+        }
+        c
+    };
+    // Highest revision of any ok op that completed strictly before `t`.
+    let max_before = |t: u64| -> Option<i64> {
+        let n = completed_max.partition_point(|&(ret, _)| ret < t);
+        n.checked_sub(1).map(|i| completed_max[i].1)
+    };
+
     // Bind indefinite writes to the revisions reads observed them at: per
-    // (key, value), revisions in order of the first read's completion, each
-    // taking an unused candidate invoked before that read completed (the
-    // candidate sets are nested, so this greedy matching is maximal).
+    // key, revisions in order of the first read's completion, each taking
+    // the latest-invoked unused candidate of the same value that could have
+    // created it: invoked before that read completed, and after no op that
+    // completed at or above that revision (feasible candidates form a
+    // prefix in invoke order, so the sets are nested and this greedy
+    // matching is maximal). Which same-valued candidate gets bound does not
+    // matter to the replay, which counts every indefinite write as possible.
     let mut bound: Vec<Option<i64>> = vec![None; recs.len()];
     {
         // (key, mod_revision) -> (earliest read completion, reading rec).
@@ -225,7 +256,13 @@ pub fn check(ops: &[Op]) -> CheckResult {
                 cands
                     .iter()
                     .copied()
-                    .find(|&c| !used[c] && recs[c].call <= deadline && &recs[c].value == want)
+                    .filter(|&c| {
+                        !used[c]
+                            && recs[c].call <= deadline
+                            && &recs[c].value == want
+                            && max_before(recs[c].call).is_none_or(|x| x < m)
+                    })
+                    .max_by_key(|&c| recs[c].call)
             });
             match pick {
                 Some(c) => {
@@ -245,7 +282,6 @@ pub fn check(ops: &[Op]) -> CheckResult {
             v.sort_unstable();
         }
         for v in indefinite.values_mut() {
-            v.retain(|&c| !used[c]);
             v.sort_unstable_by_key(|&c| recs[c].call);
         }
     }
@@ -314,6 +350,8 @@ pub fn check(ops: &[Op]) -> CheckResult {
 
     // Replay: every ok read matches the last write at or below its revision;
     // versions count the writes before; a cas found its `from` value.
+    // Indefinite writes (bound or not) invoked by `t`: each may have taken
+    // effect unobserved before a version was reported.
     let unbound_before = |key: &str, t: u64| -> usize {
         indefinite
             .get(key)
@@ -402,8 +440,8 @@ pub fn check(ops: &[Op]) -> CheckResult {
                     let before = writes.partition_point(|&(rev, _)| rev < m);
                     let prior = before.checked_sub(1).map(|p| &recs[writes[p].1]);
                     if prior.is_none_or(|p| &p.value != from) {
-                        // An unobserved indefinite write of `from` could sit
-                        // between them.
+                        // An indefinite write of `from` could sit between
+                        // them unobserved.
                         let excused = indefinite.get(r.key).is_some_and(|v| {
                             v.iter()
                                 .any(|&c| recs[c].call <= ret && &recs[c].value == from)
@@ -450,8 +488,8 @@ pub fn check(ops: &[Op]) -> CheckResult {
 }
 
 /// A key's version at mod revision `m` is the number of writes at or below
-/// `m`: the known ones exactly, plus up to `unbound` indefinite writes
-/// nobody observed.
+/// `m`: at least the known ones, and at most those plus the `unbound`
+/// indefinite writes that could have landed unobserved.
 fn check_version(
     anomalies: &mut Anomalies,
     r: &Rec<'_>,
@@ -468,5 +506,200 @@ fn check_version(
                    "writes_at_or_below": known, "unobserved_indefinite_writes": unbound}),
             &[r],
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::checker::models::sim::{register_history, Builder};
+
+    fn types(r: &CheckResult) -> Vec<String> {
+        r.anomalies
+            .iter()
+            .map(|a| a["type"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn consistent_history_with_an_observed_indefinite_write_is_valid() {
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.write(1, "b", 1, 3, 1);
+        // Indefinite write to a: it landed at revision 4, as a read shows.
+        h.invoke(2, "write", "a", json!(5));
+        h.complete(2, OpType::Info, json!(5));
+        h.read(3, "a", Some(5), 4, 2, 4);
+        // Concurrent write and read: the read may see before or after.
+        h.invoke(0, "write", "b", json!(2));
+        h.invoke(1, "read", "b", json!(null));
+        h.ok_read(1, Some(1), 3, 1, 4);
+        h.ok_write(0, 5, 2);
+        h.invoke(4, "cas", "b", json!([2, 3]));
+        h.ok_write(4, 6, 3);
+        h.read(3, "c", None, 0, 0, 6);
+        let r = check(&h.ops);
+        assert_eq!(r.valid, Validity::Valid, "{} {:?}", r.summary, r.anomalies);
+    }
+
+    #[test]
+    fn duplicate_revision_is_caught() {
+        let mut h = Builder::default();
+        let a = h.write(0, "a", 1, 2, 1);
+        let b = h.write(1, "b", 1, 2, 1);
+        let r = check(&h.ops);
+        assert_eq!(r.valid, Validity::Invalid);
+        assert!(
+            types(&r).contains(&"duplicate-revision".to_string()),
+            "{:?}",
+            r.anomalies
+        );
+        assert!(r.witness.contains(&a) && r.witness.contains(&b));
+    }
+
+    #[test]
+    fn real_time_revision_inversion_is_caught() {
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 5, 1);
+        // Began after the first completed, yet got a lower revision.
+        h.write(1, "b", 1, 4, 1);
+        let r = check(&h.ops);
+        assert_eq!(types(&r), vec!["revision-inversion"], "{:?}", r.anomalies);
+        // A read may share the revision of the write before it, but not go
+        // below it.
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 5, 1);
+        h.read(1, "b", None, 0, 0, 5);
+        assert_eq!(check(&h.ops).valid, Validity::Valid);
+        h.read(1, "b", None, 0, 0, 4);
+        assert_eq!(types(&check(&h.ops)), vec!["revision-inversion"]);
+    }
+
+    #[test]
+    fn lost_write_and_stale_read_are_told_apart() {
+        // Lost: the missed write had completed before the read began.
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.write(0, "a", 2, 3, 2);
+        h.read(1, "a", Some(1), 2, 1, 3);
+        assert_eq!(types(&check(&h.ops)), vec!["lost-write"]);
+        // Stale: concurrent with the write, but the read claims a revision
+        // at which that write was already there.
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.invoke(0, "write", "a", json!(2));
+        h.invoke(1, "read", "a", json!(null));
+        h.ok_read(1, Some(1), 2, 1, 3);
+        h.ok_write(0, 3, 2);
+        assert_eq!(types(&check(&h.ops)), vec!["stale-read"]);
+        // A read of an absent key after a write completed.
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.read(1, "a", None, 0, 0, 2);
+        assert_eq!(types(&check(&h.ops)), vec!["lost-write"]);
+    }
+
+    #[test]
+    fn phantom_value_mismatch_future_read_version_and_cas_are_caught() {
+        // A value at a revision nothing wrote.
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.read(1, "a", Some(8), 3, 2, 3);
+        assert!(types(&check(&h.ops)).contains(&"phantom-read".to_string()));
+        // The right revision, the wrong value.
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.read(1, "a", Some(2), 2, 1, 2);
+        assert_eq!(types(&check(&h.ops)), vec!["read-value-mismatch"]);
+        // A mod revision above the read's own revision.
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.read(1, "a", Some(1), 2, 1, 1);
+        assert!(types(&check(&h.ops)).contains(&"future-read".to_string()));
+        // A version that does not count the writes.
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.write(0, "a", 2, 3, 5);
+        assert_eq!(types(&check(&h.ops)), vec!["version-mismatch"]);
+        // A cas that succeeded although the value before it was not `from`.
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.invoke(0, "cas", "a", json!([4, 5]));
+        h.ok_write(0, 3, 2);
+        assert_eq!(types(&check(&h.ops)), vec!["cas-precondition"]);
+        // ... unless an unobserved indefinite write of 4 could sit between.
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.invoke(1, "write", "a", json!(4));
+        h.complete(1, OpType::Info, json!(4));
+        h.invoke(0, "cas", "a", json!([4, 5]));
+        h.ok_write(0, 4, 3);
+        let r = check(&h.ops);
+        assert_eq!(r.valid, Validity::Valid, "{:?}", r.anomalies);
+    }
+
+    #[test]
+    fn serializable_stale_reads_under_partition_are_caught() {
+        let mut h = Builder::default();
+        h.write(0, "a", 1, 2, 1);
+        h.write(1, "a", 2, 3, 2);
+        // A minority node, cut off at revision 2, serves a serializable read.
+        h.read(2, "a", Some(1), 2, 1, 2);
+        let r = check(&h.ops);
+        assert_eq!(r.valid, Validity::Invalid);
+        let t = types(&r);
+        assert!(t.contains(&"revision-inversion".to_string()), "{t:?}");
+    }
+
+    /// Millions of ops in release (seconds); a CI-sized run in debug.
+    #[test]
+    fn scales_to_a_million_ops_and_catches_a_planted_lost_write() {
+        let n = if cfg!(debug_assertions) {
+            100_000
+        } else {
+            1_000_000
+        };
+        let t = Instant::now();
+        let mut ops = register_history(11, n, 1000, 32, 0.02);
+        let generated = t.elapsed();
+        let t = Instant::now();
+        let r = check(&ops);
+        let took = t.elapsed();
+        eprintln!(
+            "revision-order: {} history lines generated in {generated:?}, checked in {took:?}",
+            ops.len()
+        );
+        assert_eq!(
+            r.valid,
+            Validity::Valid,
+            "{} {:?}",
+            r.summary,
+            r.anomalies.first()
+        );
+        let limit = if cfg!(debug_assertions) { 60 } else { 10 };
+        assert!(took.as_secs() < limit, "took {took:?}");
+        // Plant: the last ok read of some key returns an older write.
+        let victim = ops
+            .iter()
+            .rposition(|o| {
+                o.kind == OpType::Ok && o.f == "read" && o.version.is_some_and(|v| v > 3)
+            })
+            .unwrap();
+        let key = ops[victim].key.clone();
+        let older = ops
+            .iter()
+            .find(|o| o.kind == OpType::Ok && o.f == "write" && o.key == key)
+            .cloned()
+            .unwrap();
+        ops[victim].value = older.value;
+        ops[victim].mod_revision = older.mod_revision;
+        ops[victim].version = older.version;
+        let r = check(&ops);
+        assert_eq!(r.valid, Validity::Invalid);
+        assert!(r.witness.contains(&victim), "{:?}", r.witness);
     }
 }
