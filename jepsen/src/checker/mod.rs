@@ -2,6 +2,11 @@
 //! a [`CheckResult`]. [`check_run`] runs every checker that applies to the
 //! files found in a run directory.
 
+pub mod linear;
+pub mod models;
+pub mod porcupine;
+pub mod revision;
+
 use std::path::Path;
 
 pub mod elle;
@@ -107,6 +112,20 @@ pub fn check_server_logs(dir: &Path) -> anyhow::Result<CheckResult> {
     })
 }
 
+/// The `register` workload's operations (read/write/cas on its keys, which
+/// the `watch` workload writes too), with their original indexes.
+pub fn register_ops(ops: &[Op]) -> Vec<Op> {
+    ops.iter()
+        .filter(|o| {
+            matches!(o.f.as_str(), "read" | "write" | "cas")
+                && o.key
+                    .as_deref()
+                    .is_some_and(|k| k.starts_with(crate::workload::register::PREFIX))
+        })
+        .cloned()
+        .collect()
+}
+
 /// Runs every checker that applies to the run directory `dir`.
 pub fn check_run(dir: &Path) -> anyhow::Result<Vec<CheckResult>> {
     let mut results = Vec::new();
@@ -115,6 +134,13 @@ pub fn check_run(dir: &Path) -> anyhow::Result<Vec<CheckResult>> {
         let ops: Vec<Op> = read_jsonl(&history)?;
         results.push(check_well_formed(&ops));
         results.extend(elle::check(&ops));
+        // Register ops are judged on their own: other workloads run in the
+        // same history use other keys and op names.
+        let registers = register_ops(&ops);
+        if linear::is_register_history(&registers) {
+            results.push(linear::check_register(&registers, linear::RUN_BUDGET));
+            results.push(revision::check(&registers));
+        }
         let watches = dir.join("watches.jsonl");
         if watches.exists() {
             results.push(watch::check(&read_jsonl(&watches)?, &ops));

@@ -26,9 +26,12 @@ use super::{header_rev, parse_int, spawn_workers, Completion, Ctx, Process};
 use crate::client::call;
 use crate::history::Op;
 
+/// The prefix of every register key.
+pub const PREFIX: &str = "/jepsen/register/";
+
 /// The key of register `k`.
 pub fn key(k: usize) -> String {
-    format!("/jepsen/register/{k}")
+    format!("{PREFIX}{k}")
 }
 
 /// Register values, unique across every workload of the process (the `watch`
