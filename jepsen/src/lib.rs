@@ -12,4 +12,8 @@
 //! history.
 
 pub mod checker;
+pub mod cluster;
 pub mod history;
+pub mod nemesis;
+pub mod report;
+pub mod runner;
