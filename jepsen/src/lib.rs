@@ -7,6 +7,9 @@
 //!   format every workload writes and every checker reads.
 //! - [`checker`]: verdicts on a recorded run (linearizability, revision
 //!   order, Elle-style cycles, watch guarantees, server logs).
+//! - [`cluster`]: the server processes and the network between them.
+//! - [`nemesis`]: the seeded fault schedule and every fault.
+//! - [`runner`]: one test run, from cluster start to verdict.
 //!
 //! The binary `strata-jepsen` (src/main.rs) runs a test or re-checks a saved
 //! history.
@@ -15,5 +18,4 @@ pub mod checker;
 pub mod cluster;
 pub mod history;
 pub mod nemesis;
-pub mod report;
 pub mod runner;
