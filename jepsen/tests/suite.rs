@@ -28,9 +28,9 @@ fn require_privileges() {
         uid, 0,
         "the jepsen suite needs root for network namespaces (run it as root, as CI does)"
     );
-    for tool in ["ip", "iptables"] {
+    for (tool, flag) in [("ip", "-V"), ("iptables", "--version")] {
         let ok = std::process::Command::new(tool)
-            .arg("--version")
+            .arg(flag)
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false);
@@ -168,4 +168,78 @@ async fn serializable_reads_under_partitions_are_caught_as_nonlinearizable() {
         seed += 1;
     }
     panic!("stale serializable reads were never reported: {tries:?}");
+}
+
+/// Isolating the leader makes the rest elect another one; healing brings
+/// the cluster back; a member replaced with a wiped data dir rejoins. In
+/// both networks: namespaces + iptables, and the 127.0.0.1 proxies.
+async fn faults_take_effect(netns: bool) {
+    use jepsen::cluster::{Cluster, ClusterOpts};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(ClusterOpts {
+        server: ServerKind::Strata,
+        bin: default_bin(ServerKind::Strata).expect("a strata binary"),
+        nodes: 3,
+        netns,
+        dir: tmp.path().to_path_buf(),
+    })
+    .await
+    .unwrap();
+    let old = c.leader().await.expect("a leader");
+    for other in (0..3).filter(|&o| o != old) {
+        c.net.drop_link(old, other).unwrap();
+        c.net.drop_link(other, old).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let new = loop {
+        let others = (0..3).filter(|&o| o != old);
+        let mut leaders = Vec::new();
+        for o in others {
+            if let Ok((_, l, _, _)) = c.status(o).await {
+                leaders.push(l);
+            }
+        }
+        let old_id = c.status(old).await.map(|s| s.0).ok();
+        if leaders.len() == 2
+            && leaders[0] == leaders[1]
+            && leaders[0] != 0
+            && Some(leaders[0]) != old_id
+        {
+            break leaders[0];
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new leader behind the partition: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    c.net.heal().unwrap();
+    c.wait_healthy(Duration::from_secs(30)).await.unwrap();
+    assert_ne!(new, 0);
+    // Clients cut off from a node cannot reach it.
+    c.net.cut_client(0).unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(3), c.status(0))
+        .await
+        .map(|r| r.is_err())
+        .unwrap_or(true));
+    c.net.heal().unwrap();
+    let mut d = serde_json::json!({});
+    jepsen::nemesis::member_replace(&mut c, 1, &mut d)
+        .await
+        .unwrap();
+    c.wait_healthy(Duration::from_secs(30)).await.unwrap();
+    assert!(d["added_id"].is_string(), "{d}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn network_namespace_faults_take_effect() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    require_privileges();
+    faults_take_effect(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxy_faults_take_effect() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    faults_take_effect(false).await;
 }
