@@ -1,5 +1,6 @@
 //! Disk faults: kill one node, damage one of its data files (flip a bit or
-//! cut off the file's tail), restart it, and record what the server did:
+//! cut off the file's tail), or make it lose its unsynced writes (Strata's
+//! `POST /debug/powerfail`, failpoints builds), restart it, and record what the server did:
 //! refuse to start (then the node is replaced by a wiped member so the run
 //! goes on), or start and serve. Serving corrupt data shows up later as a
 //! HashKV mismatch or a checker anomaly.
@@ -87,6 +88,7 @@ pub fn corrupt(data_dir: &Path, how: Corruption, pick: u64) -> anyhow::Result<se
             f.sync_all()?;
             Ok(json!({"file": rel, "len": len, "data_end": end, "offset": off, "bit": bit}))
         }
+        Corruption::PowerFail => bail!("a power failure is the server's to simulate"),
         Corruption::Truncate => {
             // Cut up to 4 KiB of the written part (and the zeros after it).
             let cut = 1 + (pick >> 8) % end.min(4096);
@@ -110,9 +112,31 @@ pub async fn fault(
     if !cluster.is_running(node) {
         bail!("{} is not running", cluster.nodes[node].name);
     }
+    if how == Corruption::PowerFail {
+        // The request never gets an answer: the server aborts.
+        let url = cluster.nodes[node].addr.client_url.clone();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            super::http::request(&url, "POST", "/debug/powerfail", ""),
+        )
+        .await;
+        for _ in 0..20 {
+            if !cluster.is_running(node) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if cluster.is_running(node) {
+            cluster.kill_node(node)?;
+            detail["note"] = json!("still running 2 s after POST /debug/powerfail: killed");
+        }
+    }
     cluster.kill_node(node)?;
-    let what = corrupt(&cluster.nodes[node].data_dir, how, pick)
-        .with_context(|| format!("corrupting {}", cluster.nodes[node].name));
+    let what = match how {
+        Corruption::PowerFail => Ok(json!({"unsynced_writes": "dropped by the server"})),
+        _ => corrupt(&cluster.nodes[node].data_dir, how, pick),
+    }
+    .with_context(|| format!("corrupting {}", cluster.nodes[node].name));
     let what = match what {
         Ok(w) => w,
         Err(e) => {

@@ -121,6 +121,9 @@ pub enum Target {
 pub enum Corruption {
     BitFlip,
     Truncate,
+    /// `POST /debug/powerfail`: the node loses every write it did not
+    /// fsync and aborts (Strata built with `--features failpoints`).
+    PowerFail,
 }
 
 /// One fault, fully determined by the schedule (except `Target::Leader`).
@@ -208,6 +211,10 @@ impl Action {
                 how: Corruption::Truncate,
                 ..
             } => "truncate",
+            Action::Disk {
+                how: Corruption::PowerFail,
+                ..
+            } => "powerfail",
             Action::Clock { .. } => "clock",
             Action::Failpoint { .. } => "failpoint",
         }
@@ -225,13 +232,19 @@ pub struct Step {
 }
 
 /// Failpoints the `failpoint` nemesis picks from, with the action it sets
-/// (the `fail` crate's syntax).
+/// (the `fail` crate's syntax). Each is a fault a correct server survives:
+/// a slow disk, lost raft messages, applies answered as timeouts (the
+/// write still takes effect: an indefinite failure), abandoned or failed
+/// snapshots, watch streams that break. Strata's planted bugs
+/// (`before_persist` `return`: skip fsync; `put_value`) are not here.
 pub const FAILPOINTS: &[(&str, &str)] = &[
-    ("raft-persist-before", "sleep(200)"),
-    ("raft-persist-after", "10%sleep(500)"),
-    ("apply-before", "sleep(100)"),
-    ("snapshot-send", "return"),
-    ("watch-send", "10%sleep(300)"),
+    ("strata::raft::before_persist", "sleep(100)"),
+    ("strata::raft::after_persist", "20%return"),
+    ("strata::apply::before_apply", "10%return"),
+    ("strata::apply::before_apply", "sleep(50)"),
+    ("strata::snapshot::save", "return"),
+    ("strata::snapshot::before_send", "return"),
+    ("strata::watch::before_send", "5%return"),
 ];
 
 #[derive(Clone, Debug, Serialize)]
@@ -310,10 +323,10 @@ impl Schedule {
                 }
                 NemesisKind::Disk => Action::Disk {
                     node,
-                    how: if rng.gen_bool(0.5) {
-                        Corruption::BitFlip
-                    } else {
-                        Corruption::Truncate
+                    how: match rng.gen_range(0..3) {
+                        0 => Corruption::BitFlip,
+                        1 => Corruption::Truncate,
+                        _ => Corruption::PowerFail,
                     },
                     pick: rng.gen(),
                 },
@@ -407,6 +420,7 @@ enum Undo {
 struct Support {
     failpoints: Option<bool>,
     clock: Option<bool>,
+    powerfail: Option<bool>,
 }
 
 /// Plays `schedule` against `cluster` until it ends or `stop` fires, then
@@ -593,6 +607,19 @@ async fn apply(
             (vec![*node], Undo::Nothing)
         }
         Action::Disk { node, how, pick } => {
+            // Power loss rides on the failpoints build's debug routes.
+            if *how == Corruption::PowerFail
+                && !probe(
+                    cluster,
+                    *node,
+                    &mut support.powerfail,
+                    "/debug/failpoints",
+                    detail,
+                )
+                .await?
+            {
+                return Ok((vec![], Undo::Nothing));
+            }
             disk::fault(cluster, *node, *how, *pick, detail).await?;
             (vec![*node], Undo::Nothing)
         }
@@ -655,7 +682,8 @@ async fn probe(
 
 async fn set_clock(cluster: &Cluster, node: usize, offset_ms: i64) -> anyhow::Result<()> {
     let url = cluster.nodes[node].addr.client_url.clone();
-    let (code, body) = http::request(&url, "PUT", "/debug/clock", &offset_ms.to_string()).await?;
+    let body = json!({ "offset_ms": offset_ms }).to_string();
+    let (code, body) = http::request(&url, "PUT", "/debug/clock", &body).await?;
     if !(200..300).contains(&code) {
         bail!("PUT /debug/clock: HTTP {code}: {body}");
     }
@@ -796,7 +824,7 @@ pub async fn heal_all(cluster: &mut Cluster, log: &FaultLog) -> anyhow::Result<(
         for name in FAILPOINTS.iter().map(|(n, _)| n) {
             let _ = http::request(&url, "DELETE", &format!("/debug/failpoints/{name}"), "").await;
         }
-        let _ = http::request(&url, "PUT", "/debug/clock", "0").await;
+        let _ = http::request(&url, "PUT", "/debug/clock", r#"{"offset_ms":0}"#).await;
     }
     let mut result = cluster.wait_healthy(Duration::from_secs(45)).await;
     if result.is_err() {
