@@ -181,11 +181,14 @@ pub async fn run_test(opts: TestOpts) -> anyhow::Result<Outcome> {
     };
     let on_fault = {
         let bar = bar.clone();
+        let progress = opts.progress;
         move |f: &str| {
             if f.is_empty() {
                 bar.set_message("");
-            } else {
+            } else if progress {
                 bar.set_message(format!("fault: {f}"));
+            } else {
+                eprintln!("[{:>6.1}s] fault: {f}", start.elapsed().as_secs_f64());
             }
         }
     };
