@@ -171,17 +171,24 @@ pub async fn fault(
     if let Ok(text) = std::fs::read(&cluster.nodes[node].log) {
         let tail =
             String::from_utf8_lossy(&text[(log_len as usize).min(text.len())..]).into_owned();
-        let errors: Vec<&str> = tail
+        let mut errors: Vec<&str> = tail
             .lines()
             .filter(|l| {
                 let l = l.to_ascii_lowercase();
-                l.contains("error")
+                [
+                    "\"level\":\"error\"",
+                    "\"level\":\"fatal\"",
+                    "\"level\":\"panic\"",
+                ]
+                .iter()
+                .any(|lv| l.contains(lv))
                     || l.contains("corrupt")
-                    || l.contains("fatal")
-                    || l.contains("panic")
+                    || l.contains("panicked")
+                    || l.starts_with("strata:")
             })
-            .take(5)
+            .map(|l| l.char_indices().nth(600).map_or(l, |(i, _)| &l[..i]))
             .collect();
+        errors.drain(..errors.len().saturating_sub(5));
         detail["log"] = json!(errors);
     }
     tracing::warn!(node = %cluster.nodes[node].name, outcome, "after the disk fault");
