@@ -10,7 +10,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 /// Sends `method path` with `body` to `base` (`http://host:port`); returns
-/// the status code and the response body.
+/// the status code (404 for a gRPC answer: no such debug route) and the
+/// response body.
 pub async fn request(
     base: &str,
     method: &str,
@@ -31,7 +32,15 @@ pub async fn request(
             .header("host", format!("{host}:{port}"))
             .body(Full::new(Bytes::from(body.to_string())))?;
         let resp = sender.send_request(req).await?;
-        let status = resp.status().as_u16();
+        // A server without the route may still answer 200 at the HTTP
+        // level: the gRPC server's "unimplemented" (grpc-status 12) for any
+        // path it does not know. That is a 404 here.
+        let grpc = resp.headers().contains_key("grpc-status")
+            || resp
+                .headers()
+                .get("content-type")
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let status = if grpc { 404 } else { resp.status().as_u16() };
         let body = resp.into_body().collect().await?.to_bytes();
         anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
