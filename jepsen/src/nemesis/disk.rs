@@ -49,6 +49,14 @@ pub fn corrupt(data_dir: &Path, how: Corruption, pick: u64) -> anyhow::Result<se
             .unwrap_or_default();
         !n.contains("LOCK") && !n.ends_with(".tmp") && !n.ends_with(".lock")
     });
+    // Files with at least 4 KiB hold records; a header-only file (a fresh
+    // raft-engine rewrite file) is chosen only when nothing else is there.
+    if files
+        .iter()
+        .any(|p| std::fs::metadata(p).map_or(false, |m| m.len() >= 4096))
+    {
+        files.retain(|p| std::fs::metadata(p).map_or(false, |m| m.len() >= 4096));
+    }
     files.sort();
     if files.is_empty() {
         bail!("no data files under {}", data_dir.display());
@@ -215,6 +223,7 @@ mod tests {
         content.resize(10_000, 0);
         std::fs::write(&f, &content).unwrap();
         std::fs::write(wal.join("LOCK"), b"x").unwrap();
+        std::fs::write(wal.join("0001.rewrite"), [1u8; 64]).unwrap();
         let d = corrupt(dir.path(), Corruption::BitFlip, 0x1234_5678_9abc).unwrap();
         assert_eq!(d["file"], "member/wal/0001.log");
         let data = std::fs::read(&f).unwrap();
