@@ -53,9 +53,9 @@ pub fn corrupt(data_dir: &Path, how: Corruption, pick: u64) -> anyhow::Result<se
     // raft-engine rewrite file) is chosen only when nothing else is there.
     if files
         .iter()
-        .any(|p| std::fs::metadata(p).map_or(false, |m| m.len() >= 4096))
+        .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() >= 4096))
     {
-        files.retain(|p| std::fs::metadata(p).map_or(false, |m| m.len() >= 4096));
+        files.retain(|p| std::fs::metadata(p).is_ok_and(|m| m.len() >= 4096));
     }
     files.sort();
     if files.is_empty() {
