@@ -6,7 +6,7 @@
 # the jepsen suite (network namespaces: needs root), one untimed run
 # of every criterion benchmark, then the etcdctl script test against Strata
 # with etcdctl 3.4 and 3.5. The corruption-check tests run a second time
-# with the `failpoints` feature.
+# with the `failpoints` feature, with the fault-injection tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,8 +60,9 @@ MEMBERS=3 ETCDCTL="$ETCDCTL35_BIN" store/tests/etcdctl/run.sh target/debug/strat
 
 # Last: this rebuilds target/debug/strata with failpoints compiled in, and
 # the etcdctl script tests above must run the default build.
-step "cargo test: corruption checks with failpoints (a silently diverged member)"
-cargo test -p store --features failpoints --test it corrupt
+step "cargo test: corruption checks and fault injection with failpoints"
+cargo test -p store --features failpoints --lib failpoints
+cargo test -p store --features failpoints --test it -- corrupt failpoints::
 
 echo
 echo "all tests passed"

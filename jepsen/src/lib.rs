@@ -5,6 +5,11 @@
 //! - [`history`]: the recorded operations (`history.jsonl`), watch
 //!   observations (`watches.jsonl`) and faults (`faults.jsonl`): the one
 //!   format every workload writes and every checker reads.
+//! - [`client`]: the tonic client the workloads use, and how a failed
+//!   request is classified (definite `fail` or indefinite `info`).
+//! - [`workload`]: the client processes that drive a cluster and record
+//!   `history.jsonl` / `watches.jsonl` through a [`workload::Recorder`].
+//! - [`report`]: the run's self-contained `report.html`.
 //! - [`checker`]: verdicts on a recorded run (linearizability, revision
 //!   order, Elle-style cycles, watch guarantees, server logs).
 //! - [`cluster`]: the server processes and the network between them.
@@ -15,7 +20,10 @@
 //! history.
 
 pub mod checker;
+pub mod client;
 pub mod cluster;
 pub mod history;
 pub mod nemesis;
+pub mod report;
 pub mod runner;
+pub mod workload;

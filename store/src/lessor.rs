@@ -16,7 +16,10 @@
 //! from the checkpointed remaining TTL, keeping their local view, e.g. the
 //! order of LeaseLeases, close to the leader's.
 //! The clock is injectable ([`Clock`]) so tests and fault injection can
-//! skew it without touching the machine's clock.
+//! skew it without touching the machine's clock: every lease computation
+//! reads [`lease_clock`], which in a `failpoints` build is the skewable
+//! clock of `failpoints::clock` (what skew means for leases is documented
+//! there).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +40,19 @@ impl Clock for SystemClock {
     fn now(&self) -> Instant {
         Instant::now()
     }
+}
+
+/// The clock a member's lessor runs on: the monotonic clock.
+#[cfg(not(feature = "failpoints"))]
+pub fn lease_clock() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}
+
+/// The clock a member's lessor runs on: in a `failpoints` build, the
+/// process-wide skewable one.
+#[cfg(feature = "failpoints")]
+pub fn lease_clock() -> Arc<dyn Clock> {
+    crate::failpoints::clock::global()
 }
 
 #[derive(Debug, Clone, Copy)]

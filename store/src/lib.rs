@@ -20,6 +20,11 @@
 //! - [`offline`]: `strata snapshot status|restore` (etcdutl-style tools).
 //! - [`corrupt`]: the initial and periodic corruption checks across members.
 //! - [`metrics`], [`logging`], [`error`].
+//! - `failpoints` (cargo feature `failpoints`, test builds only): runtime
+//!   fault injection over HTTP on the client port: `/debug/failpoints`
+//!   (the `fail` crate's failpoints at raft persist, apply, snapshot and
+//!   watch send), `/debug/clock` (skew the lease clock) and
+//!   `/debug/powerfail` (drop every unsynced write and abort).
 
 pub mod apply;
 pub mod auth;
@@ -27,6 +32,8 @@ pub mod compactor;
 pub mod config;
 pub mod corrupt;
 pub mod error;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 pub mod lessor;
 pub mod logging;
 pub mod membership;

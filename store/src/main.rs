@@ -24,6 +24,8 @@ fn main() {
     // Failpoints named in the FAILPOINTS env var (test builds only).
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
+    #[cfg(feature = "failpoints")]
+    store::failpoints::init();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("snapshot") {
         if let Err(e) = store::offline::main(args[2..].to_vec()) {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{ApplyConfig, StateMachine};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::lessor::{Lessor, SystemClock};
+use crate::lessor::Lessor;
 use crate::membership::{self, Member};
 use crate::metrics::METRICS;
 use crate::raft::apply::{run_apply, Applied, ApplyLoop, SnapshotPolicy, Waiters};
@@ -396,7 +396,7 @@ impl Node {
             tokens: Some(tokens.clone()),
         };
         let lessor = Arc::new(
-            Lessor::new(Arc::new(SystemClock)).with_checkpoints(
+            Lessor::new(crate::lessor::lease_clock()).with_checkpoints(
                 cfg.lease_checkpoint
                     .then_some(cfg.lease_checkpoint_interval),
             ),
@@ -827,10 +827,36 @@ impl Node {
         }
     }
 
+    /// On the leader, wait until everything it knows to be committed is
+    /// applied (etcd's waitAppliedIndex). A lease granted through a follower
+    /// is applied there first; the follower may answer the grant before the
+    /// leader's apply thread has the lease, so a keepalive that follows must
+    /// not be judged on the leader's older state.
+    async fn wait_applied_commit(&self) -> Result<()> {
+        let target = self
+            .status
+            .commit
+            .load(std::sync::atomic::Ordering::Acquire);
+        let mut rx = self.applied.clone();
+        if rx.borrow().index >= target {
+            return Ok(());
+        }
+        let waited =
+            tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|a| a.index >= target))
+                .await
+                .map(|r| r.map(|_| ()));
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
     /// Renew a lease on this member, which must lead. TTL 0 means the lease
     /// does not exist (etcd answers KeepAlive that way).
-    pub fn renew_local(&self, id: i64) -> Result<i64> {
+    pub async fn renew_local(&self, id: i64) -> Result<i64> {
         self.ensure_leader()?;
+        self.wait_applied_commit().await?;
         if !self.state.read().leases.contains(id) {
             return Ok(0);
         }
@@ -842,7 +868,7 @@ impl Node {
     pub async fn renew_lease(&self, id: i64) -> Result<i64> {
         let leader = self.status.leader();
         if leader == 0 || leader == self.member_id {
-            return self.renew_local(id);
+            return self.renew_local(id).await;
         }
         let mut client = self.peer_client(leader)?;
         match tokio::time::timeout(
@@ -860,8 +886,9 @@ impl Node {
 
     /// A lease's remaining TTL on this member, which must lead; -1 if the
     /// lease does not exist.
-    pub fn remaining_local(&self, id: i64) -> Result<i64> {
+    pub async fn remaining_local(&self, id: i64) -> Result<i64> {
         self.ensure_leader()?;
+        self.wait_applied_commit().await?;
         let Some(ttl) = self.state.read().leases.get(id).map(|l| l.ttl) else {
             return Ok(-1);
         };
@@ -873,7 +900,7 @@ impl Node {
     pub async fn lease_remaining(&self, id: i64) -> Result<i64> {
         let leader = self.status.leader();
         if leader == 0 || leader == self.member_id {
-            return self.remaining_local(id);
+            return self.remaining_local(id).await;
         }
         let mut client = self.peer_client(leader)?;
         match tokio::time::timeout(

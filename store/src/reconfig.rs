@@ -307,8 +307,8 @@ pub struct NodePeer(pub std::sync::Arc<Node>);
 
 #[tonic::async_trait]
 impl PeerHandler for NodePeer {
-    fn renew(&self, id: i64) -> Result<i64> {
-        self.0.renew_local(id)
+    async fn renew(&self, id: i64) -> Result<i64> {
+        self.0.renew_local(id).await
     }
     fn is_removed(&self, id: u64) -> bool {
         self.0.state.read().removed.contains(&id)
@@ -319,8 +319,8 @@ impl PeerHandler for NodePeer {
     fn touch(&self, from: u64) {
         self.0.transport.touch(from);
     }
-    fn remaining(&self, id: i64) -> Result<i64> {
-        self.0.remaining_local(id)
+    async fn remaining(&self, id: i64) -> Result<i64> {
+        self.0.remaining_local(id).await
     }
     fn hash_kv(&self, rev: i64) -> Result<pb::HashKvResponse> {
         self.0.hash_kv(rev)

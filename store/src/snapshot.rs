@@ -591,14 +591,31 @@ impl SnapDir {
         let name = format!("{:016x}.snap", view.applied_index);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let f = fs::File::create(&tmp)?;
+        #[cfg(feature = "failpoints")]
+        crate::failpoints::powerfail::track_unsynced(&tmp);
         let mut w = BufWriter::with_capacity(1 << 20, f);
         let n = write_to(view, &mut w)?;
         let f = w.into_inner().map_err(|e| e.into_error())?;
+        // Fault injection: `return` abandons this snapshot.
+        #[cfg(feature = "failpoints")]
+        if crate::failpoints::eval(crate::failpoints::SNAPSHOT_SAVE).is_some() {
+            drop(f);
+            let _ = fs::remove_file(&tmp);
+            crate::failpoints::powerfail::synced(&tmp);
+            return Err(io::Error::other(format!(
+                "failpoint {} abandoned the snapshot",
+                crate::failpoints::SNAPSHOT_SAVE
+            )));
+        }
         if sync {
             f.sync_all()?;
+            #[cfg(feature = "failpoints")]
+            crate::failpoints::powerfail::synced(&tmp);
         }
         let path = self.dir.join(&name);
         fs::rename(&tmp, &path)?;
+        #[cfg(feature = "failpoints")]
+        crate::failpoints::powerfail::renamed(&tmp, &path);
         if sync {
             fsync_dir(&self.dir)?;
         }

@@ -4,6 +4,9 @@
 
 use std::path::Path;
 
+pub mod elle;
+pub mod watch;
+
 use serde::{Deserialize, Serialize};
 
 use crate::history::{pair_ops, read_jsonl, Op};
@@ -111,6 +114,11 @@ pub fn check_run(dir: &Path) -> anyhow::Result<Vec<CheckResult>> {
     if history.exists() {
         let ops: Vec<Op> = read_jsonl(&history)?;
         results.push(check_well_formed(&ops));
+        results.extend(elle::check(&ops));
+        let watches = dir.join("watches.jsonl");
+        if watches.exists() {
+            results.push(watch::check(&read_jsonl(&watches)?, &ops));
+        }
     }
     results.push(check_server_logs(dir)?);
     Ok(results)

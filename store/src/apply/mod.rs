@@ -74,7 +74,9 @@ pub struct ApplyConfig {
 
 #[cfg(feature = "failpoints")]
 fn corrupt_put_failpoint(mut p: pb::PutRequest) -> pb::PutRequest {
-    let prefix = fail::eval("strata::apply::put_value", |arg| arg.unwrap_or_default());
+    let prefix = fail::eval(crate::failpoints::APPLY_PUT_VALUE, |arg| {
+        arg.unwrap_or_default()
+    });
     if let Some(prefix) = prefix {
         if p.key.starts_with(prefix.as_bytes()) {
             p.value.extend_from_slice(b"-diverged");

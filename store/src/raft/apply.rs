@@ -189,6 +189,10 @@ pub fn run_apply(l: ApplyLoop) {
                 continue;
             }
         };
+        // Fault injection: `return` applies the batch but answers its
+        // proposers "request timed out" (an indefinite failure).
+        #[cfg(feature = "failpoints")]
+        let time_out = crate::failpoints::eval(crate::failpoints::APPLY_BEFORE_APPLY).is_some();
         let mut members_changed = false;
         let mut results = Vec::with_capacity(entries.len());
         let mut lease_events = Vec::new();
@@ -308,6 +312,8 @@ pub fn run_apply(l: ApplyLoop) {
         }
         l.applied_tx.send_replace(applied);
         for (id, r) in results {
+            #[cfg(feature = "failpoints")]
+            let r = if time_out { Err(Error::Timeout) } else { r };
             l.waiters.complete(id, r);
         }
         if l.snap.count > 0

@@ -246,6 +246,14 @@ pub fn run_raft(mut l: RaftLoop) {
             continue;
         }
         let mut ready = l.raw.ready();
+        // Published before the messages that tell followers about it: a
+        // follower may apply and answer a client before our fsync ends, and
+        // a lease renewal forwarded here must then wait for our apply.
+        if l.raw.raft.state == StateRole::Leader {
+            l.status
+                .commit
+                .fetch_max(l.raw.raft.raft_log.committed, Ordering::AcqRel);
+        }
         // Messages that need no local persistence go out first, so peers
         // work in parallel with our fsync.
         l.transport.send(ready.take_messages());
@@ -285,6 +293,15 @@ pub fn run_raft(mut l: RaftLoop) {
         // A Ready that changes only the commit index needs no fsync (raft's
         // must_sync); entries, term, vote and snapshots always do.
         let must_sync = ready.must_sync();
+        // Fault injection around the write (see `failpoints`): `return`
+        // before it writes this Ready without fsync (a planted bug: a disk
+        // that lies about fsync).
+        #[cfg(feature = "failpoints")]
+        let writes = !ready.entries().is_empty() || ready.hs().is_some();
+        #[cfg(feature = "failpoints")]
+        let must_sync = must_sync
+            && !(writes
+                && crate::failpoints::eval(crate::failpoints::RAFT_BEFORE_PERSIST).is_some());
         l.raw
             .mut_store()
             .append_sync(ready.entries(), ready.hs(), must_sync);
@@ -295,7 +312,19 @@ pub fn run_raft(mut l: RaftLoop) {
             l.status.term.store(hs.term, Ordering::Release);
             l.status.commit.store(hs.commit, Ordering::Release);
         }
-        l.transport.send(ready.take_persisted_messages());
+        // `return` after it drops the messages that waited for the write
+        // (votes, append responses), as a lossy network would.
+        #[cfg(feature = "failpoints")]
+        let persisted =
+            if writes && crate::failpoints::eval(crate::failpoints::RAFT_AFTER_PERSIST).is_some() {
+                drop(ready.take_persisted_messages());
+                Vec::new()
+            } else {
+                ready.take_persisted_messages()
+            };
+        #[cfg(not(feature = "failpoints"))]
+        let persisted = ready.take_persisted_messages();
+        l.transport.send(persisted);
         let mut light = l.raw.advance(ready);
         if let Some(c) = light.commit_index() {
             l.raw.mut_store().set_commit(c);

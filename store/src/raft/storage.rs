@@ -32,7 +32,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
-use raft_engine::env::{DefaultFileSystem, FileSystem, Handle, Permission};
+use raft_engine::env::{FileSystem, Handle, Permission};
 use raft_engine::{Engine, LogBatch, MessageExt};
 
 /// The single raft group's id inside raft-engine.
@@ -55,7 +55,19 @@ pub struct GuardedFs {
     recovering: Arc<AtomicBool>,
 }
 
-type Fd = <DefaultFileSystem as FileSystem>::Handle;
+/// The file system under [`GuardedFs`]: raft-engine's default, which a
+/// `failpoints` build wraps to track what was fsynced (for a simulated
+/// power loss, `failpoints::powerfail`).
+#[cfg(not(feature = "failpoints"))]
+type BaseFs = raft_engine::env::DefaultFileSystem;
+#[cfg(feature = "failpoints")]
+type BaseFs = crate::failpoints::powerfail::TrackingFs;
+#[cfg(not(feature = "failpoints"))]
+const BASE_FS: BaseFs = raft_engine::env::DefaultFileSystem;
+#[cfg(feature = "failpoints")]
+const BASE_FS: BaseFs = crate::failpoints::powerfail::TrackingFs;
+
+type Fd = <BaseFs as FileSystem>::Handle;
 
 /// A log file handle of [`GuardedFs`].
 pub struct GuardedFd {
@@ -91,26 +103,26 @@ impl GuardedFs {
 
 impl FileSystem for GuardedFs {
     type Handle = GuardedFd;
-    type Reader = <DefaultFileSystem as FileSystem>::Reader;
-    type Writer = <DefaultFileSystem as FileSystem>::Writer;
+    type Reader = <BaseFs as FileSystem>::Reader;
+    type Writer = <BaseFs as FileSystem>::Writer;
 
     fn create<P: AsRef<Path>>(&self, path: P) -> io::Result<GuardedFd> {
-        Ok(self.wrap(path.as_ref(), DefaultFileSystem.create(path.as_ref())?))
+        Ok(self.wrap(path.as_ref(), BASE_FS.create(path.as_ref())?))
     }
     fn open<P: AsRef<Path>>(&self, path: P, perm: Permission) -> io::Result<GuardedFd> {
-        Ok(self.wrap(path.as_ref(), DefaultFileSystem.open(path.as_ref(), perm)?))
+        Ok(self.wrap(path.as_ref(), BASE_FS.open(path.as_ref(), perm)?))
     }
     fn delete<P: AsRef<Path>>(&self, path: P) -> io::Result<()> {
-        DefaultFileSystem.delete(path)
+        BASE_FS.delete(path)
     }
     fn rename<P: AsRef<Path>>(&self, src: P, dst: P) -> io::Result<()> {
-        DefaultFileSystem.rename(src, dst)
+        BASE_FS.rename(src, dst)
     }
     fn new_reader(&self, h: Arc<GuardedFd>) -> io::Result<Self::Reader> {
-        DefaultFileSystem.new_reader(h.fd.clone())
+        BASE_FS.new_reader(h.fd.clone())
     }
     fn new_writer(&self, h: Arc<GuardedFd>) -> io::Result<Self::Writer> {
-        DefaultFileSystem.new_writer(h.fd.clone())
+        BASE_FS.new_writer(h.fd.clone())
     }
 }
 

@@ -290,6 +290,17 @@ async fn send_snapshot(
         let view = storage
             .take_outgoing(to, index)
             .ok_or_else(|| "snapshot view is gone".to_string())?;
+        // Fault injection: `return` fails this send.
+        #[cfg(feature = "failpoints")]
+        if crate::failpoints::eval_async(crate::failpoints::SNAPSHOT_BEFORE_SEND)
+            .await
+            .is_some()
+        {
+            return Err(format!(
+                "failpoint {} failed the send",
+                crate::failpoints::SNAPSHOT_BEFORE_SEND
+            ));
+        }
         let url = urls.first().ok_or("no peer URL")?.clone();
         let channel = dialer
             .connect(&endpoint(&url)?)
@@ -470,7 +481,7 @@ async fn peer_loop_inner(p: PeerLoop, rx: flume::Receiver<Message>) {
 #[tonic::async_trait]
 pub trait PeerHandler: Send + Sync + 'static {
     /// Renew a lease on this member, which must lead.
-    fn renew(&self, id: i64) -> Result<i64, Error>;
+    async fn renew(&self, id: i64) -> Result<i64, Error>;
     /// Whether `id` was removed from the cluster.
     fn is_removed(&self, id: u64) -> bool;
     /// The member table.
@@ -478,7 +489,7 @@ pub trait PeerHandler: Send + Sync + 'static {
     /// A peer was heard from.
     fn touch(&self, from: u64);
     /// A lease's remaining TTL on this member, which must lead (-1: no such lease).
-    fn remaining(&self, id: i64) -> Result<i64, Error>;
+    async fn remaining(&self, id: i64) -> Result<i64, Error>;
     /// Promote a learner (this member must lead).
     async fn promote(&self, id: u64) -> Result<pb::MemberPromoteResponse, Error>;
     /// HashKV at `rev` (0: the current revision).
@@ -561,7 +572,7 @@ impl raft_server::Raft for PeerService {
         &self,
         req: Request<LeaseRenewRequest>,
     ) -> Result<Response<LeaseRenewResponse>, Status> {
-        let ttl = self.handler.renew(req.into_inner().id)?;
+        let ttl = self.handler.renew(req.into_inner().id).await?;
         Ok(Response::new(LeaseRenewResponse { ttl }))
     }
 
@@ -569,7 +580,7 @@ impl raft_server::Raft for PeerService {
         &self,
         req: Request<LeaseRenewRequest>,
     ) -> Result<Response<LeaseRenewResponse>, Status> {
-        let ttl = self.handler.remaining(req.into_inner().id)?;
+        let ttl = self.handler.remaining(req.into_inner().id).await?;
         Ok(Response::new(LeaseRenewResponse { ttl }))
     }
 
@@ -678,6 +689,8 @@ async fn receive_into(
     s: &mut Streaming<SnapshotChunk>,
 ) -> Result<StateMachine, String> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| e.to_string())?);
+    #[cfg(feature = "failpoints")]
+    crate::failpoints::powerfail::track_unsynced(path);
     let mut crc = crc32fast::Hasher::new();
     let mut chunk = first;
     loop {
@@ -699,6 +712,16 @@ async fn receive_into(
     let p: PathBuf = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         f.sync_all().map_err(|e| e.to_string())?;
+        // The file's name must be durable too before raft installs the
+        // snapshot (the install drops the log it replaces): a power loss
+        // must not leave an installed snapshot without its file.
+        if let Some(dir) = p.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| e.to_string())?;
+        }
+        #[cfg(feature = "failpoints")]
+        crate::failpoints::powerfail::synced(&p);
         snapshot::read_from(std::fs::File::open(&p).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())
     })

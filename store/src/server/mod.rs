@@ -61,7 +61,7 @@ fn http_routes(node: Arc<Node>) -> axum::Router {
     let n1 = node.clone();
     let n2 = node.clone();
     let n3 = node.clone();
-    axum::Router::new()
+    let routes = axum::Router::new()
         .route(
             "/health",
             get(move || {
@@ -121,8 +121,11 @@ fn http_routes(node: Arc<Node>) -> axum::Router {
                 }
             }),
         )
-        .route("/metrics", get(|| async { crate::metrics::render() }))
-        .merge(gateway::Gateway::new(node).router())
+        .route("/metrics", get(|| async { crate::metrics::render() }));
+    // Fault injection (`/debug/*`, test builds only).
+    #[cfg(feature = "failpoints")]
+    let routes = routes.merge(crate::failpoints::http::router());
+    routes.merge(gateway::Gateway::new(node).router())
 }
 
 /// Accepted connections with TCP_NODELAY set. Serving our own listener

@@ -90,6 +90,22 @@ impl StreamState {
     }
 
     async fn send(&self, r: pb::WatchResponse) -> Result<(), Gone> {
+        // Fault injection: `return` drops this response and ends the stream
+        // with Unavailable (the client resumes from its last revision).
+        #[cfg(feature = "failpoints")]
+        if crate::failpoints::eval_async(crate::failpoints::WATCH_BEFORE_SEND)
+            .await
+            .is_some()
+        {
+            let _ = self
+                .tx
+                .send(Err(Status::unavailable(format!(
+                    "watch stream closed by failpoint {}",
+                    crate::failpoints::WATCH_BEFORE_SEND
+                ))))
+                .await;
+            return Err(Gone);
+        }
         self.tx.send(Ok(r)).await.map_err(|_| Gone)
     }
 

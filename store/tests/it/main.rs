@@ -7,6 +7,8 @@ mod cluster;
 mod corrupt;
 mod crash;
 mod differential;
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod gateway;
 mod harness;
 mod kv;
