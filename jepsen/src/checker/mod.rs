@@ -2,6 +2,11 @@
 //! a [`CheckResult`]. [`check_run`] runs every checker that applies to the
 //! files found in a run directory.
 
+pub mod linear;
+pub mod models;
+pub mod porcupine;
+pub mod revision;
+
 use std::path::Path;
 
 pub mod elle;
@@ -118,6 +123,10 @@ pub fn check_run(dir: &Path) -> anyhow::Result<Vec<CheckResult>> {
         let watches = dir.join("watches.jsonl");
         if watches.exists() {
             results.push(watch::check(&read_jsonl(&watches)?, &ops));
+        }
+        if linear::is_register_history(&ops) {
+            results.push(linear::check_register(&ops, linear::RUN_BUDGET));
+            results.push(revision::check(&ops));
         }
     }
     results.push(check_server_logs(dir)?);
