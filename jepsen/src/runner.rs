@@ -256,7 +256,12 @@ pub async fn run_test(opts: TestOpts) -> anyhow::Result<Outcome> {
 async fn finish(dir: &Path, extra: Vec<CheckResult>) -> anyhow::Result<Outcome> {
     eprintln!("checking {}", dir.display());
     let d = dir.to_path_buf();
-    let mut results = tokio::task::spawn_blocking(move || checker::check_run(&d)).await??;
+    let mut results = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut r = checker::check_run(&d)?;
+        r.extend(register_subhistory_checks(&d, &r)?);
+        Ok(r)
+    })
+    .await??;
     results.extend(extra);
     let valid = overall(&results);
     std::fs::write(
@@ -276,6 +281,41 @@ async fn finish(dir: &Path, extra: Vec<CheckResult>) -> anyhow::Result<Outcome> 
         results,
         report,
     })
+}
+
+/// `check_run` checks linearizability and revision order only on a history
+/// made of register operations alone. When the register workload ran next
+/// to others (one shared history), its operations (whole processes: a
+/// process runs one workload) are checked on their own here.
+fn register_subhistory_checks(
+    dir: &Path,
+    done: &[CheckResult],
+) -> anyhow::Result<Vec<CheckResult>> {
+    use crate::checker::{linear, revision};
+    if done.iter().any(|r| r.checker == linear::NAME) {
+        return Ok(Vec::new());
+    }
+    let path = dir.join("history.jsonl");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let ops: Vec<crate::history::Op> = crate::history::read_jsonl(&path)?;
+    let prefix = crate::workload::register::key(0);
+    let prefix = prefix.trim_end_matches('0');
+    let sub: Vec<_> = ops
+        .into_iter()
+        .filter(|o| {
+            o.key.as_deref().is_some_and(|k| k.starts_with(prefix))
+                && matches!(o.f.as_str(), "read" | "write" | "cas")
+        })
+        .collect();
+    if sub.is_empty() || !linear::is_register_history(&sub) {
+        return Ok(Vec::new());
+    }
+    Ok(vec![
+        linear::check_register(&sub, linear::RUN_BUDGET),
+        revision::check(&sub),
+    ])
 }
 
 /// Re-runs the checkers on a saved run; the HashKV result (which needed the
