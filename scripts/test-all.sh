@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run Strata's whole test suite, installing whatever the tests need first.
 #   ./scripts/test-all.sh
-# Steps: install peers (etcd 3.4/3.5, etcdctl, protoc), format and lint
-# checks, unit + integration + differential + crash tests, one untimed run
+# Steps: install peers (etcd 3.4/3.5, etcdctl, protoc, iproute2, iptables),
+# format and lint checks, unit + integration + differential + crash tests,
+# the jepsen suite (network namespaces: needs root), one untimed run
 # of every criterion benchmark, then the etcdctl script test against Strata
 # with etcdctl 3.4 and 3.5. The corruption-check tests run a second time
 # with the `failpoints` feature, with the fault-injection tests.
@@ -17,6 +18,10 @@ step "installing test peers"
 source scripts/peers.env
 # etcd's own benchmark tool (the comparison runner's neutral generator).
 bench/scripts/install-etcd-benchmark.sh
+# The jepsen suite builds network namespaces, veths and iptables rules.
+if ! command -v ip >/dev/null || ! command -v iptables >/dev/null; then
+  apt-get install -y iproute2 iptables || { apt-get update && apt-get install -y iproute2 iptables; }
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -28,7 +33,11 @@ step "cargo clippy (store with failpoints)"
 cargo clippy -p store --all-targets --features failpoints -- -D warnings
 
 step "cargo test (unit, integration, differential, crash)"
-cargo test --workspace
+cargo test --workspace --exclude jepsen
+
+# Needs root (namespaces) and target/debug/strata, built by the step above.
+step "jepsen: checkers, then the fault-injection suite against a 3-node Strata"
+STRATA_BIN="$PWD/target/debug/strata" cargo test -p jepsen
 
 # Criterion runs each benchmark once, untimed, when started without
 # `--bench` (test mode; inputs are smaller there), printing "Testing

@@ -12,12 +12,18 @@
 //! - [`report`]: the run's self-contained `report.html`.
 //! - [`checker`]: verdicts on a recorded run (linearizability, revision
 //!   order, Elle-style cycles, watch guarantees, server logs).
+//! - [`cluster`]: the server processes and the network between them.
+//! - [`nemesis`]: the seeded fault schedule and every fault.
+//! - [`runner`]: one test run, from cluster start to verdict.
 //!
 //! The binary `strata-jepsen` (src/main.rs) runs a test or re-checks a saved
 //! history.
 
 pub mod checker;
 pub mod client;
+pub mod cluster;
 pub mod history;
+pub mod nemesis;
 pub mod report;
+pub mod runner;
 pub mod workload;

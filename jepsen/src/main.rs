@@ -1,5 +1,191 @@
-//! `strata-jepsen`: command-line entry point (see the crate docs).
+//! `strata-jepsen`: command-line entry point.
+//!
+//! - `strata-jepsen test ...`: start a cluster, run workloads under a seeded
+//!   nemesis schedule, check, and write the run directory (see
+//!   [`jepsen::runner`]). Exits 1 when any checker finds the run invalid.
+//! - `strata-jepsen check <run dir>`: re-run the checkers on a saved run.
+//! - `strata-jepsen cleanup`: remove namespaces and bridges left by a
+//!   harness that was killed.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("strata-jepsen: no subcommands yet")
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use jepsen::checker::Validity;
+use jepsen::cluster::{self, ServerKind};
+use jepsen::nemesis::NemesisKind;
+use jepsen::runner::{self, TestOpts};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "strata-jepsen",
+    version,
+    about = "Jepsen-style fault-injection tests for etcd-compatible clusters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a test against a fresh cluster.
+    Test(TestArgs),
+    /// Re-run the checkers on a saved run directory.
+    Check {
+        /// The run directory (holding history.jsonl).
+        dir: PathBuf,
+    },
+    /// Remove network namespaces and bridges left by a killed harness.
+    Cleanup,
+}
+
+#[derive(clap::Args)]
+struct TestArgs {
+    /// Which server to run.
+    #[arg(long, value_enum, default_value_t = ServerKind::Strata)]
+    server: ServerKind,
+    /// Strata binary (default: the newest of target/{release,debug}/strata).
+    #[arg(long, env = "STRATA_BIN")]
+    strata_bin: Option<PathBuf>,
+    /// etcd binary (default: 3.5 from ~/.cache/strata/etcd-3.5, else /usr/bin/etcd).
+    #[arg(long)]
+    etcd_bin: Option<PathBuf>,
+    /// Cluster size.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Comma-separated workloads: register, append, wr, set, watch, k8s, lease, mix.
+    #[arg(long, default_value = "register")]
+    workload: String,
+    /// Comma-separated nemeses: partition, kill, pause, member, compact, disk,
+    /// clock, failpoint; or all, or none.
+    #[arg(long, default_value = "partition,kill")]
+    nemesis: String,
+    /// Seconds of workload under faults.
+    #[arg(long, default_value_t = 60)]
+    time_limit: u64,
+    /// Seeds the fault schedule and the workloads (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Clients per workload.
+    #[arg(long, default_value_t = 5)]
+    concurrency: usize,
+    /// Keys per workload.
+    #[arg(long, default_value_t = 8)]
+    keys: usize,
+    /// Run directory (default: jepsen-runs/<server>-<seed>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// 127.0.0.1 ports and userspace proxies instead of network namespaces.
+    #[arg(long)]
+    no_netns: bool,
+    /// Serializable (not linearizable) reads: expected to be caught as
+    /// linearizability violations under partitions.
+    #[arg(long)]
+    serializable_reads: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("strata-jepsen: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(Validity::Valid) => std::process::ExitCode::SUCCESS,
+        Ok(Validity::Unknown) => std::process::ExitCode::from(3),
+        Ok(Validity::Invalid) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("strata-jepsen: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<Validity> {
+    let outcome = match cli.cmd {
+        Cmd::Cleanup => {
+            cluster::netns::cleanup_stale();
+            return Ok(Validity::Valid);
+        }
+        Cmd::Check { dir } => runner::recheck(&dir).await?,
+        Cmd::Test(a) => {
+            let bin = match a.server {
+                ServerKind::Strata => a.strata_bin.clone(),
+                ServerKind::Etcd => a.etcd_bin.clone(),
+            };
+            let bin = match bin {
+                Some(b) => b,
+                None => cluster::default_bin(a.server)?,
+            };
+            let seed = a.seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64 % 1_000_000)
+                    .unwrap_or(0)
+            });
+            let out = a
+                .out
+                .unwrap_or_else(|| PathBuf::from(format!("jepsen-runs/{}-{seed}", a.server)));
+            let abort = CancellationToken::new();
+            {
+                let abort = abort.clone();
+                tokio::spawn(async move {
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .ok();
+                    let term = async {
+                        match term.as_mut() {
+                            Some(t) => {
+                                t.recv().await;
+                            }
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term => {}
+                    }
+                    eprintln!("interrupted: healing and tearing down");
+                    abort.cancel();
+                });
+            }
+            eprintln!("seed {seed}");
+            runner::run_test(TestOpts {
+                server: a.server,
+                bin,
+                nodes: a.nodes,
+                workloads: a
+                    .workload
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+                nemeses: NemesisKind::parse_list(&a.nemesis)?,
+                time_limit: Duration::from_secs(a.time_limit),
+                seed,
+                concurrency: a.concurrency,
+                keys: a.keys,
+                out,
+                netns: !a.no_netns,
+                serializable_reads: a.serializable_reads,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                abort,
+            })
+            .await?
+        }
+    };
+    print!("{}", runner::summary_table(&outcome));
+    Ok(outcome.valid)
 }
