@@ -46,6 +46,9 @@ ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
 # run <bin> <tag>: prints "requests client_cpu_s server_cpu_s server_instr rps".
 run() {
   local bin=$1 tag=$2 cp pp pre=() out t0 t1 instr=0
+  # run is a subshell (its output is read by the caller): stop its server
+  # whichever way it exits.
+  trap '[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null' EXIT
   cp=$(free_port); pp=$(free_port)
   [ "$GRIND" = 1 ] && pre=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$D/$tag.cg")
   "${pre[@]}" "$bin" --name m0 --data-dir "$D/$tag" \
