@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod conn;
 pub mod gateway;
 pub mod kv;
 pub mod lease;
@@ -18,19 +19,14 @@ pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use axum::routing::get;
-use proto::etcdserverpb::{
-    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
-};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
-use crate::node::{Node, GRPC_OVERHEAD_BYTES};
+use crate::node::Node;
 
 /// Resolve a listen URL to a socket address (`localhost` → 127.0.0.1).
 pub fn listen_addr(u: &url::Url) -> anyhow::Result<SocketAddr> {
@@ -128,6 +124,18 @@ fn http_routes(node: Arc<Node>) -> axum::Router {
     routes.merge(gateway::Gateway::new(node).router())
 }
 
+/// The HTTP side of a client port: [`http_routes`] and, for any other
+/// path, gRPC's "unimplemented" (what tonic's router answered for paths it
+/// did not know when both shared one router).
+fn client_http_routes(node: Arc<Node>) -> axum::Router {
+    http_routes(node).fallback(|| async {
+        let (parts, ()) = tonic::Status::unimplemented("")
+            .into_http::<()>()
+            .into_parts();
+        axum::response::Response::from_parts(parts, axum::body::Body::empty())
+    })
+}
+
 /// Accepted connections with TCP_NODELAY set. Serving our own listener
 /// bypasses tonic's `tcp_nodelay` option; without it every small response
 /// waits ~40 ms for the client's delayed ACK (Nagle), capping a client at
@@ -140,24 +148,6 @@ fn incoming(
             let _ = s.set_nodelay(true);
         })
     })
-}
-
-/// A learner serves only Status and serializable Range (etcd's
-/// isRPCSupportedForLearner); every other RPC, streams included, fails with
-/// "etcdserver: rpc not supported for learner". Range checks the flag itself.
-async fn learner_guard(
-    axum::extract::State(node): axum::extract::State<Arc<Node>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let path = req.uri().path();
-    if node.is_learner()
-        && path != "/etcdserverpb.Maintenance/Status"
-        && path != "/etcdserverpb.KV/Range"
-    {
-        return tonic::Status::from(crate::error::Error::NotSupportedForLearner).into_http();
-    }
-    next.run(req).await
 }
 
 /// grpc-go (so etcd) refuses a request message above the receive limit
@@ -177,21 +167,6 @@ pub(crate) fn etcd_size_status(s: &tonic::Status) -> Option<tonic::Status> {
     Some(tonic::Status::resource_exhausted(format!(
         "grpc: received message larger than max ({found} vs. {limit})"
     )))
-}
-
-/// Rewrite tonic's oversized-message status to etcd's (see [`etcd_size_status`]).
-async fn size_limit_status(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let resp = next.run(req).await;
-    if resp.headers().get("grpc-status").map(|v| v.as_bytes()) != Some(b"11") {
-        return resp;
-    }
-    match tonic::Status::from_header_map(resp.headers()).and_then(|s| etcd_size_status(&s)) {
-        Some(s) => s.into_http(),
-        None => resp,
-    }
 }
 
 /// etcd's monitorLeader for streams opened with a leader requirement
@@ -259,7 +234,6 @@ pub async fn serve_peers(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::Joi
 /// Serve every client URL until the node shuts down. Listeners are bound
 /// before this returns, so callers may announce readiness afterwards.
 pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let max_recv = node.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut handles = Vec::new();
     for u in &node.cfg.listen_client_urls {
         let addr = listen_addr(u)?;
@@ -285,57 +259,28 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandl
         }
         let tls = tls_for(u, &node.tls.client, &node.tls.client_rule)?;
         tracing::info!(url = %u, addr = %local, tls = tls.is_some(), "serving client traffic");
-        let routes = tonic::service::Routes::new(
-            KvServer::new(kv::KvService::new(node.clone()))
-                .max_decoding_message_size(max_recv)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            WatchServer::new(watch::WatchService::new(node.clone()))
-                .max_decoding_message_size(max_recv)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            LeaseServer::new(lease::LeaseService::new(node.clone()))
-                .max_decoding_message_size(max_recv),
-        )
-        .add_service(
-            MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))
-                .max_decoding_message_size(max_recv)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            ClusterServer::new(cluster::ClusterService::new(node.clone()))
-                .max_decoding_message_size(max_recv),
-        )
-        .add_service(
-            AuthServer::new(auth::AuthService::new(node.clone()))
-                .max_decoding_message_size(max_recv),
-        );
-        let router = routes
-            .into_axum_router()
-            .layer(axum::middleware::from_fn_with_state(
-                node.clone(),
-                learner_guard,
-            ))
-            .layer(axum::middleware::from_fn(size_limit_status))
-            .merge(http_routes(node.clone()));
-        let keepalive = node.cfg.grpc_keepalive_interval;
-        let keepalive_timeout = node.cfg.grpc_keepalive_timeout;
-        let server = tonic::transport::Server::builder()
-            .accept_http1(true)
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(keepalive)
-            .http2_keepalive_timeout(keepalive_timeout.or(Some(Duration::from_secs(20))))
-            .add_routes(tonic::service::Routes::from(router));
-        handles.push(spawn_server(
-            server,
-            listener,
-            tls,
-            // Graceful shutdown: stop accepting, let in-flight requests finish.
-            node.stop_serving.clone(),
-            "client",
-        ));
+        let services = Arc::new(conn::Services {
+            grpc: conn::GrpcServices::new(&node),
+            http: client_http_routes(node.clone()),
+            node: node.clone(),
+        });
+        let builder = conn::builder(&node);
+        // Graceful shutdown: stop accepting, let in-flight requests finish.
+        let stop = node.stop_serving.clone();
+        handles.push(tokio::spawn(async move {
+            match tls {
+                Some((cfg, rule)) => {
+                    conn::serve(
+                        tls::tls_incoming(listener, cfg, rule),
+                        services,
+                        builder,
+                        stop,
+                    )
+                    .await
+                }
+                None => conn::serve(incoming(listener), services, builder, stop).await,
+            }
+        }));
     }
     Ok(handles)
 }
