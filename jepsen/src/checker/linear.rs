@@ -53,7 +53,7 @@ pub enum Outcome {
         linearized: Vec<usize>,
         blocked: Option<usize>,
     },
-    /// The deadline passed first.
+    /// The deadline passed first, or the memo table reached its memory cap.
     TimedOut,
     /// Not finished: another partition had already failed, which decides
     /// the verdict.
@@ -209,6 +209,12 @@ fn search_until<M: Model>(
                 return Outcome::Cancelled;
             }
             if Instant::now() >= deadline {
+                return Outcome::TimedOut;
+            }
+            // The memo table is the search's memory: past its cap the search
+            // gives up (Unknown) instead of taking the machine down.
+            let entry_bytes = bits.len() * 8 + std::mem::size_of::<Config<M::State>>() + 16;
+            if cache.len().saturating_mul(entry_bytes) > MEMO_BYTES_PER_SEARCH {
                 return Outcome::TimedOut;
             }
         }
@@ -568,6 +574,11 @@ pub fn check<M: Model>(
         witness: witness.unwrap_or_default(),
     }
 }
+
+/// Memory cap of one partition's memo table (two partitions are searched at
+/// once on these machines). Reaching it ends that search like the time
+/// budget does: the verdict is Unknown, never a guess.
+pub const MEMO_BYTES_PER_SEARCH: usize = 2 << 30;
 
 /// Time budget of the search when a run directory is checked.
 pub const RUN_BUDGET: Duration = Duration::from_secs(300);

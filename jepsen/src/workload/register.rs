@@ -1,5 +1,7 @@
-//! `register`: independent read/write/compare-and-set registers, one per key
-//! `/jepsen/register/<k>` for `k` in `0..keys`.
+//! `register`: independent read/write/compare-and-set registers: `keys`
+//! slots, slot `k` on key `/jepsen/register/<k>`, then after
+//! [`OPS_PER_KEY`] operations on `/jepsen/register/<k>.1`, `.2`, ... (a
+//! fresh, absent key each time), so no key's history grows without bound.
 //!
 //! Operations (the shapes of [`crate::history`]):
 //! - `read`: a Range of the key, linearizable unless `serializable_reads`.
@@ -43,17 +45,64 @@ pub fn unique_value() -> i64 {
     NEXT_VALUE.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Operations started on one register key before workers move to a fresh
+/// key (Jepsen's independent keys): the linearizability search is
+/// exponential in concurrent indefinite ops per key, so each key's history
+/// stays short however long the run is.
+pub const OPS_PER_KEY: u32 = 200;
+
+/// One of the `keys` register slots: which key generation it is on.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    generation: u64,
+    ops: u32,
+    /// The last value seen on the current key (for choosing a CAS's `from`).
+    last: Option<i64>,
+}
+
 /// State shared by the workers writing one set of registers.
 pub struct Shared {
-    /// The last value seen per key (for choosing a CAS's `from`).
-    last: Mutex<Vec<Option<i64>>>,
+    slots: Mutex<Vec<Slot>>,
 }
 
 impl Shared {
     pub fn new(keys: usize) -> Arc<Shared> {
         Arc::new(Shared {
-            last: Mutex::new(vec![None; keys]),
+            slots: Mutex::new(vec![Slot::default(); keys]),
         })
+    }
+
+    /// Claims one op on slot `k`: the key to use and the last value seen
+    /// on it. Moves the slot to a fresh key every [`OPS_PER_KEY`] ops.
+    fn claim(&self, k: usize) -> (String, Option<i64>) {
+        let mut slots = self.slots.lock().unwrap();
+        let slot = &mut slots[k];
+        if slot.ops >= OPS_PER_KEY {
+            *slot = Slot {
+                generation: slot.generation + 1,
+                ..Slot::default()
+            };
+        }
+        slot.ops += 1;
+        (slot_key(k, slot.generation), slot.last)
+    }
+
+    /// Records a value seen on `key` (ignored once the slot moved on).
+    fn saw(&self, k: usize, key: &str, v: i64) {
+        let mut slots = self.slots.lock().unwrap();
+        let slot = &mut slots[k];
+        if slot_key(k, slot.generation) == key {
+            slot.last = Some(v);
+        }
+    }
+}
+
+/// The key of slot `k` in its `generation`.
+fn slot_key(k: usize, generation: u64) -> String {
+    if generation == 0 {
+        key(k)
+    } else {
+        format!("{PREFIX}{k}.{generation}")
     }
 }
 
@@ -71,7 +120,7 @@ pub async fn worker(ctx: Ctx, w: u64, shared: Arc<Shared>) -> anyhow::Result<()>
     while !ctx.stop.is_cancelled() {
         let node = proc.node(&mut rng);
         let k = rng.gen_range(0..ctx.opts.keys);
-        let key = key(k);
+        let (key, last) = shared.claim(k);
         let done = match rng.gen_range(0..3) {
             0 => read(&ctx, proc.id, node, &key, ctx.opts.serializable_reads).await,
             1 => {
@@ -79,9 +128,8 @@ pub async fn worker(ctx: Ctx, w: u64, shared: Arc<Shared>) -> anyhow::Result<()>
                 write(&ctx, proc.id, node, &key, v).await
             }
             _ => {
-                let from = shared.last.lock().unwrap()[k];
                 let to = unique_value();
-                match from {
+                match last {
                     Some(from) => cas(&ctx, proc.id, node, &key, from, to).await,
                     None => write(&ctx, proc.id, node, &key, to).await,
                 }
@@ -92,8 +140,8 @@ pub async fn worker(ctx: Ctx, w: u64, shared: Arc<Shared>) -> anyhow::Result<()>
                 "cas" => done.value.get(1).and_then(Value::as_i64),
                 _ => done.value.as_i64(),
             };
-            if seen.is_some() {
-                shared.last.lock().unwrap()[k] = seen;
+            if let Some(v) = seen {
+                shared.saw(k, &key, v);
             }
         }
         proc.after(&done).await;
