@@ -104,6 +104,24 @@ pub struct Op {
 }
 
 impl Op {
+    /// An operation line with no key, value or response fields yet.
+    pub fn new(index: usize, process: u64, time: u64, kind: OpType, f: &str) -> Op {
+        Op {
+            index,
+            process,
+            time,
+            kind,
+            f: f.to_string(),
+            key: None,
+            value: Value::Null,
+            revision: None,
+            version: None,
+            mod_revision: None,
+            node: None,
+            error: None,
+        }
+    }
+
     pub fn is_invoke(&self) -> bool {
         self.kind == OpType::Invoke
     }
@@ -300,18 +318,8 @@ mod tests {
 
     fn op(index: usize, process: u64, kind: OpType) -> Op {
         Op {
-            index,
-            process,
-            time: index as u64,
-            kind,
-            f: "read".into(),
             key: Some("k".into()),
-            value: Value::Null,
-            revision: None,
-            version: None,
-            mod_revision: None,
-            node: None,
-            error: None,
+            ..Op::new(index, process, index as u64, kind, "read")
         }
     }
 

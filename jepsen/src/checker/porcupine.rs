@@ -25,20 +25,7 @@ fn op_type(word: &str, line: usize) -> anyhow::Result<OpType> {
 }
 
 fn new_op(index: usize, process: u64, line: usize, kind: OpType, f: &str) -> Op {
-    Op {
-        index,
-        process,
-        time: line as u64,
-        kind,
-        f: f.trim_start_matches(':').to_string(),
-        key: None,
-        value: Value::Null,
-        revision: None,
-        version: None,
-        mod_revision: None,
-        node: None,
-        error: None,
-    }
+    Op::new(index, process, line as u64, kind, f.trim_start_matches(':'))
 }
 
 /// Parses a Jepsen etcd register log (`:read`, `:write V`, `:cas [from to]`).
