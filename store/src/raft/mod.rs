@@ -288,7 +288,9 @@ pub fn run_raft(mut l: RaftLoop) {
             install_snapshot(&mut l, ready.snapshot().get_metadata().clone());
         }
         let committed = ready.take_committed_entries();
-        dispatch_committed(&mut l, committed);
+        if dispatch_committed(&mut l, committed) {
+            break;
+        }
         let started = Instant::now();
         // A Ready that changes only the commit index needs no fsync (raft's
         // must_sync); entries, term, vote and snapshots always do.
@@ -332,7 +334,9 @@ pub fn run_raft(mut l: RaftLoop) {
         }
         l.transport.send(light.take_messages());
         let committed = light.take_committed_entries();
-        dispatch_committed(&mut l, committed);
+        if dispatch_committed(&mut l, committed) {
+            break;
+        }
         l.raw.advance_apply();
         l.status
             .last_index
@@ -373,13 +377,20 @@ fn install_snapshot(l: &mut RaftLoop, meta: raft::eraftpb::SnapshotMetadata) {
 
 /// Apply membership changes on the raft thread (raft-rs requires it), then
 /// hand every committed entry, with raft's configuration after each
-/// membership change, to the apply thread in order.
-fn dispatch_committed(l: &mut RaftLoop, entries: Vec<raft::eraftpb::Entry>) {
+/// membership change, to the apply thread in order. Returns true when a
+/// change removed this member: raft-rs must not be driven any further then
+/// (a removed leader has no progress entry of its own, and raft-rs unwraps
+/// it on the next persisted write or append response), so the raft loop
+/// stops and the apply thread, applying the removal, ends the process.
+fn dispatch_committed(l: &mut RaftLoop, entries: Vec<raft::eraftpb::Entry>) -> bool {
     if entries.is_empty() {
-        return;
+        return false;
     }
+    let me = l.raw.raft.id;
+    let mut removed = false;
+    let mut entries = entries;
     let mut confs = HashMap::new();
-    for e in &entries {
+    for (pos, e) in entries.iter().enumerate() {
         let r = match e.get_entry_type() {
             EntryType::EntryConfChange if !e.data.is_empty() => {
                 let mut cc = ConfChange::default();
@@ -398,7 +409,20 @@ fn dispatch_committed(l: &mut RaftLoop, entries: Vec<raft::eraftpb::Entry>) {
         match r {
             Ok(cs) => {
                 l.raw.mut_store().set_conf_state(cs.clone());
+                removed = ![
+                    cs.get_voters(),
+                    cs.get_learners(),
+                    cs.get_voters_outgoing(),
+                    cs.get_learners_next(),
+                ]
+                .iter()
+                .any(|ids| ids.contains(&me));
                 confs.insert(e.index, Some(cs));
+                if removed {
+                    // Nothing after our own removal is ours to apply.
+                    entries.truncate(pos + 1);
+                    break;
+                }
             }
             Err(err) => {
                 tracing::warn!(index = e.index, error = %err, "raft refused a membership change");
@@ -414,6 +438,10 @@ fn dispatch_committed(l: &mut RaftLoop, entries: Vec<raft::eraftpb::Entry>) {
     {
         tracing::error!("apply thread is gone; stopping");
     }
+    if removed {
+        tracing::warn!("this member was removed from the cluster; the raft loop stops");
+    }
+    removed
 }
 
 #[cfg(test)]

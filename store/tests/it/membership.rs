@@ -411,3 +411,60 @@ async fn corrupt_or_foreign_snapshots_are_refused_and_never_installed() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A leader removed while writes flow leaves cleanly. Its Ready then holds
+/// the committed removal and new entries to persist; raft-rs, driven on
+/// after applying its own removal, unwraps the leader's missing progress
+/// entry and panics (seen in the Jepsen member-replace nemesis). The raft
+/// loop now stops at the removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_removed_under_load_leaves_without_a_panic() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut cl = Cluster::start(3);
+    let leader = cl.leader().await;
+    let mut admin = cl.client((leader + 1) % 3).await;
+    let id = cl
+        .client(leader)
+        .await
+        .status()
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .member_id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let mut c = cl.client(leader).await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = c.put(format!("load/{w}/{i}"), "v", None).await;
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    admin.member_remove(id).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cl.node(leader).child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the removed leader kept running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+    }
+    let log = cl.node(leader).log_text();
+    assert!(
+        !log.contains("panicked"),
+        "the removed leader panicked:\n{}",
+        log.lines()
+            .filter(|l| l.contains("panic"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(log.contains("permanently removed"), "{log}");
+}
