@@ -375,6 +375,18 @@ fn install_snapshot(l: &mut RaftLoop, meta: raft::eraftpb::SnapshotMetadata) {
     }
 }
 
+/// Whether `id` is a voter or learner (incoming or outgoing) of `cs`.
+fn in_conf(cs: &raft::eraftpb::ConfState, id: u64) -> bool {
+    [
+        cs.get_voters(),
+        cs.get_learners(),
+        cs.get_voters_outgoing(),
+        cs.get_learners_next(),
+    ]
+    .iter()
+    .any(|ids| ids.contains(&id))
+}
+
 /// Apply membership changes on the raft thread (raft-rs requires it), then
 /// hand every committed entry, with raft's configuration after each
 /// membership change, to the apply thread in order. Returns true when a
@@ -387,6 +399,7 @@ fn dispatch_committed(l: &mut RaftLoop, entries: Vec<raft::eraftpb::Entry>) -> b
         return false;
     }
     let me = l.raw.raft.id;
+    let mut was_member = in_conf(&l.raw.raft.prs().conf().to_conf_state(), me);
     let mut removed = false;
     let mut entries = entries;
     let mut confs = HashMap::new();
@@ -409,14 +422,11 @@ fn dispatch_committed(l: &mut RaftLoop, entries: Vec<raft::eraftpb::Entry>) -> b
         match r {
             Ok(cs) => {
                 l.raw.mut_store().set_conf_state(cs.clone());
-                removed = ![
-                    cs.get_voters(),
-                    cs.get_learners(),
-                    cs.get_voters_outgoing(),
-                    cs.get_learners_next(),
-                ]
-                .iter()
-                .any(|ids| ids.contains(&me));
+                // Removed: in the configuration before this change, not
+                // after it. (A joining member replaying the log is in no
+                // configuration until its own addition is applied.)
+                removed = was_member && !in_conf(&cs, me);
+                was_member = in_conf(&cs, me);
                 confs.insert(e.index, Some(cs));
                 if removed {
                     // Nothing after our own removal is ours to apply.
