@@ -583,14 +583,6 @@ pub const MEMO_BYTES_PER_SEARCH: usize = 2 << 30;
 /// Time budget of the search when a run directory is checked.
 pub const RUN_BUDGET: Duration = Duration::from_secs(300);
 
-/// A `register` workload history: only keyed `read`/`write`/`cas` ops.
-pub fn is_register_history(ops: &[Op]) -> bool {
-    !ops.is_empty()
-        && ops
-            .iter()
-            .all(|o| o.key.is_some() && matches!(o.f.as_str(), "read" | "write" | "cas"))
-}
-
 /// Checks a `register` workload history (per-key registers with versions;
 /// see [`models::Register`]).
 pub fn check_register(ops: &[Op], budget: Duration) -> CheckResult {
@@ -869,7 +861,6 @@ mod tests {
         let mut ops = register_history(7, n, 30, 8, 0.05);
         let r = check_register(&ops, BUDGET);
         assert_eq!(r.valid, Validity::Valid, "{}", r.summary);
-        assert!(is_register_history(&ops));
         // Plant: a late ok read of a key returns that key's first value.
         let first = ops
             .iter()
