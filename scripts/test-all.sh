@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run Strata's whole test suite, installing whatever the tests need first.
 #   ./scripts/test-all.sh
-# Steps: install peers (etcd 3.4/3.5, etcdctl, protoc, iproute2, iptables),
+# Steps: install peers (etcd 3.4/3.5, etcdctl, protoc, iproute2, iptables,
+# kube-apiserver 1.20.2 built from Debian's source, about 8 minutes the first
+# time, and kubectl),
 # format and lint checks, unit + integration + differential + crash tests,
 # the jepsen suite (network namespaces: needs root), one untimed run
 # of every criterion benchmark, then the etcdctl script test against Strata
@@ -22,6 +24,10 @@ bench/scripts/install-etcd-benchmark.sh
 if ! command -v ip >/dev/null || ! command -v iptables >/dev/null; then
   apt-get install -y iproute2 iptables || { apt-get update && apt-get install -y iproute2 iptables; }
 fi
+# kube-apiserver and kubectl for the Kubernetes end-to-end test (cached).
+command -v openssl >/dev/null || apt-get install -y openssl || { apt-get update && apt-get install -y openssl; }
+eval "$(scripts/install-kube.sh)"
+export KUBE_APISERVER KUBECTL
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -36,7 +42,7 @@ step "cargo test (unit, integration, differential, crash)"
 cargo test --workspace --exclude jepsen
 
 # Needs root (namespaces) and target/debug/strata, built by the step above.
-step "jepsen: checkers, then the fault-injection suite against a 3-node Strata"
+step "jepsen: checkers, the fault-injection suite and kube-apiserver end to end on a 3-node Strata"
 STRATA_BIN="$PWD/target/debug/strata" cargo test -p jepsen
 
 # Criterion runs each benchmark once, untimed, when started without

