@@ -25,9 +25,14 @@ if ! command -v ip >/dev/null || ! command -v iptables >/dev/null; then
   apt-get install -y iproute2 iptables || { apt-get update && apt-get install -y iproute2 iptables; }
 fi
 # kube-apiserver and kubectl for the Kubernetes end-to-end test (cached).
+# The first build takes minutes: it runs in the background, beside the Rust
+# builds below, and the jepsen step waits for it. No apt-get after this point
+# (the build may hold the dpkg lock).
 command -v openssl >/dev/null || apt-get install -y openssl || { apt-get update && apt-get install -y openssl; }
-eval "$(scripts/install-kube.sh)"
-export KUBE_APISERVER KUBECTL
+kube_out="$(mktemp)"
+kube_log="$(mktemp)"
+scripts/install-kube.sh >"$kube_out" 2>"$kube_log" &
+kube_pid=$!
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -42,6 +47,17 @@ step "cargo test (unit, integration, differential, crash)"
 cargo test --workspace --exclude jepsen
 
 # Needs root (namespaces) and target/debug/strata, built by the step above.
+step "waiting for kube-apiserver and kubectl (scripts/install-kube.sh)"
+if ! wait "$kube_pid"; then
+  cat "$kube_log" >&2
+  echo "scripts/install-kube.sh failed" >&2
+  exit 1
+fi
+cat "$kube_log" >&2
+eval "$(cat "$kube_out")"
+export KUBE_APISERVER KUBECTL
+echo "KUBE_APISERVER=$KUBE_APISERVER KUBECTL=$KUBECTL"
+
 step "jepsen: checkers, the fault-injection suite and kube-apiserver end to end on a 3-node Strata"
 STRATA_BIN="$PWD/target/debug/strata" cargo test -p jepsen
 
