@@ -506,9 +506,9 @@ async fn watch_stream(
         .watch(specs[0].prefix.clone(), Some(kube_watch(&specs[0])))
         .await
         .unwrap();
-    for i in 0..specs.len() {
+    for (i, spec) in specs.iter().enumerate() {
         if i > 0 {
-            ws.watch(specs[i].prefix.clone(), Some(kube_watch(&specs[i])))
+            ws.watch(spec.prefix.clone(), Some(kube_watch(spec)))
                 .await
                 .unwrap();
         }
