@@ -43,8 +43,8 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// Periodic per-watcher progress notifications (kubeadm sets 5 s; shorter
 /// here so that several arrive during the traffic).
 const NOTIFY_FLAGS: &[&str] = &["--experimental-watch-progress-notify-interval", "300ms"];
-const WRITERS: usize = 6;
-const OPS_PER_WRITER: usize = 60;
+const WRITERS: usize = 9;
+const OPS_PER_WRITER: usize = 100;
 const SHARED: &[&str] = &[
     "/registry/configmaps/kube-system/shared-0",
     "/registry/configmaps/kube-system/shared-1",
