@@ -10,8 +10,9 @@
 //!   `WithPrevKV`, `WithPrefix`, `WithProgressNotify`, `hasleader`) receive
 //!   RequestProgress every 100 ms, paged lists run at a fixed revision, and
 //!   `/registry/health` is probed on every member;
-//! - the compaction CAS on `compact_rev_key` by two apiservers, and watches
-//!   from a compacted revision;
+//! - the compaction CAS on `compact_rev_key` by two apiservers, watches
+//!   created on a compacted revision, and 64 watchers on one stream that
+//!   stop reading while compaction overtakes them;
 //! - one lease shared by 200 Events, which all expire together;
 //! - `Maintenance.Status` versions, and a leader-requiring watch losing its
 //!   quorum.
@@ -22,6 +23,13 @@
 //! acknowledged write once and in revision order, paged lists equal one read
 //! at their revision, and compacted watches are cancelled with
 //! `compact_revision`.
+//!
+//! The progress properties are asserted only for members whose
+//! `Maintenance.Status` version passes kube-apiserver's check (>= 3.5.13,
+//! which turns RequestWatchProgress on). etcd 3.5.1 does not pass it, and
+//! does violate them: it answers RequestProgress at once, ahead of events
+//! still queued (etcd #15220, fixed in 3.5.8), so its run counts and prints
+//! the violations instead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -811,8 +819,8 @@ async fn crud(c: &mut Client) {
     assert_eq!(get(c, k).await, None);
     assert!(matches!(delete(c, k, rv2).await, Cas::Conflict(None)));
     assert!(matches!(update(c, k, rv2, b"x").await, Cas::Conflict(None)));
-    // A failed txn is a read: it does not bump the revision.
     // GetCurrentResourceVersion: a linearizable get on the resource prefix.
+    // The failed txns above were reads: the revision is still the delete's.
     let r = c
         .get(
             "/registry/secrets/",
