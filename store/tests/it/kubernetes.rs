@@ -9,7 +9,8 @@
 //!   `GuaranteedUpdate` loops) while watchers (`WithRev(rv+1)`,
 //!   `WithPrevKV`, `WithPrefix`, `WithProgressNotify`, `hasleader`) receive
 //!   RequestProgress every 100 ms, paged lists run at a fixed revision, and
-//!   `/registry/health` is probed on every member;
+//!   `/registry/health` is probed on every member; halfway, the leader
+//!   moves (reads retry on Unavailable, as clientv3's do);
 //! - the compaction CAS on `compact_rev_key` by two apiservers, watches
 //!   created on a compacted revision, and 64 watchers on one stream that
 //!   stop reading while compaction overtakes them;
@@ -205,6 +206,25 @@ async fn optimistic(c: &mut Client, key: &str, rv: i64, op: TxnOp) -> Cas {
     }
 }
 
+/// A Range, retried on Unavailable ("leader changed" while the leader
+/// moves) as clientv3 retries its repeatable requests.
+async fn range(c: &mut Client, key: impl Into<Vec<u8>>, o: GetOptions) -> etcd_client::GetResponse {
+    let key = key.into();
+    let mut tries = 0;
+    loop {
+        match c.get(key.clone(), Some(o.clone())).await {
+            Ok(r) => return r,
+            Err(etcd_client::Error::GRpcStatus(s))
+                if s.code() == tonic::Code::Unavailable && tries < 50 =>
+            {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("range {}: {e}", String::from_utf8_lossy(&key)),
+        }
+    }
+}
+
 /// Get: a Range with limit 1; the object and its resourceVersion.
 async fn get(c: &mut Client, key: &str) -> Option<(Vec<u8>, i64)> {
     let r = c
@@ -230,7 +250,7 @@ async fn paged_list(c: &mut Client, prefix: &str, limit: i64) -> (i64, Vec<KeyVa
         if rev != 0 {
             o = o.with_revision(rev);
         }
-        let r = c.get(key.clone(), Some(o)).await.unwrap();
+        let r = range(c, key.clone(), o).await;
         if rev == 0 {
             rev = rev_of(r.header());
         }
@@ -611,12 +631,25 @@ fn object(tag: &str, len: usize) -> Vec<u8> {
 /// One apiserver-like client: creates, updates (sometimes with a stale rv,
 /// which must fail and return the current object), deletes its own pods,
 /// and runs GuaranteedUpdate loops on the shared configmaps.
-async fn writer(mut c: Client, w: usize, log: Arc<Log>, shared: HashMap<String, (Vec<u8>, i64)>) {
+/// Halfway through, it waits at `pause` and then `resume` (the leader moves
+/// in between).
+async fn writer(
+    mut c: Client,
+    w: usize,
+    log: Arc<Log>,
+    shared: HashMap<String, (Vec<u8>, i64)>,
+    pause: Arc<tokio::sync::Barrier>,
+    resume: Arc<tokio::sync::Barrier>,
+) {
     let mut rng = Lcg(w as u64 + 1);
     let ns = format!("ns{}", w % 3);
     let mut mine: BTreeMap<String, (Vec<u8>, i64)> = BTreeMap::new();
     let mut shared = shared;
     for i in 0..OPS_PER_WRITER {
+        if i == OPS_PER_WRITER / 2 {
+            pause.wait().await;
+            resume.wait().await;
+        }
         let tag = format!("w{w}-{i}");
         let val = object(&tag, 100 + rng.next(300));
         let op = rng.next(10);
@@ -909,28 +942,24 @@ async fn traffic(name: &str, eps: &[String], clients: &[Client], strict: bool) {
                     rev >= acked_before,
                     "list at {rev} misses a write acked at {acked_before}"
                 );
-                let full = c
-                    .get(
-                        "/registry/pods/",
-                        Some(GetOptions::new().with_prefix().with_revision(rev)),
-                    )
-                    .await
-                    .unwrap();
+                let full = range(
+                    &mut c,
+                    "/registry/pods/",
+                    GetOptions::new().with_prefix().with_revision(rev),
+                )
+                .await;
                 let a: Vec<_> = pages.iter().map(kv_tuple).collect();
                 let b: Vec<_> = full.kvs().iter().map(kv_tuple).collect();
                 assert!(a == b, "paged list at {rev} differs from one read");
-                let count = c
-                    .get(
-                        "/registry/pods/",
-                        Some(
-                            GetOptions::new()
-                                .with_prefix()
-                                .with_count_only()
-                                .with_revision(rev),
-                        ),
-                    )
-                    .await
-                    .unwrap();
+                let count = range(
+                    &mut c,
+                    "/registry/pods/",
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_count_only()
+                        .with_revision(rev),
+                )
+                .await;
                 assert!(count.kvs().is_empty());
                 assert_eq!(count.count() as usize, a.len());
                 n += 1;
@@ -946,10 +975,10 @@ async fn traffic(name: &str, eps: &[String], clients: &[Client], strict: bool) {
             while !done.load(Ordering::SeqCst) {
                 for c in &clients {
                     let mut c = c.clone();
-                    tokio::time::timeout(Duration::from_secs(2), c.get("/registry/health", None))
+                    let probe = range(&mut c, "/registry/health", GetOptions::new());
+                    tokio::time::timeout(Duration::from_secs(2), probe)
                         .await
-                        .expect("health within 2 s")
-                        .unwrap();
+                        .expect("health within 2 s");
                     n += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -958,6 +987,9 @@ async fn traffic(name: &str, eps: &[String], clients: &[Client], strict: bool) {
         })
     };
 
+    let t_writers = Instant::now();
+    let pause = Arc::new(tokio::sync::Barrier::new(WRITERS + 1));
+    let resume = Arc::new(tokio::sync::Barrier::new(WRITERS + 1));
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             tokio::spawn(writer(
@@ -965,6 +997,8 @@ async fn traffic(name: &str, eps: &[String], clients: &[Client], strict: bool) {
                 w,
                 log.clone(),
                 shared.clone(),
+                pause.clone(),
+                resume.clone(),
             ))
         })
         .collect();
@@ -986,9 +1020,26 @@ async fn traffic(name: &str, eps: &[String], clients: &[Client], strict: bool) {
     ));
     watchers.push(late);
 
+    // Halfway, the leader moves (an apiserver sees leader changes); the
+    // watches on every member must go on with nothing lost or repeated.
+    let first_half = t_writers.elapsed();
+    pause.wait().await;
+    let moved = Instant::now();
+    let (from, to) = move_leader(clients).await;
+    eprintln!(
+        "[{name}] leader moved from member {from} to {to} in {:?}",
+        moved.elapsed()
+    );
+    resume.wait().await;
+    let resumed = Instant::now();
+
     for w in writers {
         w.await.unwrap();
     }
+    eprintln!(
+        "[{name}] writers: first half {first_half:?}, second half {:?}",
+        resumed.elapsed()
+    );
     done.store(true, Ordering::SeqCst);
     let end = log.max_rev.load(Ordering::SeqCst);
     until.store(end, Ordering::SeqCst);
@@ -1044,6 +1095,29 @@ async fn traffic(name: &str, eps: &[String], clients: &[Client], strict: bool) {
         acked.len(),
         rv0 + 1
     );
+}
+
+/// Moves the leadership to the next member; returns (old, new) indexes.
+async fn move_leader(clients: &[Client]) -> (usize, usize) {
+    let mut ids = Vec::new();
+    let mut leader = 0;
+    for c in clients {
+        let s = c.clone().status().await.unwrap();
+        ids.push(s.header().unwrap().member_id());
+        leader = s.leader();
+    }
+    let from = ids.iter().position(|&i| i == leader).expect("a leader");
+    let to = (from + 1) % ids.len();
+    clients[from].clone().move_leader(ids[to]).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = clients[to].clone().status().await.unwrap();
+        if s.leader() == ids[to] {
+            return (from, to);
+        }
+        assert!(Instant::now() < deadline, "leadership never moved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// kube-apiserver's compactor (one round): `Txn(If version(compact_rev_key)
