@@ -11,6 +11,7 @@ mod differential;
 mod failpoints;
 mod gateway;
 mod harness;
+mod kubernetes;
 mod kv;
 mod lease;
 mod maintenance;
