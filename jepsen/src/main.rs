@@ -67,6 +67,10 @@ struct KubeArgs {
     /// partitioned and a member restarts.
     #[arg(long)]
     faults: bool,
+    /// After the scenario, this many configmaps are created, read, replaced,
+    /// listed and deleted one request at a time, for the latency table.
+    #[arg(long, default_value_t = 0)]
+    load: usize,
     /// Run directory (default: jepsen-runs/kube-<unix time>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -256,6 +260,7 @@ async fn kube(a: KubeArgs) -> anyhow::Result<Validity> {
                 dir,
             },
             &bins,
+            a.load,
             a.faults,
         )
         .await
@@ -277,7 +282,6 @@ async fn kube(a: KubeArgs) -> anyhow::Result<Validity> {
         }
         runs.push(summary);
     }
-    println!("kube-apiserver request latency (apiserver_request_duration_seconds), ms:\n");
     print!("{}", jepsen::kube::latency_table(&runs));
     Ok(Validity::Valid)
 }

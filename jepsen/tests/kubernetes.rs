@@ -28,7 +28,7 @@ async fn kube_apiserver_on_strata_end_to_end_and_under_faults() {
         netns: true,
         dir: tmp.path().to_path_buf(),
     };
-    let summary = match run_on(opts, &bins, true).await {
+    let summary = match run_on(opts, &bins, 0, true).await {
         Ok(s) => s,
         Err(e) => {
             let kept = tmp.keep();

@@ -566,3 +566,63 @@ fn health(api: &ApiServer) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Sequential load for the latency comparison (not part of [`run`]): in
+/// namespace `e2e-load`, `n` creates (POST), `n` reads by name (GET), `n`
+/// replaces (PUT), five paged lists at 50 a page (LIST) and `n` deletes
+/// (DELETE), each batch from one kubectl process, checking what each batch
+/// returns.
+pub fn load(api: &ApiServer, n: usize) -> anyhow::Result<()> {
+    let k = &api.kubectl;
+    let ns = "e2e-load";
+    k.run(&["create", "namespace", ns])?;
+    let names: Vec<String> = (0..n).map(|i| format!("load-{i:05}")).collect();
+    let docs = |v: &str| -> String { names.iter().map(|name| configmap(ns, name, v)).collect() };
+    k.run_stdin(&["create", "-f", "-"], Some(&docs("a")))?;
+    let mut get = vec![
+        "get",
+        "configmaps",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={range .items[*]}{.data.value}{end}",
+    ];
+    get.extend(names.iter().map(String::as_str));
+    let values = k.run(&get)?;
+    ensure!(
+        values == "a".repeat(n),
+        "reads by name returned {} values",
+        values.len()
+    );
+    k.run_stdin(&["replace", "-f", "-"], Some(&docs("b")))?;
+    for _ in 0..5 {
+        let listed = k.run(&[
+            "get",
+            "configmaps",
+            "-n",
+            ns,
+            "--chunk-size=50",
+            "-o",
+            "name",
+        ])?;
+        let ours = listed
+            .lines()
+            .filter(|l| l.starts_with("configmap/load-"))
+            .count();
+        ensure!(ours == n, "paged list of {ours} of {n} objects");
+    }
+    let values = k.run(&get)?;
+    ensure!(
+        values == "b".repeat(n),
+        "after the replaces, reads returned {values:.40}..."
+    );
+    let mut del = vec!["delete", "configmaps", "-n", ns, "--wait=false"];
+    del.extend(names.iter().map(String::as_str));
+    k.run(&del)?;
+    let left = k.run(&["get", "configmaps", "-n", ns, "-o", "name"])?;
+    ensure!(
+        !left.contains("configmap/load-"),
+        "objects left after the deletes"
+    );
+    Ok(())
+}

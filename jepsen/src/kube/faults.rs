@@ -52,10 +52,7 @@ pub type Objects = BTreeMap<String, (u64, u64)>;
 #[derive(Clone, Debug)]
 pub enum Segment {
     /// A list at resourceVersion `rv`: name -> (resourceVersion, value).
-    List {
-        rv: u64,
-        objects: Objects,
-    },
+    List { rv: u64, objects: Objects },
     /// A watch from `from`: its events (type, name, resourceVersion, value).
     Watch {
         from: u64,

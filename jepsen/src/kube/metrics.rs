@@ -73,6 +73,22 @@ impl Histogram {
     }
 }
 
+/// `after - before` per key: what happened between two scrapes.
+pub fn since(
+    after: &BTreeMap<String, Histogram>,
+    before: &BTreeMap<String, Histogram>,
+) -> BTreeMap<String, Histogram> {
+    after
+        .iter()
+        .map(|(k, h)| {
+            (
+                k.clone(),
+                before.get(k).map_or_else(|| h.clone(), |b| h.since(b)),
+            )
+        })
+        .collect()
+}
+
 /// The value of label `name` in a `{a="x",b="y"}` label set.
 fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
     let pat = format!("{name}=\"");
@@ -84,12 +100,23 @@ fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
 /// `apiserver_request_duration_seconds` per verb (LIST, GET, POST, PUT,
 /// DELETE, PATCH, WATCH...), merged over every other label.
 pub fn request_durations(text: &str) -> BTreeMap<String, Histogram> {
-    const NAME: &str = "apiserver_request_duration_seconds";
+    histograms_by(text, "apiserver_request_duration_seconds", "verb")
+}
+
+/// `etcd_request_duration_seconds` (kube-apiserver's storage calls) per
+/// operation (create, get, list, update, delete...), merged over types.
+pub fn storage_durations(text: &str) -> BTreeMap<String, Histogram> {
+    histograms_by(text, "etcd_request_duration_seconds", "operation")
+}
+
+/// The histogram `name`, one per value of the label `by`, merged over every
+/// other label.
+pub fn histograms_by(text: &str, name: &str, by: &str) -> BTreeMap<String, Histogram> {
     // verb -> (le bits -> (le, cumulative count), sum, count)
     type Merged = (BTreeMap<u64, (f64, f64)>, f64, f64);
     let mut per_verb: BTreeMap<String, Merged> = BTreeMap::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix(NAME) else {
+        let Some(rest) = line.strip_prefix(name) else {
             continue;
         };
         let (kind, rest) = if let Some(r) = rest.strip_prefix("_bucket") {
@@ -111,7 +138,7 @@ pub fn request_durations(text: &str) -> BTreeMap<String, Histogram> {
         let Ok(value) = open[close + 1..].trim().parse::<f64>() else {
             continue;
         };
-        let Some(verb) = label(labels, "verb") else {
+        let Some(verb) = label(labels, by) else {
             continue;
         };
         let entry = per_verb.entry(verb.to_string()).or_default();

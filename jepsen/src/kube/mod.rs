@@ -274,15 +274,20 @@ pub struct RunSummary {
     pub server: crate::cluster::ServerKind,
     pub e2e: e2e::Report,
     pub faults: Option<faults::Report>,
+    /// kube-apiserver's request latencies per verb over the run.
     pub latencies: std::collections::BTreeMap<String, metrics::Histogram>,
+    /// kube-apiserver's storage-call latencies per operation over the run.
+    pub storage: std::collections::BTreeMap<String, metrics::Histogram>,
 }
 
 /// Starts a cluster of `opts`, kube-apiserver on all of its members, runs
-/// the [`e2e`] scenario and, with `with_faults`, the [`faults`] run; returns
-/// kube-apiserver's request latencies over both (from `/metrics`).
+/// the [`e2e`] scenario, then [`e2e::load`] with `load` objects (if not 0)
+/// and, with `with_faults`, the [`faults`] run; returns kube-apiserver's
+/// request and storage latencies over all of it (from `/metrics`).
 pub async fn run_on(
     opts: crate::cluster::ClusterOpts,
     bins: &KubeBins,
+    load: usize,
     with_faults: bool,
 ) -> anyhow::Result<RunSummary> {
     let server = opts.server;
@@ -290,25 +295,23 @@ pub async fn run_on(
     let mut cluster = crate::cluster::Cluster::start(opts).await?;
     let endpoints = cluster.client_urls();
     let mut api = ApiServer::start(bins, &dir.join("kube"), &endpoints, &e2e::apiserver_flags())?;
-    let before = metrics::request_durations(&api.kubectl.run(&["get", "--raw", "/metrics"])?);
-    let e2e = e2e::run(&api, &endpoints)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:#}\nkube-apiserver log tail:\n{}", api.log_tail(30)))?;
+    let with_log =
+        |e: anyhow::Error| anyhow::anyhow!("{e:#}\nkube-apiserver log tail:\n{}", api.log_tail(30));
+    let scrape = api.kubectl.run(&["get", "--raw", "/metrics"])?;
+    let before = metrics::request_durations(&scrape);
+    let storage_before = metrics::storage_durations(&scrape);
+    let e2e = e2e::run(&api, &endpoints).await.map_err(with_log)?;
+    if load > 0 {
+        e2e::load(&api, load).map_err(with_log)?;
+    }
     let faults = if with_faults {
-        Some(faults::run(&api, &mut cluster).await.map_err(|e| {
-            anyhow::anyhow!("{e:#}\nkube-apiserver log tail:\n{}", api.log_tail(30))
-        })?)
+        Some(faults::run(&api, &mut cluster).await.map_err(with_log)?)
     } else {
         None
     };
-    let after = metrics::request_durations(&api.kubectl.run(&["get", "--raw", "/metrics"])?);
-    let latencies = after
-        .iter()
-        .map(|(verb, h)| {
-            let d = before.get(verb).map_or_else(|| h.clone(), |b| h.since(b));
-            (verb.clone(), d)
-        })
-        .collect();
+    let scrape = api.kubectl.run(&["get", "--raw", "/metrics"])?;
+    let latencies = metrics::since(&metrics::request_durations(&scrape), &before);
+    let storage = metrics::since(&metrics::storage_durations(&scrape), &storage_before);
     api.stop();
     cluster.stop_all();
     Ok(RunSummary {
@@ -316,38 +319,66 @@ pub async fn run_on(
         e2e,
         faults,
         latencies,
+        storage,
     })
 }
 
-/// The verbs the latency table shows.
+/// The verbs the request-latency table shows.
 pub const TABLE_VERBS: [&str; 5] = ["GET", "LIST", "POST", "PUT", "DELETE"];
+/// The operations the storage-latency table shows.
+pub const TABLE_OPERATIONS: [&str; 6] =
+    ["get", "list", "listWithCount", "create", "update", "delete"];
 
-/// A Markdown table of request latencies (ms) per verb, one column group
-/// per run, with Strata/etcd ratios when both servers ran.
+/// Markdown tables of kube-apiserver's request latencies per verb and of
+/// its storage-call latencies per operation (ms), one column group per run,
+/// with Strata/etcd ratios of the means when two servers ran. Means come
+/// from the histograms' sums; the quantiles are interpolated within
+/// kube-apiserver's buckets (whose first bound is 50 ms for requests and
+/// 5 ms for storage calls in v1.20), so they are coarse.
 pub fn latency_table(runs: &[RunSummary]) -> String {
-    let mut out = String::from("| verb |");
+    let mut out =
+        String::from("kube-apiserver requests (apiserver_request_duration_seconds), ms:\n\n");
+    out += &table(runs, |r| &r.latencies, &TABLE_VERBS, "verb");
+    out += "\nkube-apiserver storage calls (etcd_request_duration_seconds), ms:\n\n";
+    out += &table(runs, |r| &r.storage, &TABLE_OPERATIONS, "operation");
+    out
+}
+
+fn table(
+    runs: &[RunSummary],
+    pick: fn(&RunSummary) -> &std::collections::BTreeMap<String, metrics::Histogram>,
+    keys: &[&str],
+    what: &str,
+) -> String {
+    let mut out = format!("| {what} |");
     for r in runs {
-        out += &format!(" {0} n | {0} mean ms | {0} p50 ms | {0} p99 ms |", r.server);
+        out += &format!(" {0} n | {0} mean | {0} p50 | {0} p99 |", r.server);
     }
     let pair = (runs.len() == 2).then(|| (&runs[0], &runs[1]));
-    if pair.is_some() {
-        out += " mean ratio | p99 ratio |";
+    if let Some((a, b)) = pair {
+        out += &format!(" mean {}/{} |", a.server, b.server);
     }
     out += "\n|---|";
     for _ in runs {
         out += "---|---|---|---|";
     }
     if pair.is_some() {
-        out += "---|---|";
+        out += "---|";
     }
     out += "\n";
-    for verb in TABLE_VERBS {
-        out += &format!("| {verb} |");
-        let empty = metrics::Histogram::default();
+    let empty = metrics::Histogram::default();
+    for key in keys {
+        if runs
+            .iter()
+            .all(|r| pick(r).get(*key).is_none_or(|h| h.count == 0.0))
+        {
+            continue;
+        }
+        out += &format!("| {key} |");
         for r in runs {
-            let h = r.latencies.get(verb).unwrap_or(&empty);
+            let h = pick(r).get(*key).unwrap_or(&empty);
             out += &format!(
-                " {} | {:.2} | {:.2} | {:.2} |",
+                " {} | {:.2} | {:.1} | {:.1} |",
                 h.count,
                 h.mean() * 1e3,
                 h.quantile(0.5) * 1e3,
@@ -356,21 +387,14 @@ pub fn latency_table(runs: &[RunSummary]) -> String {
         }
         if let Some((a, b)) = pair {
             let (ha, hb) = (
-                a.latencies.get(verb).unwrap_or(&empty),
-                b.latencies.get(verb).unwrap_or(&empty),
+                pick(a).get(*key).unwrap_or(&empty),
+                pick(b).get(*key).unwrap_or(&empty),
             );
-            let ratio = |x: f64, y: f64| {
-                if y > 0.0 {
-                    format!("{:.2}", x / y)
-                } else {
-                    "-".into()
-                }
-            };
-            out += &format!(
-                " {} | {} |",
-                ratio(ha.mean(), hb.mean()),
-                ratio(ha.quantile(0.99), hb.quantile(0.99))
-            );
+            if hb.mean() > 0.0 {
+                out += &format!(" {:.2} |", ha.mean() / hb.mean());
+            } else {
+                out += " - |";
+            }
         }
         out += "\n";
     }
