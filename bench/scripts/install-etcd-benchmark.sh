@@ -16,25 +16,10 @@ log() { echo "install-etcd-benchmark: $*" >&2; }
 
 if [ -x "$BIN" ]; then echo "$BIN"; exit 0; fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-export DEBIAN_FRONTEND=noninteractive
-
-# deb-src entries mirroring this machine's binary sources.
-SRC_LIST=/etc/apt/sources.list.d/strata-deb-src.sources
-if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ /etc/apt/sources.list 2>/dev/null; then
-  log "adding deb-src entries ($SRC_LIST)"
-  sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources | $SUDO tee "$SRC_LIST" >/dev/null
-  $SUDO apt-get update -qq >/dev/null
-fi
-need=()
-for p in golang-go golang-etcd-server-dev dpkg-dev; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || need+=("$p")
-done
-if [ "${#need[@]}" -gt 0 ]; then
-  log "apt: installing ${need[*]}"
-  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/../../scripts/lib.sh"
+ensure_deb_src
+apt_need golang-go golang-etcd-server-dev dpkg-dev
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

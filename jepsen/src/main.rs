@@ -49,11 +49,9 @@ enum Cmd {
     Kube(KubeArgs),
 }
 
+/// The cluster flags of `test` and `kube`.
 #[derive(clap::Args)]
-struct KubeArgs {
-    /// Which store(s): strata, etcd, or both (Strata first, then etcd).
-    #[arg(long, default_value = "both", value_parser = ["strata", "etcd", "both"])]
-    server: String,
+struct ClusterArgs {
     /// Strata binary (default: the newest of target/{release,debug}/strata).
     #[arg(long, env = "STRATA_BIN")]
     strata_bin: Option<PathBuf>,
@@ -63,6 +61,32 @@ struct KubeArgs {
     /// Cluster size.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// 127.0.0.1 ports and userspace proxies instead of network namespaces.
+    #[arg(long)]
+    no_netns: bool,
+}
+
+impl ClusterArgs {
+    /// The binary to run for `server`: the flag, else the default.
+    fn bin(&self, server: ServerKind) -> anyhow::Result<PathBuf> {
+        let flag = match server {
+            ServerKind::Strata => &self.strata_bin,
+            ServerKind::Etcd => &self.etcd_bin,
+        };
+        match flag {
+            Some(b) => Ok(b.clone()),
+            None => cluster::default_bin(server),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct KubeArgs {
+    /// Which store(s): strata, etcd, or both (Strata first, then etcd).
+    #[arg(long, default_value = "both", value_parser = ["strata", "etcd", "both"])]
+    server: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// Also run Kubernetes traffic while the leader is killed, a member is
     /// partitioned and a member restarts.
     #[arg(long)]
@@ -74,9 +98,6 @@ struct KubeArgs {
     /// Run directory (default: jepsen-runs/kube-<unix time>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// 127.0.0.1 ports and userspace proxies instead of network namespaces.
-    #[arg(long)]
-    no_netns: bool,
 }
 
 #[derive(clap::Args)]
@@ -84,15 +105,8 @@ struct TestArgs {
     /// Which server to run.
     #[arg(long, value_enum, default_value_t = ServerKind::Strata)]
     server: ServerKind,
-    /// Strata binary (default: the newest of target/{release,debug}/strata).
-    #[arg(long, env = "STRATA_BIN")]
-    strata_bin: Option<PathBuf>,
-    /// etcd binary (default: 3.5 from ~/.cache/strata/etcd-3.5, else /usr/bin/etcd).
-    #[arg(long)]
-    etcd_bin: Option<PathBuf>,
-    /// Cluster size.
-    #[arg(long, default_value_t = 3)]
-    nodes: usize,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// Comma-separated workloads: register, append, wr, set, watch, k8s, lease, mix.
     #[arg(long, default_value = "register")]
     workload: String,
@@ -115,9 +129,6 @@ struct TestArgs {
     /// Run directory (default: jepsen-runs/<server>-<seed>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// 127.0.0.1 ports and userspace proxies instead of network namespaces.
-    #[arg(long)]
-    no_netns: bool,
     /// Serializable (not linearizable) reads: expected to be caught as
     /// linearizability violations under partitions.
     #[arg(long)]
@@ -160,14 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<Validity> {
         Cmd::Check { dir } => runner::recheck(&dir).await?,
         Cmd::Kube(a) => return kube(a).await,
         Cmd::Test(a) => {
-            let bin = match a.server {
-                ServerKind::Strata => a.strata_bin.clone(),
-                ServerKind::Etcd => a.etcd_bin.clone(),
-            };
-            let bin = match bin {
-                Some(b) => b,
-                None => cluster::default_bin(a.server)?,
-            };
+            let bin = a.cluster.bin(a.server)?;
             let seed = a.seed.unwrap_or_else(|| {
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -181,21 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<Validity> {
             {
                 let abort = abort.clone();
                 tokio::spawn(async move {
-                    let mut term =
-                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                            .ok();
-                    let term = async {
-                        match term.as_mut() {
-                            Some(t) => {
-                                t.recv().await;
-                            }
-                            None => std::future::pending().await,
-                        }
-                    };
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term => {}
-                    }
+                    interrupted().await;
                     eprintln!("interrupted: healing and tearing down");
                     abort.cancel();
                 });
@@ -204,7 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<Validity> {
             runner::run_test(TestOpts {
                 server: a.server,
                 bin,
-                nodes: a.nodes,
+                nodes: a.cluster.nodes,
                 workloads: a
                     .workload
                     .split(',')
@@ -217,7 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<Validity> {
                 concurrency: a.concurrency,
                 keys: a.keys,
                 out,
-                netns: !a.no_netns,
+                netns: !a.cluster.no_netns,
                 serializable_reads: a.serializable_reads,
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 abort,
@@ -245,26 +235,26 @@ async fn kube(a: KubeArgs) -> anyhow::Result<Validity> {
     });
     let mut runs = Vec::new();
     for server in servers {
-        let bin = match (server, &a.strata_bin, &a.etcd_bin) {
-            (ServerKind::Strata, Some(b), _) | (ServerKind::Etcd, _, Some(b)) => b.clone(),
-            _ => cluster::default_bin(server)?,
-        };
+        let bin = a.cluster.bin(server)?;
         let dir = out.join(server.to_string());
         eprintln!("{server}: {} ({})", bin.display(), dir.display());
-        let summary = jepsen::kube::run_on(
+        let run = jepsen::kube::run_on(
             cluster::ClusterOpts {
                 server,
                 bin,
-                nodes: a.nodes,
-                netns: !a.no_netns,
+                nodes: a.cluster.nodes,
+                netns: !a.cluster.no_netns,
                 dir,
             },
             &bins,
             a.load,
             a.faults,
-        )
-        .await
-        .map_err(|e| e.context(format!("{server}")))?;
+        );
+        // Dropping the run kills its processes and removes its network.
+        let summary = tokio::select! {
+            r = run => r.map_err(|e| e.context(format!("{server}")))?,
+            _ = interrupted() => anyhow::bail!("interrupted: {server} run torn down"),
+        };
         for (step, took) in &summary.e2e.steps {
             eprintln!("{server}: {step} ok ({took:.1?})");
         }
@@ -284,4 +274,21 @@ async fn kube(a: KubeArgs) -> anyhow::Result<Validity> {
     }
     print!("{}", jepsen::kube::latency_table(&runs));
     Ok(Validity::Valid)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }

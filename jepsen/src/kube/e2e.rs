@@ -567,11 +567,11 @@ fn health(api: &ApiServer) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sequential load for the latency comparison (not part of [`run`]): in
-/// namespace `e2e-load`, `n` creates (POST), `n` reads by name (GET), `n`
-/// replaces (PUT), five paged lists at 50 a page (LIST) and `n` deletes
-/// (DELETE), each batch from one kubectl process, checking what each batch
-/// returns.
+/// Load for the latency comparison (not part of [`run`]): in namespace
+/// `e2e-load`, `n` creates (POST), up to 250 reads by name (GET), `n`
+/// replaces (PUT), five paged lists at 50 a page (LIST), the reads again
+/// and `n` deletes (DELETE); each batch but the reads is one kubectl
+/// process, and each batch's result is checked.
 pub fn load(api: &ApiServer, n: usize) -> anyhow::Result<()> {
     let k = &api.kubectl;
     let ns = "e2e-load";
@@ -579,21 +579,38 @@ pub fn load(api: &ApiServer, n: usize) -> anyhow::Result<()> {
     let names: Vec<String> = (0..n).map(|i| format!("load-{i:05}")).collect();
     let docs = |v: &str| -> String { names.iter().map(|name| configmap(ns, name, v)).collect() };
     k.run_stdin(&["create", "-f", "-"], Some(&docs("a")))?;
-    let mut get = vec![
-        "get",
-        "configmaps",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={range .items[*]}{.data.value}{end}",
-    ];
-    get.extend(names.iter().map(String::as_str));
-    let values = k.run(&get)?;
-    ensure!(
-        values == "a".repeat(n),
-        "reads by name returned {} values",
-        values.len()
-    );
+    // kubectl throttles reads by name to 5 per second per process: 250 of
+    // them, from 5 processes at once.
+    let sample: Vec<&str> = names
+        .iter()
+        .step_by(n.div_ceil(250).max(1))
+        .map(String::as_str)
+        .collect();
+    let read_by_name = |want: &str| -> anyhow::Result<()> {
+        std::thread::scope(|s| {
+            let readers: Vec<_> = sample
+                .chunks(50)
+                .map(|batch| {
+                    s.spawn(move || -> anyhow::Result<()> {
+                        let mut get = vec!["get", "configmaps", "-n", ns, "-o"];
+                        get.push("jsonpath={range .items[*]}{.data.value}{end}");
+                        get.extend(batch);
+                        let values = k.run(&get)?;
+                        ensure!(
+                            values == want.repeat(batch.len()),
+                            "{} reads by name returned {values:.60}",
+                            batch.len()
+                        );
+                        Ok(())
+                    })
+                })
+                .collect();
+            readers
+                .into_iter()
+                .try_for_each(|h| h.join().map_err(|_| anyhow::anyhow!("a reader panicked"))?)
+        })
+    };
+    read_by_name("a")?;
     k.run_stdin(&["replace", "-f", "-"], Some(&docs("b")))?;
     for _ in 0..5 {
         let listed = k.run(&[
@@ -611,11 +628,7 @@ pub fn load(api: &ApiServer, n: usize) -> anyhow::Result<()> {
             .count();
         ensure!(ours == n, "paged list of {ours} of {n} objects");
     }
-    let values = k.run(&get)?;
-    ensure!(
-        values == "b".repeat(n),
-        "after the replaces, reads returned {values:.40}..."
-    );
+    read_by_name("b")?;
     let mut del = vec!["delete", "configmaps", "-n", ns, "--wait=false"];
     del.extend(names.iter().map(String::as_str));
     k.run(&del)?;

@@ -541,11 +541,7 @@ async fn watch_stream(
                 .unwrap();
         }
         while col.ids.len() <= i {
-            let r = tokio::time::timeout(WAIT, ws.message())
-                .await
-                .expect("watch response")
-                .unwrap()
-                .expect("stream open");
+            let r = next(&mut ws).await;
             col.handle(&r);
         }
     }
@@ -1218,11 +1214,7 @@ async fn compaction(name: &str, eps: &[String], clients: &[Client]) {
                 .unwrap();
             let mut seen = Vec::new();
             let cancel = loop {
-                let r = tokio::time::timeout(WAIT, ws.message())
-                    .await
-                    .expect("watch response")
-                    .unwrap()
-                    .expect("stream open");
+                let r = next(&mut ws).await;
                 if r.canceled() {
                     break r;
                 }
@@ -1246,21 +1238,22 @@ async fn compaction(name: &str, eps: &[String], clients: &[Client]) {
             .watch(spec.prefix.clone(), Some(kube_watch(&spec)))
             .await
             .unwrap();
-        let r = tokio::time::timeout(WAIT, ws.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let r = next(&mut ws).await;
         assert!(r.created() && !r.canceled());
-        let r = tokio::time::timeout(WAIT, ws.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let r = next(&mut ws).await;
         assert!(!r.canceled() && !r.events().is_empty(), "[{name}] {r:?}");
         assert!(r.events()[0].kv().unwrap().mod_revision() >= compacted);
     }
     lagging_watch_is_compacted(name, &eps[1], &mut clients[0].clone()).await;
+}
+
+/// The next response on a watch stream (within [`WAIT`], stream open).
+async fn next(ws: &mut etcd_client::WatchStream) -> WatchResponse {
+    tokio::time::timeout(WAIT, ws.message())
+        .await
+        .expect("watch response")
+        .unwrap()
+        .expect("stream open")
 }
 
 async fn next_raw(
@@ -1431,11 +1424,7 @@ async fn shared_lease(name: &str, eps: &[String], clients: &[Client]) {
             .watch(spec.prefix.clone(), Some(kube_watch(&spec)))
             .await
             .unwrap();
-        let r = tokio::time::timeout(WAIT, ws.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let r = next(&mut ws).await;
         assert!(r.created());
         streams.push((i, ws));
     }
@@ -1548,11 +1537,7 @@ async fn require_leader(procs: &mut Procs, eps: &[String]) {
         .await
         .unwrap();
     for w in [&mut ws, &mut wp] {
-        let r = tokio::time::timeout(WAIT, w.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let r = next(w).await;
         assert!(r.created());
     }
     let lost = Instant::now();
