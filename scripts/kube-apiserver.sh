@@ -80,9 +80,15 @@ contexts:
 current-context: strata
 KC
 
+# Releases before 1.24 open an unauthenticated port 8080 unless told not to;
+# later ones no longer know the flag.
+insecure=()
+minor="$("$BIN" --version | sed -n 's/^Kubernetes v1\.\([0-9]*\)\..*/\1/p')"
+if [ -n "$minor" ] && [ "$minor" -lt 24 ]; then insecure=(--insecure-port=0); fi
+
 exec "$BIN" \
   --etcd-servers="$ETCD" \
-  --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$PORT" --insecure-port=0 \
+  --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$PORT" "${insecure[@]}" \
   --tls-cert-file="$PWD/apiserver.crt" --tls-private-key-file="$PWD/apiserver.key" \
   --client-ca-file="$PWD/ca.crt" --token-auth-file="$PWD/tokens.csv" \
   --service-account-key-file="$PWD/sa.pub" --service-account-signing-key-file="$PWD/sa.key" \

@@ -347,6 +347,31 @@ impl Cluster {
         Ok(())
     }
 
+    /// Stops node `i` gracefully (SIGTERM), waiting up to `limit` for it to
+    /// exit before SIGKILL. Returns how long it took.
+    pub async fn terminate_node(&mut self, i: usize, limit: Duration) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        if self.nodes[i].paused {
+            self.resume_node(i)?;
+        }
+        if self.nodes[i].child.is_some() {
+            self.signal(i, libc::SIGTERM)?;
+            while t.elapsed() < limit {
+                let exited = self.nodes[i]
+                    .child
+                    .as_mut()
+                    .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+                if exited {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        self.kill_node(i)?;
+        tracing::info!(node = %self.nodes[i].name, took = ?t.elapsed(), "terminated");
+        Ok(t.elapsed())
+    }
+
     /// SIGSTOPs node `i`.
     pub fn pause_node(&mut self, i: usize) -> anyhow::Result<()> {
         self.signal(i, libc::SIGSTOP)?;

@@ -98,8 +98,12 @@ impl pb::lease_server::Lease for LeaseService {
         tokio::spawn(async move {
             loop {
                 let m = tokio::select! {
-                    // Graceful shutdown ends streams (clients reconnect elsewhere).
-                    _ = node.stop_serving.cancelled() => return,
+                    // Graceful shutdown ends streams with Unavailable
+                    // (clients reconnect elsewhere).
+                    _ = node.stop_serving.cancelled() => {
+                        super::stream_stopped(&tx).await;
+                        return;
+                    }
                     m = inbound.message() => m,
                 };
                 let k = match m {

@@ -172,7 +172,8 @@ pub(crate) fn etcd_size_status(s: &tonic::Status) -> Option<tonic::Status> {
 /// etcd's monitorLeader for streams opened with a leader requirement
 /// (clientv3's WithRequireLeader, the `hasleader` metadata): once the member
 /// has seen no leader for three election timeouts in a row, the stream fails
-/// with "etcdserver: no leader".
+/// with "etcdserver: no leader". It lets go of the stream when the member
+/// stops serving (the stream then ends with [`stream_stopped`]).
 pub fn monitor_leader<T: Send + 'static>(
     node: Arc<Node>,
     tx: tokio::sync::mpsc::Sender<Result<T, tonic::Status>>,
@@ -181,7 +182,7 @@ pub fn monitor_leader<T: Send + 'static>(
         let mut misses = 0;
         loop {
             tokio::select! {
-                _ = node.shutdown.cancelled() => return,
+                _ = node.stop_serving.cancelled() => return,
                 _ = tx.closed() => return,
                 _ = tokio::time::sleep(node.cfg.election_timeout) => {}
             }
@@ -196,6 +197,15 @@ pub fn monitor_leader<T: Send + 'static>(
             }
         }
     });
+}
+
+/// Ends a client stream (Watch, LeaseKeepAlive) because this member stops
+/// serving: with Unavailable "etcdserver: server stopped", never a clean end
+/// of stream. clientv3 treats a cleanly ended stream (io.EOF) as final and
+/// closes the watch, but retries Unavailable on another endpoint, which is
+/// what a client of etcd sees when etcd's connections close on stop.
+pub async fn stream_stopped<T>(tx: &tokio::sync::mpsc::Sender<Result<T, tonic::Status>>) {
+    let _ = tx.send(Err(crate::error::Error::Stopped.into())).await;
 }
 
 /// Serve the peer transport on every `--listen-peer-urls` URL. A

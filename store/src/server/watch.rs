@@ -371,7 +371,8 @@ impl StreamState {
         let mut applied = self.node.applied.clone();
         let every = self.node.cfg.watch_progress_notify_interval;
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        // Graceful shutdown ends streams (clients reconnect elsewhere).
+        // Graceful shutdown ends streams with Unavailable (clients
+        // reconnect elsewhere).
         let shutdown = self.node.stop_serving.clone();
         let r: Result<(), Gone> = async {
             loop {
@@ -380,7 +381,10 @@ impl StreamState {
                     self.progress_all().await?;
                 }
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Err(Gone),
+                    _ = shutdown.cancelled() => {
+                        super::stream_stopped(&self.tx).await;
+                        return Err(Gone);
+                    }
                     m = inbound.message() => match m {
                         Ok(Some(req)) => match req.request_union {
                             Some(RequestUnion::CreateRequest(c)) => self.create(c).await?,

@@ -650,6 +650,109 @@ async fn sigterm_and_sigint_stop_a_single_member_cleanly() {
     }
 }
 
+/// A member that stops serving (SIGTERM) ends its Watch and LeaseKeepAlive
+/// streams with Unavailable "etcdserver: server stopped", never with a clean
+/// end of stream: clientv3 closes a watch that ends cleanly (io.EOF) for
+/// good, but retries Unavailable on another endpoint, which is what its
+/// watches do when an etcd member stops. A watch opened with the leader
+/// requirement (`hasleader`, as kube-apiserver opens every watch) used to
+/// stay open through the whole drain and then end cleanly.
+#[tokio::test]
+async fn sigterm_ends_client_streams_with_unavailable() {
+    use proto::etcdserverpb::{
+        self as pb, lease_client::LeaseClient, watch_client::WatchClient,
+        watch_request::RequestUnion,
+    };
+    let s = Strata::start(&[]);
+    let ch = tonic::transport::Endpoint::from_shared(s.endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut streams = Vec::new();
+    let mut senders = Vec::new();
+    for hasleader in [true, false] {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(pb::WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(pb::WatchCreateRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if hasleader {
+            req.metadata_mut()
+                .insert("hasleader", "true".parse().unwrap());
+        }
+        let mut st = WatchClient::new(ch.clone())
+            .watch(req)
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(st.message().await.unwrap().unwrap().created);
+        senders.push(tx);
+        streams.push((format!("watch (hasleader={hasleader})"), st));
+    }
+    let mut lc = LeaseClient::new(ch.clone());
+    let id = lc
+        .lease_grant(pb::LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let (ktx, krx) = tokio::sync::mpsc::channel(4);
+    ktx.send(pb::LeaseKeepAliveRequest { id }).await.unwrap();
+    let mut ka = lc
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(krx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ka.message().await.unwrap().unwrap().id, id);
+
+    std::process::Command::new("kill")
+        .arg("-15")
+        .arg(s.child.id().to_string())
+        .status()
+        .unwrap();
+    let t = Instant::now();
+    for (name, mut st) in streams {
+        let end = loop {
+            match tokio::time::timeout(Duration::from_secs(5), st.message()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(end) => break end,
+                Err(_) => panic!("{name}: still open 5 s after SIGTERM"),
+            }
+        };
+        match end {
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{name}: {status:?}");
+                assert_eq!(status.message(), "etcdserver: server stopped", "{name}");
+            }
+            Ok(_) => panic!("{name}: ended cleanly (io.EOF to clientv3) on SIGTERM"),
+        }
+    }
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ka.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(end) => break end,
+            Err(_) => panic!("keepalive: still open 5 s after SIGTERM"),
+        }
+    };
+    match end {
+        Err(status) => assert_eq!(status.code(), Code::Unavailable, "keepalive: {status:?}"),
+        Ok(_) => panic!("keepalive: ended cleanly on SIGTERM"),
+    }
+    // Ended as the member stopped serving, not after its in-flight drain.
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    drop((senders, ktx));
+}
+
 /// etcd 3.5 hands leadership over on SIGTERM too (the behaviour the Strata
 /// test above expects): once it is gone the others already have a new
 /// leader, one term up.
