@@ -82,8 +82,9 @@ impl ClusterArgs {
 
 #[derive(clap::Args)]
 struct KubeArgs {
-    /// Which store(s): strata, etcd, or both (Strata first, then etcd).
-    #[arg(long, default_value = "both", value_parser = ["strata", "etcd", "both"])]
+    /// Which store(s), in order: strata, etcd, both (= strata,etcd) or
+    /// etcd,strata.
+    #[arg(long, default_value = "both", value_parser = ["strata", "etcd", "both", "strata,etcd", "etcd,strata"])]
     server: String,
     #[command(flatten)]
     cluster: ClusterArgs,
@@ -224,6 +225,7 @@ async fn kube(a: KubeArgs) -> anyhow::Result<Validity> {
     let servers = match a.server.as_str() {
         "strata" => vec![ServerKind::Strata],
         "etcd" => vec![ServerKind::Etcd],
+        "etcd,strata" => vec![ServerKind::Etcd, ServerKind::Strata],
         _ => vec![ServerKind::Strata, ServerKind::Etcd],
     };
     let out = a.out.unwrap_or_else(|| {

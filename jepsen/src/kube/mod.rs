@@ -354,7 +354,14 @@ fn table(
     for r in runs {
         out += &format!(" {0} n | {0} mean | {0} p50 | {0} p99 |", r.server);
     }
-    let pair = (runs.len() == 2).then(|| (&runs[0], &runs[1]));
+    // Strata over etcd, whichever ran first.
+    let pair = (runs.len() == 2 && runs[0].server != runs[1].server).then(|| {
+        if runs[0].server == crate::cluster::ServerKind::Strata {
+            (&runs[0], &runs[1])
+        } else {
+            (&runs[1], &runs[0])
+        }
+    });
     if let Some((a, b)) = pair {
         out += &format!(" mean {}/{} |", a.server, b.server);
     }
