@@ -34,9 +34,7 @@ if [ ! -x "$APISERVER" ]; then
   trap 'rm -rf "$work"' EXIT
   cd "$work"
   log "downloading Debian's kubernetes source package"
-  apt-get source --download-only kubernetes >/dev/null 2>&1
-  orig="$(ls kubernetes_*.orig.tar.* | head -n1)"
-  mkdir src && tar -xf "$orig" -C src --strip-components=1
+  debian_source kubernetes src
   log "building cmd/kube-apiserver (several minutes on a cold cache)"
   (cd src &&
     GOPROXY=off GOFLAGS=-mod=vendor CGO_ENABLED=0 GOCACHE="$STRATA_CACHE/kube/gocache" \

@@ -1,6 +1,9 @@
 # Helpers shared by the install scripts (sourced, not run):
 #   apt_need PKG...   install the Debian packages that are missing (quietly)
 #   ensure_deb_src    add deb-src entries mirroring this machine's apt sources
+#   debian_source PKG DIR
+#                     download PKG's Debian source package into the current
+#                     directory and unpack its upstream tarball into DIR
 # Both need root or sudo; they do nothing when there is nothing to do.
 # shellcheck shell=bash
 
@@ -27,4 +30,11 @@ ensure_deb_src() {
     sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources | $SUDO tee "$list" >/dev/null
     $SUDO apt-get update -qq >/dev/null
   fi
+}
+
+debian_source() {
+  local orig
+  apt-get source --download-only "$1" >/dev/null 2>&1
+  orig="$(ls "$1"_*.orig.tar.* | head -n1)"
+  mkdir -p "$2" && tar -xf "$orig" -C "$2" --strip-components=1
 }

@@ -25,9 +25,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 log "downloading Debian's etcd source package"
-apt-get source --download-only etcd >/dev/null 2>&1
-orig="$(ls etcd_*.orig.tar.* | head -n1)"
-mkdir src && tar -xf "$orig" -C src --strip-components=1
+debian_source etcd src
 gp="$work/gopath"
 mkdir -p "$gp/src/go.etcd.io/etcd/tools"
 cp -r src/tools/benchmark "$gp/src/go.etcd.io/etcd/tools/"

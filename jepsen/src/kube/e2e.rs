@@ -320,19 +320,12 @@ fn watch(api: &ApiServer) -> anyhow::Result<()> {
     }
     while rx.recv_timeout(Duration::from_millis(300)).is_ok() {}
     let mut expected = Vec::new();
-    for i in 1..=5 {
-        k.run_stdin(
-            &["create", "-f", "-"],
-            Some(&configmap("e2e-watch", &format!("w-{i}"), "a")),
-        )?;
-        expected.push(format!("ADDED w-{i} a"));
-    }
-    for i in 1..=5 {
-        k.run_stdin(
-            &["replace", "-f", "-"],
-            Some(&configmap("e2e-watch", &format!("w-{i}"), "b")),
-        )?;
-        expected.push(format!("MODIFIED w-{i} b"));
+    for (verb, event, value) in [("create", "ADDED", "a"), ("replace", "MODIFIED", "b")] {
+        for i in 1..=5 {
+            let doc = configmap("e2e-watch", &format!("w-{i}"), value);
+            k.run_stdin(&[verb, "-f", "-"], Some(&doc))?;
+            expected.push(format!("{event} w-{i} {value}"));
+        }
     }
     for i in 1..=5 {
         k.run(&["delete", "configmap", &format!("w-{i}"), "-n", "e2e-watch"])?;
