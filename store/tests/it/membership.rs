@@ -441,7 +441,12 @@ async fn a_leader_removed_under_load_leaves_without_a_panic() {
         writers.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let _ = c.put(format!("load/{w}/{i}"), "v", None).await;
+                // Once the removed leader is gone its puts fail at once,
+                // without ever yielding: back off, or this loop starves the
+                // test's single-threaded runtime.
+                if c.put(format!("load/{w}/{i}"), "v", None).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 i += 1;
             }
         }));
