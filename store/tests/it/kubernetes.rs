@@ -67,7 +67,12 @@ async fn strata_serves_kube_apiserver_traffic() {
     scenario(t).await;
 }
 
+/// The same scenario against etcd 3.5.1, to show the expectations are
+/// etcd's. Run by hand (`cargo test -p store --test it -- --ignored
+/// etcd_serves`): in the full suite on a loaded machine etcd once stalled
+/// this run for over 13 minutes, so CI runs only the Strata side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "differential check against etcd 3.5.1, run by hand"]
 async fn etcd_serves_the_same_kube_apiserver_traffic() {
     let t = tokio::task::spawn_blocking(|| Procs::Etcd(EtcdCluster::start(3, NOTIFY_FLAGS)))
         .await
