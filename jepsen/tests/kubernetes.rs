@@ -50,7 +50,6 @@ async fn kube_apiserver_on_strata_end_to_end_and_under_faults() {
         f.relists
     );
     eprint!("{}", latency_table(std::slice::from_ref(&summary)));
-    assert_eq!(summary.e2e.steps.len(), 7, "every e2e step ran");
     assert!(
         f.writes_ok >= 50,
         "too little traffic to judge: {} writes",
