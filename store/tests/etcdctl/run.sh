@@ -306,7 +306,12 @@ run_check() { # run_check <name> <function>
     echo "endpoints: read/admin=$EP write=$EPW watch=$EPB" >"$log.eps"
   fi
   t0=${EPOCHREALTIME/./}
-  ( set -e; [ -f "$log.eps" ] && cat "$log.eps"; "$fn" ) >"$log" 2>&1
+  # The ERR trap names the command that ended the check (a failing
+  # assignment or pipeline would otherwise end it without a word); it stays
+  # quiet inside must_fail's `set +e` section.
+  ( set -eE
+    trap 'rc=$?; [[ $- == *e* ]] && echo "check ended at line $LINENO (exit $rc): $BASH_COMMAND" >&2' ERR
+    [ -f "$log.eps" ] && cat "$log.eps"; "$fn" ) >"$log" 2>&1
   rc=$?
   ms=$(( (${EPOCHREALTIME/./} - t0) / 1000 ))
   if [ $rc -eq 0 ]; then
@@ -784,7 +789,9 @@ c_member_reconfig() {
   echo "$out"
   contains "member add" "$out" "added to cluster"
   contains "member add state" "$out" 'ETCD_INITIAL_CLUSTER_STATE="existing"'
-  hex="$(grep -o 'Member [0-9a-f]* added' <<<"$out" | cut -d' ' -f2)"
+  # etcdctl prints the ID with %16x: an ID below 2^60 is space-padded
+  # ("Member  dc2a46157592bec added"), so split on runs of blanks.
+  hex="$(awk '$1 == "Member" && $3 == "added" { print $2 }' <<<"$out")"
   [ -n "$hex" ] || fail "no member ID in: $out"
   eq "learner listed unstarted" "$(ctl member list | grep -c "unstarted, , $purl, , true")" 1
   ( eval "$(grep '^ETCD_' <<<"$out" | sed 's/^/export /')"
