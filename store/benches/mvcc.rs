@@ -45,7 +45,7 @@ fn put(c: &mut Criterion) {
                     iters,
                     |m| {
                         let mut t = m.write();
-                        t.put(&ks[at.next().unwrap()], v.clone(), 0);
+                        t.put(&ks[at.next().unwrap()], &v, 0);
                         black_box(t.commit());
                     },
                     keep_recent,

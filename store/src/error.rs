@@ -220,6 +220,7 @@ impl From<MvccError> for Error {
         match e {
             MvccError::Compacted => Error::Compacted,
             MvccError::FutureRev => Error::FutureRev,
+            MvccError::Corrupt(m) => Error::Internal(m),
         }
     }
 }

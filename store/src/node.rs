@@ -248,6 +248,11 @@ impl Node {
                 let _ = std::fs::remove_file(p);
             }
         }
+        // Value segments: a cache of what the snapshot and the log hold,
+        // rebuilt below; whatever an earlier run left is stale.
+        let values_dir = member_dir.join("values");
+        crate::mvcc::values::set_dir(Some(&values_dir))
+            .with_context(|| format!("cannot prepare {}", values_dir.display()))?;
         let t = std::time::Instant::now();
         let mut sm = snaps
             .load_newest(|p, e| {

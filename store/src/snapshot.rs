@@ -19,7 +19,6 @@
 use std::fs;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message;
@@ -28,7 +27,7 @@ use proto::mvccpb::KeyValue;
 
 use crate::apply::lease::Leases;
 use crate::apply::StateMachine;
-use crate::mvcc::{HistEntry, KeyHistory, Mvcc, MvccSnapshot, Revision};
+use crate::mvcc::{HistEntry, KeyHistory, Mvcc, MvccSnapshot, Revision, ValueRef, Values};
 
 const MAGIC: &[u8; 8] = b"STRATA\x00\x01";
 /// Keys per `Keys` record.
@@ -253,16 +252,29 @@ pub fn write_to<W: Write>(view: &SnapshotView, w: W) -> io::Result<u64> {
                 .entries
                 .iter()
                 .map(|e| {
-                    let mut kv = KeyValue::clone(&e.kv);
-                    kv.key = Vec::new();
-                    Rev {
+                    let kv = if e.tombstone {
+                        KeyValue {
+                            mod_revision: e.rev.main,
+                            ..Default::default()
+                        }
+                    } else {
+                        KeyValue {
+                            key: Vec::new(),
+                            create_revision: e.create_revision,
+                            mod_revision: e.rev.main,
+                            version: e.version,
+                            value: view.mvcc.values.read(e.value).map_err(io::Error::other)?,
+                            lease: e.lease,
+                        }
+                    };
+                    Ok(Rev {
                         main: e.rev.main,
                         sub: e.rev.sub,
                         tombstone: e.tombstone,
                         kv: Some(kv),
-                    }
+                    })
                 })
-                .collect(),
+                .collect::<io::Result<_>>()?,
         });
         if batch.len() == KEYS_PER_RECORD {
             rw.put(Body::Keys(Keys {
@@ -330,7 +342,7 @@ pub fn read_exact_from(mut bytes: &[u8], padded: bool) -> Result<StateMachine, S
 enum Item {
     Meta(Meta),
     /// Keys in file (key) order, ready for the index.
-    Keys(Vec<(Bytes, Arc<KeyHistory>)>),
+    Keys(Vec<Key>),
     Leases(LeaseList),
     Auth(AuthRec),
 }
@@ -344,7 +356,8 @@ const RECORDS_AHEAD: usize = 8;
 /// takes about the longer of the two rather than their sum.
 fn parse<R: Read + Send>(r: R) -> Result<StateMachine, SnapError> {
     let mut sm = StateMachine::default();
-    let mut index: imbl::OrdMap<Bytes, Arc<KeyHistory>> = imbl::OrdMap::new();
+    let mut index: imbl::OrdMap<Bytes, KeyHistory> = imbl::OrdMap::new();
+    let mut values = Values::new();
     let (mut current, mut compact) = (1, 0);
     let mut saw_meta = false;
     std::thread::scope(|scope| {
@@ -374,7 +387,8 @@ fn parse<R: Read + Send>(r: R) -> Result<StateMachine, SnapError> {
                     compact = m.compact;
                 }
                 Item::Keys(keys) => {
-                    for (k, hist) in keys {
+                    for k in keys {
+                        let (k, hist) = key_history(k, &mut values);
                         index.insert(k, hist);
                     }
                 }
@@ -415,6 +429,7 @@ fn parse<R: Read + Send>(r: R) -> Result<StateMachine, SnapError> {
     }
     sm.mvcc = Mvcc::from_snapshot(MvccSnapshot {
         index,
+        values,
         current,
         compact,
     });
@@ -455,7 +470,7 @@ fn read_records<R: Read>(mut r: R, tx: std::sync::mpsc::SyncSender<Item>) -> Res
             .map_err(|e| corrupt(format!("record {records}: {e}")))?;
         let item = match rec.body {
             Some(Body::Meta(m)) => Item::Meta(m),
-            Some(Body::Keys(ks)) => Item::Keys(ks.keys.into_iter().map(key_history).collect()),
+            Some(Body::Keys(ks)) => Item::Keys(ks.keys),
             Some(Body::Leases(ls)) => Item::Leases(ls),
             Some(Body::Auth(a)) => Item::Auth(a),
             Some(Body::End(e)) => {
@@ -474,24 +489,30 @@ fn read_records<R: Read>(mut r: R, tx: std::sync::mpsc::SyncSender<Item>) -> Res
     }
 }
 
-/// One decoded key and its history, as the index holds them.
-fn key_history(k: Key) -> (Bytes, Arc<KeyHistory>) {
-    let mut hist = KeyHistory {
-        entries: Vec::with_capacity(k.revs.len()),
-    };
+/// One decoded key and its history, as the index holds them (the values
+/// go to `values`).
+fn key_history(k: Key, values: &mut Values) -> (Bytes, KeyHistory) {
+    let mut hist = KeyHistory::default();
+    hist.entries.reserve_exact(k.revs.len());
     for rv in k.revs {
-        let mut kv = rv.kv.unwrap_or_default();
-        kv.key = k.key.clone();
+        let kv = rv.kv.unwrap_or_default();
         hist.entries.push(HistEntry {
             rev: Revision {
                 main: rv.main,
                 sub: rv.sub,
             },
-            kv: Arc::new(kv),
+            create_revision: kv.create_revision,
+            version: kv.version,
+            lease: kv.lease,
+            value: if rv.tombstone {
+                ValueRef::EMPTY
+            } else {
+                values.append(&kv.value)
+            },
             tombstone: rv.tombstone,
         });
     }
-    (Bytes::from(k.key), Arc::new(hist))
+    (Bytes::from(k.key), hist)
 }
 
 /// The directory of snapshot files.
@@ -675,7 +696,7 @@ mod tests {
         sm.leases.grant(7, 30);
         for i in 0..3000u32 {
             let mut t = sm.mvcc.write();
-            t.put(format!("k{:05}", i % 1500).as_bytes(), vec![i as u8; 10], 0);
+            t.put(format!("k{:05}", i % 1500).as_bytes(), &[i as u8; 10], 0);
             t.commit();
         }
         let mut t = sm.mvcc.write();
@@ -753,12 +774,18 @@ mod tests {
             sm.mvcc.hash_kv(2000).unwrap()
         );
         // Watch history survives: events from 1500 onward are identical.
-        let a = sm.mvcc.events_from(1500, 10).unwrap();
-        let b = back.mvcc.events_from(1500, 10).unwrap();
-        assert_eq!(a.len(), b.len());
-        assert_eq!(a[0].main, b[0].main);
-        assert_eq!(a[0].events[0].kv, b[0].events[0].kv);
-        assert_eq!(a[0].events[0].prev, b[0].events[0].prev);
+        let events = |m: &crate::mvcc::Mvcc| -> Vec<_> {
+            m.events_from(1500, 10)
+                .unwrap()
+                .map(|e| {
+                    let ev = m.event(e, true).unwrap().unwrap();
+                    (e.rev, ev.kind, ev.kv, ev.prev)
+                })
+                .collect()
+        };
+        let a = events(&sm.mvcc);
+        assert_eq!(a.len(), 10);
+        assert_eq!(a, events(&back.mvcc));
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub fn preloaded(n: usize, versions: usize) -> (Mvcc, i64) {
     for v in 0..versions {
         for i in 0..n {
             let mut t = m.write();
-            t.put(&key(i), value(i + v), 0);
+            t.put(&key(i), &value(i + v), 0);
             t.commit();
         }
         if v == 0 {

@@ -9,14 +9,13 @@
 //! etcd's `compareToPath` and `checkRequests`.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use proto::etcdserverpb::{self as pb, compare, request_op, response_op};
 use proto::mvccpb::KeyValue;
 
 use super::lease::Leases;
 use crate::error::{Error, Result};
-use crate::mvcc::{KeyRange, Mvcc, MvccError, RangeResult, WriteTxn};
+use crate::mvcc::{KeyRange, KvMeta, Mvcc, MvccError, RangeResult, WriteTxn};
 
 /// Read access to the key space at a fixed point (a store or an open write txn).
 pub trait ReadView {
@@ -28,6 +27,9 @@ pub trait ReadView {
         limit: usize,
         count_only: bool,
     ) -> std::result::Result<RangeResult, MvccError>;
+
+    /// See [`Mvcc::load`].
+    fn load(&self, m: &KvMeta) -> std::result::Result<KeyValue, MvccError>;
 }
 
 impl ReadView for Mvcc {
@@ -40,6 +42,10 @@ impl ReadView for Mvcc {
     ) -> std::result::Result<RangeResult, MvccError> {
         Mvcc::range(self, range, rev, limit, count_only)
     }
+
+    fn load(&self, m: &KvMeta) -> std::result::Result<KeyValue, MvccError> {
+        Mvcc::load(self, m)
+    }
 }
 
 impl ReadView for WriteTxn<'_> {
@@ -51,6 +57,10 @@ impl ReadView for WriteTxn<'_> {
         count_only: bool,
     ) -> std::result::Result<RangeResult, MvccError> {
         WriteTxn::range(self, range, rev, limit, count_only)
+    }
+
+    fn load(&self, m: &KvMeta) -> std::result::Result<KeyValue, MvccError> {
+        self.store().load(m)
     }
 }
 
@@ -236,7 +246,7 @@ pub fn range<V: ReadView + ?Sized>(view: &V, r: &pb::RangeRequest) -> Result<pb:
     }
     let kr = KeyRange::new(&r.key, &r.range_end);
     let rr = view.range(&kr, r.revision, limit.max(0) as usize, r.count_only)?;
-    let mut kvs: Vec<Arc<KeyValue>> = rr.kvs;
+    let mut kvs: Vec<KvMeta> = rr.kvs;
     if r.max_mod_revision != 0 {
         kvs.retain(|kv| kv.mod_revision <= r.max_mod_revision);
     }
@@ -256,41 +266,74 @@ pub fn range<V: ReadView + ?Sized>(view: &V, r: &pb::RangeRequest) -> Result<pb:
     } else if target == SortTarget::Key && order == SortOrder::Ascend {
         order = SortOrder::None;
     }
-    if order != SortOrder::None {
-        let key_of = |a: &KeyValue, b: &KeyValue| match target {
-            SortTarget::Key => a.key.cmp(&b.key),
-            SortTarget::Version => a.version.cmp(&b.version),
-            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
-            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
-            SortTarget::Value => a.value.cmp(&b.value),
-        };
-        if order == SortOrder::Ascend {
-            kvs.sort_by(|a, b| key_of(a, b));
-        } else {
-            kvs.sort_by(|a, b| key_of(b, a));
-        }
-    }
+    // Values are read only for what is returned (and for a sort by value).
     let mut more = false;
-    if r.limit > 0 && kvs.len() > r.limit as usize {
-        kvs.truncate(r.limit as usize);
-        more = true;
-    }
-    let kvs = kvs
-        .into_iter()
-        .map(|kv| {
-            let mut kv = KeyValue::clone(&kv);
-            if r.keys_only {
-                kv.value = Vec::new();
+    let truncate = |n: usize, more: &mut bool| -> usize {
+        if r.limit > 0 && n > r.limit as usize {
+            *more = true;
+            r.limit as usize
+        } else {
+            n
+        }
+    };
+    let kvs: Vec<KeyValue> = if order != SortOrder::None && target == SortTarget::Value {
+        let mut full = kvs
+            .iter()
+            .map(|m| view.load(m))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        if order == SortOrder::Ascend {
+            full.sort_by(|a, b| a.value.cmp(&b.value));
+        } else {
+            full.sort_by(|a, b| b.value.cmp(&a.value));
+        }
+        full.truncate(truncate(full.len(), &mut more));
+        if r.keys_only {
+            full.iter_mut().for_each(|kv| kv.value = Vec::new());
+        }
+        full
+    } else {
+        if order != SortOrder::None {
+            let key_of = |a: &KvMeta, b: &KvMeta| match target {
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Key | SortTarget::Value => a.key.cmp(&b.key),
+            };
+            if order == SortOrder::Ascend {
+                kvs.sort_by(|a, b| key_of(a, b));
+            } else {
+                kvs.sort_by(|a, b| key_of(b, a));
             }
-            kv
-        })
-        .collect();
+        }
+        kvs.truncate(truncate(kvs.len(), &mut more));
+        kvs.iter()
+            .map(|m| {
+                if r.keys_only {
+                    Ok(meta_only(m))
+                } else {
+                    view.load(m)
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?
+    };
     Ok(pb::RangeResponse {
         header: header(rr.rev),
         kvs,
         more,
         count: rr.count as i64,
     })
+}
+
+/// A key-value without its value.
+fn meta_only(m: &KvMeta) -> KeyValue {
+    KeyValue {
+        key: m.key.to_vec(),
+        create_revision: m.create_revision,
+        mod_revision: m.mod_revision,
+        version: m.version,
+        value: Vec::new(),
+        lease: m.lease,
+    }
 }
 
 fn compare_kv(c: &pb::Compare, kv: &KeyValue) -> bool {
@@ -344,7 +387,18 @@ fn apply_compare<V: ReadView + ?Sized>(view: &V, c: &pb::Compare) -> bool {
         }
         return compare_kv(c, &KeyValue::default());
     }
-    rr.kvs.iter().all(|kv| compare_kv(c, kv))
+    rr.kvs.iter().all(|m| {
+        if c.target != compare::CompareTarget::Value as i32 {
+            return compare_kv(c, &meta_only(m));
+        }
+        match view.load(m) {
+            Ok(kv) => compare_kv(c, &kv),
+            Err(e) => {
+                tracing::error!(error = %e, "txn compare cannot read a value; the compare fails");
+                false
+            }
+        }
+    })
 }
 
 /// The branch taken at every txn level, in execution order (etcd's txnPath).
@@ -516,10 +570,10 @@ pub fn put(
     if (p.ignore_value || p.ignore_lease) && prev.is_none() {
         return Err(Error::KeyNotFound);
     }
-    let value = if p.ignore_value {
-        prev.as_ref().map(|kv| kv.value.clone()).unwrap_or_default()
-    } else {
-        p.value.clone()
+    // Read what is needed of the previous value before anything changes.
+    let prev_value = match &prev {
+        Some(m) if p.ignore_value || p.prev_kv => Some(txn.store().value(m)?),
+        _ => None,
     };
     let lease = if p.ignore_lease {
         prev.as_ref().map_or(0, |kv| kv.lease)
@@ -537,13 +591,20 @@ pub fn put(
     if lease != 0 {
         leases.attach(lease, &p.key);
     }
+    let value: &[u8] = match (&prev_value, p.ignore_value) {
+        (Some(v), true) => v,
+        (None, true) => &[],
+        (_, false) => &p.value,
+    };
     txn.put(&p.key, value, lease);
     Ok(pb::PutResponse {
         header: header(txn.read_rev()),
-        prev_kv: if p.prev_kv {
-            prev.map(|kv| KeyValue::clone(&kv))
-        } else {
-            None
+        prev_kv: match (prev, prev_value) {
+            (Some(m), Some(v)) if p.prev_kv => Some(KeyValue {
+                value: v,
+                ..meta_only(&m)
+            }),
+            _ => None,
         },
     })
 }
@@ -553,23 +614,29 @@ pub fn delete_range(
     txn: &mut WriteTxn<'_>,
     leases: &mut Leases,
     d: &pb::DeleteRangeRequest,
-) -> pb::DeleteRangeResponse {
+) -> Result<pb::DeleteRangeResponse> {
     let kr = KeyRange::new(&d.key, &d.range_end);
+    // The previous values are read before anything changes.
+    let prev_kvs = if d.prev_kv {
+        let rr = txn.range(&kr, 0, 0, false)?;
+        rr.kvs
+            .iter()
+            .map(|m| txn.store().load(m))
+            .collect::<std::result::Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
     let deleted = txn.delete_range(&kr);
     for kv in &deleted {
         if kv.lease != 0 {
             leases.detach(kv.lease, &kv.key);
         }
     }
-    pb::DeleteRangeResponse {
+    Ok(pb::DeleteRangeResponse {
         header: header(txn.read_rev()),
         deleted: deleted.len() as i64,
-        prev_kvs: if d.prev_kv {
-            deleted.iter().map(|kv| KeyValue::clone(kv)).collect()
-        } else {
-            Vec::new()
-        },
-    }
+        prev_kvs,
+    })
 }
 
 /// A full Txn inside a write txn.
@@ -618,7 +685,7 @@ fn exec_write_txn(
                 response_op::Response::ResponsePut(put(txn, leases, p)?)
             }
             Some(request_op::Request::RequestDeleteRange(d)) => {
-                response_op::Response::ResponseDeleteRange(delete_range(txn, leases, d))
+                response_op::Response::ResponseDeleteRange(delete_range(txn, leases, d)?)
             }
             Some(request_op::Request::RequestTxn(t)) => {
                 let mut sub = exec_write_txn(txn, leases, t, path, pos)?;

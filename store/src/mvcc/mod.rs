@@ -7,21 +7,27 @@
 //! revision; `create_revision`, `mod_revision` and `version` follow etcd; a
 //! delete leaves a tombstone that ends the key's generation.
 //!
-//! It never does I/O and never knows about raft, leases or gRPC: the apply
-//! layer (`crate::apply`) drives it under the state-machine write lock, and
+//! It never knows about raft, leases or gRPC: the apply layer
+//! (`crate::apply`) drives it under the state-machine write lock, and
 //! readers query it under the read lock. The index is an `imbl::OrdMap` so a
-//! point-in-time copy for a snapshot is O(1) and never stalls writes.
+//! point-in-time copy for a snapshot is O(1) and never stalls writes. The
+//! index holds each revision's metadata inline; value bytes live in
+//! [`values`] (segment files read through the page cache), and the watch
+//! log holds only (revision, key): events are built from the index when a
+//! watcher reads them.
 
 mod revision;
+pub mod values;
 pub use revision::Revision;
+pub use values::{ValueError, ValueRef, Values};
 
 use std::collections::{BTreeSet, VecDeque};
 use std::ops::Bound;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use imbl::OrdMap;
 use proto::mvccpb::KeyValue;
+use smallvec::SmallVec;
 
 /// Errors from MVCC reads and compaction.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,34 +38,83 @@ pub enum MvccError {
     /// The requested revision is above the current revision.
     #[error("mvcc: required revision is a future revision")]
     FutureRev,
+    /// A stored value failed its checksum or could not be read.
+    #[error("mvcc: {0}")]
+    Corrupt(String),
+}
+
+impl From<ValueError> for MvccError {
+    fn from(e: ValueError) -> Self {
+        MvccError::Corrupt(e.to_string())
+    }
 }
 
 /// Approximate fixed per-revision storage overhead, used for dbSize.
 const REV_OVERHEAD: i64 = 64;
 
-/// One revision of one key.
-#[derive(Debug, Clone)]
+/// Sealed value segments moved per compaction at most (bounds the pause).
+const GC_SEGMENTS_PER_COMPACTION: usize = 8;
+
+/// One revision of one key (the key itself is the index's).
+#[derive(Debug, Clone, Copy)]
 pub struct HistEntry {
     /// The revision that wrote this entry.
     pub rev: Revision,
-    /// The key-value as written; for a tombstone only `key` and `mod_revision` are set.
-    pub kv: Arc<KeyValue>,
+    /// Revision of the key's creation (0 for a tombstone).
+    pub create_revision: i64,
+    /// The key's version after this write (0 for a tombstone).
+    pub version: i64,
+    /// The lease attached (0: none).
+    pub lease: i64,
+    /// Where the value is.
+    pub value: ValueRef,
     /// True when this entry is a deletion.
     pub tombstone: bool,
 }
 
-/// All retained revisions of one key, ascending.
+impl HistEntry {
+    /// The entry's metadata under `key`.
+    pub fn meta(&self, key: &Bytes) -> KvMeta {
+        KvMeta {
+            key: key.clone(),
+            create_revision: self.create_revision,
+            mod_revision: self.rev.main,
+            version: self.version,
+            lease: self.lease,
+            value: self.value,
+        }
+    }
+}
+
+/// A key-value without its value bytes (read with [`Mvcc::load`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvMeta {
+    /// The key.
+    pub key: Bytes,
+    /// Revision of the key's creation.
+    pub create_revision: i64,
+    /// Revision of the last modification.
+    pub mod_revision: i64,
+    /// Number of modifications since creation.
+    pub version: i64,
+    /// Attached lease (0: none).
+    pub lease: i64,
+    /// Where the value is.
+    pub value: ValueRef,
+}
+
+/// All retained revisions of one key, ascending. Most keys hold one: it is
+/// stored inline.
 #[derive(Debug, Clone, Default)]
 pub struct KeyHistory {
     /// Ascending by revision.
-    pub entries: Vec<HistEntry>,
+    pub entries: SmallVec<[HistEntry; 1]>,
 }
 
 impl KeyHistory {
-    /// Append `e` (newer than every entry held). Most keys hold one or two
-    /// revisions: the first few pushes grow the vector one slot at a time
-    /// instead of to the usual minimum of four, which would triple the
-    /// index's per-key cost; longer histories grow geometrically.
+    /// Append `e` (newer than every entry held). A key with a few revisions
+    /// grows one slot at a time instead of doubling; longer histories grow
+    /// geometrically.
     pub fn push(&mut self, e: HistEntry) {
         if self.entries.len() == self.entries.capacity() && self.entries.len() < 4 {
             self.entries.reserve_exact(1);
@@ -67,26 +122,33 @@ impl KeyHistory {
         self.entries.push(e);
     }
 
-    /// The live value visible at main revision `rev`, if any.
-    pub fn visible_at(&self, rev: i64) -> Option<&Arc<KeyValue>> {
+    /// The live entry visible at main revision `rev`, if any.
+    pub fn visible_at(&self, rev: i64) -> Option<&HistEntry> {
         let idx = self.entries.partition_point(|e| e.rev.main <= rev);
         if idx == 0 {
             return None;
         }
         let e = &self.entries[idx - 1];
-        (!e.tombstone).then_some(&e.kv)
+        (!e.tombstone).then_some(e)
     }
 
-    /// The newest live value, if the key currently exists.
-    pub fn latest(&self) -> Option<&Arc<KeyValue>> {
+    /// The newest live entry, if the key currently exists.
+    pub fn latest(&self) -> Option<&HistEntry> {
+        self.entries.last().filter(|e| !e.tombstone)
+    }
+
+    /// The entry written at exactly `rev`.
+    fn at(&self, rev: Revision) -> Option<&HistEntry> {
         self.entries
-            .last()
-            .and_then(|e| (!e.tombstone).then_some(&e.kv))
+            .binary_search_by(|e| e.rev.cmp(&rev))
+            .ok()
+            .map(|i| &self.entries[i])
     }
 
-    /// Drop everything not needed to answer reads at revisions >= `rev`.
-    /// Returns the number of bytes freed.
-    fn compact(&mut self, rev: i64) -> i64 {
+    /// Drop everything not needed to answer reads at revisions >= `rev`;
+    /// the dropped values are released from `values`. Returns the number
+    /// of bytes freed in the size model.
+    fn compact(&mut self, key_len: usize, rev: i64, values: &Values) -> i64 {
         let idx = self.entries.partition_point(|e| e.rev.main <= rev);
         if idx == 0 {
             return 0;
@@ -97,14 +159,21 @@ impl KeyHistory {
         } else {
             idx - 1
         };
-        let freed = self.entries[..keep_from].iter().map(entry_size).sum();
+        let mut freed = 0;
+        for e in &self.entries[..keep_from] {
+            freed += entry_size(key_len, e);
+            values.release(e.value);
+        }
         self.entries.drain(..keep_from);
+        if self.entries.len() < self.entries.capacity() / 2 {
+            self.entries.shrink_to_fit();
+        }
         freed
     }
 }
 
-fn entry_size(e: &HistEntry) -> i64 {
-    (e.kv.key.len() + e.kv.value.len()) as i64 + REV_OVERHEAD
+fn entry_size(key_len: usize, e: &HistEntry) -> i64 {
+    (key_len + e.value.len()) as i64 + REV_OVERHEAD
 }
 
 /// The kind of a watch event.
@@ -122,18 +191,18 @@ pub struct Event {
     /// Put or delete.
     pub kind: EventKind,
     /// The new key-value (for a delete: key and mod_revision only).
-    pub kv: Arc<KeyValue>,
-    /// The previous live value, if any.
-    pub prev: Option<Arc<KeyValue>>,
+    pub kv: KeyValue,
+    /// The previous live value, if asked for and retained.
+    pub prev: Option<KeyValue>,
 }
 
-/// All events of one main revision.
+/// One entry of the watch log: a key changed at a revision.
 #[derive(Debug, Clone)]
-pub struct RevEvents {
-    /// The main revision.
-    pub main: i64,
-    /// Events in sub-revision order.
-    pub events: Vec<Event>,
+pub struct LogEntry {
+    /// The revision of the change.
+    pub rev: Revision,
+    /// The key changed.
+    pub key: Bytes,
 }
 
 /// Which keys a request addresses, decoded from etcd's (key, range_end) pair.
@@ -172,8 +241,8 @@ impl KeyRange {
 /// Result of a range read.
 #[derive(Debug, Clone, Default)]
 pub struct RangeResult {
-    /// Matching key-values (at most `limit` when a limit is set).
-    pub kvs: Vec<Arc<KeyValue>>,
+    /// Matching keys (at most `limit` when a limit is set), values not yet read.
+    pub kvs: Vec<KvMeta>,
     /// Number of keys in the range at the revision, ignoring the limit.
     pub count: usize,
     /// The store's current revision (not the requested one), as etcd reports.
@@ -184,7 +253,9 @@ pub struct RangeResult {
 #[derive(Clone)]
 pub struct MvccSnapshot {
     /// The key index.
-    pub index: OrdMap<Bytes, Arc<KeyHistory>>,
+    pub index: OrdMap<Bytes, KeyHistory>,
+    /// The values the index refers to.
+    pub values: Values,
     /// Current revision.
     pub current: i64,
     /// Compacted revision.
@@ -203,12 +274,16 @@ impl MvccSnapshot {
         if rev < self.compact {
             return Err(MvccError::Compacted);
         }
-        Ok((hash_index(&self.index, rev), self.compact))
+        Ok((hash_index(&self.index, &self.values, rev)?, self.compact))
     }
 }
 
 /// The HashKV hash of `index` up to main revision `rev`.
-fn hash_index(index: &OrdMap<Bytes, Arc<KeyHistory>>, rev: i64) -> u32 {
+fn hash_index(
+    index: &OrdMap<Bytes, KeyHistory>,
+    values: &Values,
+    rev: i64,
+) -> Result<u32, MvccError> {
     let mut h = crc32fast::Hasher::new();
     for (k, hist) in index.iter() {
         for e in &hist.entries {
@@ -220,22 +295,24 @@ fn hash_index(index: &OrdMap<Bytes, Arc<KeyHistory>>, rev: i64) -> u32 {
             h.update(&e.rev.sub.to_be_bytes());
             h.update(&[e.tombstone as u8]);
             if !e.tombstone {
-                h.update(&e.kv.create_revision.to_be_bytes());
-                h.update(&e.kv.version.to_be_bytes());
-                h.update(&e.kv.lease.to_be_bytes());
-                h.update(&e.kv.value);
+                h.update(&e.create_revision.to_be_bytes());
+                h.update(&e.version.to_be_bytes());
+                h.update(&e.lease.to_be_bytes());
+                h.update(&values.read(e.value)?);
             }
         }
     }
-    h.finalize()
+    Ok(h.finalize())
 }
 
 /// The multi-version key space.
 #[derive(Clone, Default)]
 pub struct Mvcc {
-    index: OrdMap<Bytes, Arc<KeyHistory>>,
-    /// Events of every main revision in `(compact, current]`, ascending.
-    log: VecDeque<RevEvents>,
+    index: OrdMap<Bytes, KeyHistory>,
+    values: Values,
+    /// Changes of every main revision in `(compact, current]` (and the live
+    /// puts of `compact` itself), ascending.
+    log: VecDeque<LogEntry>,
     current: i64,
     compact: i64,
     /// Whether any compaction succeeded, so a compaction at revision 0 counts
@@ -253,9 +330,16 @@ pub struct Mvcc {
 }
 
 impl Mvcc {
-    /// An empty store at revision 1, as a fresh etcd starts.
+    /// An empty store at revision 1, as a fresh etcd starts, with its
+    /// values where [`values::set_dir`] says.
     pub fn new() -> Self {
+        Mvcc::with_values(Values::new())
+    }
+
+    /// An empty store keeping its values in `values`.
+    pub fn with_values(values: Values) -> Self {
         Mvcc {
+            values,
             current: 1,
             ..Default::default()
         }
@@ -304,6 +388,11 @@ impl Mvcc {
         self.live
     }
 
+    /// The value store (segments held, live and total record bytes).
+    pub fn value_stats(&self) -> (usize, i64, u64) {
+        self.values.stats()
+    }
+
     /// Check a read revision the way etcd does: 0 means current.
     pub fn check_rev(&self, rev: i64) -> Result<i64, MvccError> {
         if rev > self.current {
@@ -316,10 +405,27 @@ impl Mvcc {
         Ok(rev)
     }
 
+    /// The value bytes of `m`, verified.
+    pub fn value(&self, m: &KvMeta) -> Result<Vec<u8>, MvccError> {
+        Ok(self.values.read(m.value)?)
+    }
+
+    /// The whole key-value of `m`.
+    pub fn load(&self, m: &KvMeta) -> Result<KeyValue, MvccError> {
+        Ok(KeyValue {
+            key: m.key.to_vec(),
+            create_revision: m.create_revision,
+            mod_revision: m.mod_revision,
+            version: m.version,
+            value: self.value(m)?,
+            lease: m.lease,
+        })
+    }
+
     fn iter_range<'a>(
         &'a self,
         range: &'a KeyRange,
-    ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a Arc<KeyHistory>)> + 'a> {
+    ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a KeyHistory)> + 'a> {
         match range {
             KeyRange::Single(k) => Box::new(self.index.get_key_value(k.as_ref()).into_iter()),
             KeyRange::Span(s, e) => {
@@ -358,11 +464,11 @@ impl Mvcc {
             rev: self.current,
             ..Default::default()
         };
-        for (_, hist) in self.iter_range(range) {
-            if let Some(kv) = hist.visible_at(rev) {
+        for (k, hist) in self.iter_range(range) {
+            if let Some(e) = hist.visible_at(rev) {
                 out.count += 1;
                 if !count_only && (limit == 0 || out.kvs.len() < limit) {
-                    out.kvs.push(kv.clone());
+                    out.kvs.push(e.meta(k));
                 }
             }
         }
@@ -375,8 +481,7 @@ impl Mvcc {
         WriteTxn {
             mvcc: self,
             main,
-            // Most writes change one key (see `commit`).
-            events: Vec::with_capacity(1),
+            changes: 0,
         }
     }
 
@@ -388,89 +493,168 @@ impl Mvcc {
         if rev > self.current {
             return Err(MvccError::FutureRev);
         }
-        // Revisions below `rev` leave the log entirely. The puts of revision
-        // `rev` itself stay replayable (etcd keeps them as the live versions
-        // a watch starting exactly at the compact revision still sees).
+        // Revisions below `rev` leave the log entirely; the keys they
+        // touched are the ones whose history may shrink.
         let mut keys = BTreeSet::new();
-        while let Some(front) = self.log.front_mut() {
-            if front.main > rev {
+        let mut at_rev = Vec::new();
+        while let Some(front) = self.log.front() {
+            if front.rev.main > rev {
                 break;
             }
-            for ev in &front.events {
-                keys.insert(Bytes::copy_from_slice(&ev.kv.key));
+            let e = self.log.pop_front().expect("invariant: front exists");
+            keys.insert(e.key.clone());
+            if e.rev.main == rev {
+                at_rev.push(e);
             }
-            if front.main == rev {
-                // A put that a later op of the same revision deleted (nested
-                // txns may put and then delete a key) goes too: etcd drops
-                // the whole generation, as `KeyHistory::compact` does.
-                let last_delete: std::collections::HashMap<Vec<u8>, usize> = front
-                    .events
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, e)| e.kind == EventKind::Delete)
-                    .map(|(i, e)| (e.kv.key.clone(), i))
-                    .collect();
-                let mut i = 0;
-                front.events.retain(|e| {
-                    i += 1;
-                    e.kind == EventKind::Put
-                        && last_delete.get(&e.kv.key).is_none_or(|&d| d < i - 1)
-                });
-                // Their previous values lie below the compact revision; etcd
-                // cannot read them either (and a snapshot cannot hold them).
-                for e in &mut front.events {
-                    e.prev = None;
-                }
-                if front.events.is_empty() {
-                    self.log.pop_front();
-                }
-                break;
-            }
-            self.log.pop_front();
         }
         for k in keys {
             let Some(h) = self.index.get_mut(k.as_ref()) else {
                 continue;
             };
-            let h = Arc::make_mut(h);
-            self.size -= h.compact(rev);
+            self.size -= h.compact(k.len(), rev, &self.values);
             if h.entries.is_empty() {
                 self.index.remove(k.as_ref());
             }
         }
+        // The puts of `rev` itself stay replayable (etcd keeps them as the
+        // live versions a watch starting exactly at the compact revision
+        // still sees): those whose entry survived, i.e. still live at `rev`.
+        // A put that a later op of the same revision deleted goes too.
+        for e in at_rev.into_iter().rev() {
+            let kept = self
+                .index
+                .get(e.key.as_ref())
+                .and_then(|h| h.at(e.rev))
+                .is_some_and(|h| !h.tombstone);
+            if kept {
+                self.log.push_front(e);
+            }
+        }
         self.compact = rev;
         self.compacted = true;
+        self.collect_values();
         Ok(())
     }
 
-    /// Events of revisions `>= from`, up to `max_revs` revisions. Returns
-    /// `Err(Compacted)` when `from` is at or below the compacted revision
-    /// and history is therefore gone.
-    pub fn events_from(&self, from: i64, max_revs: usize) -> Result<&[RevEvents], MvccError> {
+    /// Move the live values out of mostly dead value segments, then drop
+    /// those segments.
+    fn collect_values(&mut self) {
+        let victims = self.values.victims(GC_SEGMENTS_PER_COMPACTION);
+        if victims.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let keys: Vec<Bytes> = self
+            .index
+            .iter()
+            .filter(|(_, h)| {
+                h.entries
+                    .iter()
+                    .any(|e| Values::in_segments(&e.value, &victims))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut moved = 0usize;
+        for k in &keys {
+            let Some(h) = self.index.get_mut(k.as_ref()) else {
+                continue;
+            };
+            for e in h.entries.iter_mut() {
+                if !Values::in_segments(&e.value, &victims) {
+                    continue;
+                }
+                match self.values.read(e.value) {
+                    Ok(v) => {
+                        let to = self.values.append(&v);
+                        self.values.release(e.value);
+                        e.value = to;
+                        moved += v.len();
+                    }
+                    // The segment stays (it is still referenced); the read
+                    // that needs this value will fail the same way.
+                    Err(err) => tracing::error!(error = %err, "value store: cannot move a value"),
+                }
+            }
+        }
+        let dropped = self.values.forget(&victims);
+        tracing::debug!(
+            segments = dropped.len(),
+            keys = keys.len(),
+            moved_bytes = moved,
+            took_ms = started.elapsed().as_millis() as u64,
+            "value store: collected segments"
+        );
+    }
+
+    /// Changes of revisions `>= from`, up to `max_revs` whole revisions, in
+    /// revision order; build each with [`event`](Self::event). Returns
+    /// `Err(Compacted)` when `from` is below the compacted revision and
+    /// history is therefore gone.
+    pub fn events_from(
+        &self,
+        from: i64,
+        max_revs: usize,
+    ) -> Result<std::collections::vec_deque::Iter<'_, LogEntry>, MvccError> {
         // etcd: a watch may start at the compact revision at the earliest.
         if from < self.compact {
             return Err(MvccError::Compacted);
         }
-        let first = self.log.front().map_or(self.current + 1, |r| r.main);
-        let skip = (from.max(first) - first) as usize;
-        let (a, b) = self.log.as_slices();
-        let start = skip.min(self.log.len());
-        let end = start.saturating_add(max_revs).min(self.log.len());
-        if end <= a.len() {
-            Ok(&a[start..end])
-        } else if start >= a.len() {
-            Ok(&b[start - a.len()..end - a.len()])
-        } else {
-            // Spans both halves: return the first half only; callers loop.
-            Ok(&a[start..])
+        let start = self.log.partition_point(|e| e.rev.main < from);
+        let mut end = start;
+        let mut revs = 0;
+        let mut last = None;
+        while end < self.log.len() {
+            let m = self.log[end].rev.main;
+            if last != Some(m) {
+                if revs == max_revs {
+                    break;
+                }
+                revs += 1;
+                last = Some(m);
+            }
+            end += 1;
         }
+        Ok(self.log.range(start..end))
+    }
+
+    /// Build the event of a log entry; `with_prev` adds the value the key
+    /// had before it, when still retained. `None` if the entry's revision
+    /// was compacted meanwhile.
+    pub fn event(&self, e: &LogEntry, with_prev: bool) -> Result<Option<Event>, MvccError> {
+        let Some(h) = self.index.get(e.key.as_ref()) else {
+            return Ok(None);
+        };
+        let i = match h.entries.binary_search_by(|x| x.rev.cmp(&e.rev)) {
+            Ok(i) => i,
+            Err(_) => return Ok(None),
+        };
+        let x = &h.entries[i];
+        let (kind, kv) = if x.tombstone {
+            let kv = KeyValue {
+                key: e.key.to_vec(),
+                mod_revision: x.rev.main,
+                ..Default::default()
+            };
+            (EventKind::Delete, kv)
+        } else {
+            (EventKind::Put, self.load(&x.meta(&e.key))?)
+        };
+        let prev = match (with_prev, i.checked_sub(1).map(|p| &h.entries[p])) {
+            (true, Some(p)) if !p.tombstone => Some(self.load(&p.meta(&e.key))?),
+            _ => None,
+        };
+        Ok(Some(Event { kind, kv, prev }))
     }
 
     /// The value of `key` visible just before main revision `rev`.
-    pub fn prev_of(&self, key: &[u8], rev: i64) -> Option<Arc<KeyValue>> {
-        self.index
-            .get(key)
-            .and_then(|h| h.visible_at(rev - 1).cloned())
+    pub fn prev_of(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>, MvccError> {
+        let Some((k, h)) = self.index.get_key_value(key) else {
+            return Ok(None);
+        };
+        match h.visible_at(rev - 1) {
+            Some(e) => Ok(Some(self.load(&e.meta(k))?)),
+            None => Ok(None),
+        }
     }
 
     /// A hash of all retained history with main revision <= `rev`, the same on
@@ -479,67 +663,44 @@ impl Mvcc {
     /// (an O(1) copy) instead.
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64), MvccError> {
         let rev = self.check_rev(rev)?;
-        Ok((hash_index(&self.index, rev), self.compact))
+        Ok((hash_index(&self.index, &self.values, rev)?, self.compact))
     }
 
     /// A point-in-time copy for snapshotting.
     pub fn snapshot(&self) -> MvccSnapshot {
         MvccSnapshot {
             index: self.index.clone(),
+            values: self.values.clone(),
             current: self.current,
             compact: self.compact,
         }
     }
 
-    /// Rebuild a store from a snapshot (the event log is derived from history).
+    /// Rebuild a store from a snapshot (the watch log is derived from history).
     pub fn from_snapshot(snap: MvccSnapshot) -> Self {
-        let mut all: Vec<(Revision, Event)> = Vec::new();
+        let mut log: Vec<LogEntry> = Vec::new();
         let mut size = 0;
         let mut live = 0;
-        for (_, hist) in snap.index.iter() {
+        for (k, hist) in snap.index.iter() {
             live += hist.latest().is_some() as usize;
-            let mut prev: Option<&HistEntry> = None;
             for e in &hist.entries {
-                size += entry_size(e);
+                size += entry_size(k.len(), e);
                 // The live puts of the compact revision itself stay
-                // replayable (as `compact` keeps them), without prev.
+                // replayable (as `compact` keeps them).
                 let at_compact = e.rev.main == snap.compact;
                 if e.rev.main > snap.compact || (at_compact && !e.tombstone) {
-                    all.push((
-                        e.rev,
-                        Event {
-                            kind: if e.tombstone {
-                                EventKind::Delete
-                            } else {
-                                EventKind::Put
-                            },
-                            kv: e.kv.clone(),
-                            prev: prev
-                                .filter(|p| !p.tombstone && !at_compact)
-                                .map(|p| p.kv.clone()),
-                        },
-                    ));
+                    log.push(LogEntry {
+                        rev: e.rev,
+                        key: k.clone(),
+                    });
                 }
-                prev = Some(e);
             }
         }
-        all.sort_by_key(|(r, _)| *r);
-        let mut log: VecDeque<RevEvents> = VecDeque::new();
-        for (r, ev) in all {
-            match log.back_mut() {
-                Some(last) if last.main == r.main => last.events.push(ev),
-                _ => log.push_back(RevEvents {
-                    main: r.main,
-                    events: vec![ev],
-                }),
-            }
-        }
-        for re in log.iter_mut().filter(|re| re.events.len() > 1) {
-            re.events.shrink_to_fit();
-        }
+        log.sort_unstable_by_key(|e| e.rev);
         Mvcc {
             index: snap.index,
-            log,
+            values: snap.values,
+            log: log.into(),
             current: snap.current,
             compact: snap.compact,
             compacted: snap.compact > 0,
@@ -555,13 +716,14 @@ impl Mvcc {
 pub struct WriteTxn<'a> {
     mvcc: &'a mut Mvcc,
     main: i64,
-    events: Vec<Event>,
+    /// Changes made so far (the next sub revision).
+    changes: i64,
 }
 
 impl WriteTxn<'_> {
     /// The revision reads inside this transaction observe.
     pub fn read_rev(&self) -> i64 {
-        if self.events.is_empty() {
+        if self.changes == 0 {
             self.main - 1
         } else {
             self.main
@@ -570,7 +732,7 @@ impl WriteTxn<'_> {
 
     /// Whether anything has been written so far.
     pub fn has_changes(&self) -> bool {
-        !self.events.is_empty()
+        self.changes > 0
     }
 
     /// The store (for reads at `read_rev`).
@@ -578,9 +740,10 @@ impl WriteTxn<'_> {
         self.mvcc
     }
 
-    /// The current live value of `key` as this transaction sees it.
-    pub fn get(&self, key: &[u8]) -> Option<Arc<KeyValue>> {
-        self.mvcc.index.get(key).and_then(|h| h.latest().cloned())
+    /// The current live key-value of `key` as this transaction sees it.
+    pub fn get(&self, key: &[u8]) -> Option<KvMeta> {
+        let (k, h) = self.mvcc.index.get_key_value(key)?;
+        h.latest().map(|e| e.meta(k))
     }
 
     /// Range read as of this transaction's view (`rev` 0 = own view).
@@ -604,101 +767,84 @@ impl WriteTxn<'_> {
         Ok(r)
     }
 
-    fn sub(&self) -> i64 {
-        self.events.len() as i64
-    }
-
-    /// Put `key`; returns the previous live value.
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Option<Arc<KeyValue>> {
+    fn next_rev(&mut self, key: Bytes) -> Revision {
         let rev = Revision {
             main: self.main,
-            sub: self.sub(),
+            sub: self.changes,
         };
+        self.changes += 1;
+        self.mvcc.log.push_back(LogEntry { rev, key });
+        rev
+    }
+
+    /// Put `key`; returns the previous live key-value.
+    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Option<KvMeta> {
         let prev = self.get(key);
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
             None => (self.main, 1),
         };
-        let kv = Arc::new(KeyValue {
-            key: key.to_vec(),
-            create_revision,
-            mod_revision: self.main,
-            version,
-            value,
-            lease,
-        });
+        let k = match &prev {
+            Some(p) => p.key.clone(),
+            None => Bytes::copy_from_slice(key),
+        };
+        let rev = self.next_rev(k.clone());
         let entry = HistEntry {
             rev,
-            kv: kv.clone(),
+            create_revision,
+            version,
+            lease,
+            value: self.mvcc.values.append(value),
             tombstone: false,
         };
-        self.mvcc.size += entry_size(&entry);
+        self.mvcc.size += entry_size(key.len(), &entry);
         self.mvcc.live += prev.is_none() as usize;
-        let k = Bytes::copy_from_slice(key);
-        let hist = self.mvcc.index.entry(k).or_default();
-        Arc::make_mut(hist).push(entry);
-        self.events.push(Event {
-            kind: EventKind::Put,
-            kv,
-            prev: prev.clone(),
-        });
+        match self.mvcc.index.get_mut(key) {
+            Some(h) => h.push(entry),
+            None => {
+                let mut h = KeyHistory::default();
+                h.push(entry);
+                self.mvcc.index.insert(k, h);
+            }
+        }
         prev
     }
 
-    /// Delete every live key in `range`; returns the deleted values in key order.
-    pub fn delete_range(&mut self, range: &KeyRange) -> Vec<Arc<KeyValue>> {
-        let victims: Vec<(Bytes, Arc<KeyValue>)> = self
+    /// Delete every live key in `range`; returns the deleted key-values in
+    /// key order.
+    pub fn delete_range(&mut self, range: &KeyRange) -> Vec<KvMeta> {
+        let victims: Vec<KvMeta> = self
             .mvcc
             .iter_range(range)
-            .filter_map(|(k, h)| h.latest().map(|kv| (k.clone(), kv.clone())))
+            .filter_map(|(k, h)| h.latest().map(|e| e.meta(k)))
             .collect();
-        let mut out = Vec::with_capacity(victims.len());
-        for (k, prev) in victims {
-            let rev = Revision {
-                main: self.main,
-                sub: self.sub(),
-            };
-            let kv = Arc::new(KeyValue {
-                key: k.to_vec(),
-                mod_revision: self.main,
-                ..Default::default()
-            });
+        for prev in &victims {
+            let rev = self.next_rev(prev.key.clone());
             let entry = HistEntry {
                 rev,
-                kv: kv.clone(),
+                create_revision: 0,
+                version: 0,
+                lease: 0,
+                value: ValueRef::EMPTY,
                 tombstone: true,
             };
-            self.mvcc.size += entry_size(&entry);
+            self.mvcc.size += entry_size(prev.key.len(), &entry);
             self.mvcc.live -= 1;
-            let hist = self
-                .mvcc
+            self.mvcc
                 .index
-                .get_mut(k.as_ref())
-                .expect("invariant: victim exists");
-            Arc::make_mut(hist).push(entry);
-            self.events.push(Event {
-                kind: EventKind::Delete,
-                kv,
-                prev: Some(prev.clone()),
-            });
-            out.push(prev);
+                .get_mut(prev.key.as_ref())
+                .expect("invariant: victim exists")
+                .push(entry);
         }
-        out
+        victims
     }
 
     /// Finish: bump the revision if anything changed. Returns the store
     /// revision after the transaction.
-    pub fn commit(mut self) -> i64 {
-        if !self.events.is_empty() {
-            // The events stay in the watch log until compaction: no spare
-            // capacity (a vector grown by pushes has room for at least four).
-            self.events.shrink_to_fit();
+    pub fn commit(self) -> i64 {
+        if self.changes > 0 {
             self.mvcc.peak = self.mvcc.peak.max(self.mvcc.size);
             self.mvcc.current = self.main;
-            self.mvcc.log.push_back(RevEvents {
-                main: self.main,
-                events: self.events,
-            });
         }
         self.mvcc.current
     }

@@ -223,44 +223,76 @@ impl StreamState {
         loop {
             let mut out: Vec<(i64, bool, pb::WatchResponse)> = Vec::new();
             let mut compacted: Vec<(i64, i64)> = Vec::new();
+            // Watchers whose events cannot be read back (a corrupt value).
+            let mut failed: Vec<(i64, String)> = Vec::new();
             let cur;
             {
                 let sm = self.node.state.read();
                 cur = sm.mvcc.current_rev();
+                let mut built: std::collections::HashMap<
+                    crate::mvcc::Revision,
+                    Option<crate::mvcc::Event>,
+                > = std::collections::HashMap::new();
                 for (id, w) in self.watchers.iter_mut() {
                     if w.next_rev > cur {
                         continue;
                     }
                     match sm.mvcc.events_from(w.next_rev, MAX_REVS_PER_PASS) {
                         Err(MvccError::Compacted) => compacted.push((*id, sm.mvcc.compact_rev())),
-                        Err(MvccError::FutureRev) => {}
-                        Ok(revs) => {
+                        Err(_) => {}
+                        Ok(entries) => {
                             let mut events = Vec::new();
-                            for re in revs {
-                                for ev in &re.events {
-                                    if !w.range.contains(&ev.kv.key) {
-                                        continue;
-                                    }
-                                    let put = ev.kind == EventKind::Put;
-                                    if (put && w.no_put) || (!put && w.no_delete) {
-                                        continue;
-                                    }
-                                    events.push(mvccpb::Event {
-                                        r#type: if put {
-                                            EventType::Put
-                                        } else {
-                                            EventType::Delete
-                                        } as i32,
-                                        kv: Some(mvccpb::KeyValue::clone(&ev.kv)),
-                                        prev_kv: if w.prev_kv {
-                                            prev_kv(&sm.mvcc, ev.kind, &ev.kv)
-                                        } else {
-                                            None
-                                        },
-                                    });
+                            let mut last = None;
+                            for e in entries {
+                                last = Some(e.rev.main);
+                                if !w.range.contains(&e.key) {
+                                    continue;
                                 }
+                                // Built once per pass, shared by the
+                                // stream's watchers (fan-out on one key).
+                                let ev = match built.get(&e.rev) {
+                                    Some(ev) => ev.clone(),
+                                    None => match sm.mvcc.event(e, false) {
+                                        Ok(ev) => {
+                                            built.insert(e.rev, ev.clone());
+                                            ev
+                                        }
+                                        Err(err) => {
+                                            failed.push((*id, err.to_string()));
+                                            break;
+                                        }
+                                    },
+                                };
+                                let Some(ev) = ev else { continue };
+                                let put = ev.kind == EventKind::Put;
+                                if (put && w.no_put) || (!put && w.no_delete) {
+                                    continue;
+                                }
+                                let prev = if w.prev_kv {
+                                    match prev_kv(&sm.mvcc, ev.kind, &ev.kv) {
+                                        Ok(p) => p,
+                                        Err(err) => {
+                                            failed.push((*id, err.to_string()));
+                                            break;
+                                        }
+                                    }
+                                } else {
+                                    None
+                                };
+                                events.push(mvccpb::Event {
+                                    r#type: if put {
+                                        EventType::Put
+                                    } else {
+                                        EventType::Delete
+                                    } as i32,
+                                    kv: Some(ev.kv),
+                                    prev_kv: prev,
+                                });
                             }
-                            w.next_rev = revs.last().map_or(cur + 1, |r| r.main + 1);
+                            if failed.last().is_some_and(|(f, _)| f == id) {
+                                continue;
+                            }
+                            w.next_rev = last.map_or(cur + 1, |m| m + 1);
                             if !events.is_empty() {
                                 out.push((
                                     *id,
@@ -276,6 +308,19 @@ impl StreamState {
                         }
                     }
                 }
+            }
+            for (id, reason) in failed {
+                self.watchers.remove(&id);
+                METRICS.watchers.dec();
+                tracing::error!(watch_id = id, error = %reason, "cancelling a watch: its events cannot be read");
+                self.send(pb::WatchResponse {
+                    header: self.header(cur),
+                    watch_id: id,
+                    canceled: true,
+                    cancel_reason: reason,
+                    ..Default::default()
+                })
+                .await?;
             }
             for (id, compact) in compacted {
                 self.watchers.remove(&id);
@@ -475,15 +520,14 @@ fn prev_kv(
     mvcc: &crate::mvcc::Mvcc,
     kind: EventKind,
     kv: &mvccpb::KeyValue,
-) -> Option<mvccpb::KeyValue> {
+) -> Result<Option<mvccpb::KeyValue>, MvccError> {
     if kind == EventKind::Put && kv.create_revision == kv.mod_revision {
-        return None;
+        return Ok(None);
     }
     if kv.mod_revision - 1 < mvcc.compact_rev() {
-        return None;
+        return Ok(None);
     }
     mvcc.prev_of(&kv.key, kv.mod_revision)
-        .map(|p| mvccpb::KeyValue::clone(&p))
 }
 
 /// Whether the client asked streams to fail without a leader (clientv3's WithRequireLeader).
