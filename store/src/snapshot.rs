@@ -20,7 +20,6 @@ use std::fs;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use prost::Message;
 use proto::etcdserverpb::AlarmMember;
 use proto::mvccpb::KeyValue;
@@ -356,7 +355,7 @@ const RECORDS_AHEAD: usize = 8;
 /// takes about the longer of the two rather than their sum.
 fn parse<R: Read + Send>(r: R) -> Result<StateMachine, SnapError> {
     let mut sm = StateMachine::default();
-    let mut index: imbl::OrdMap<Bytes, KeyHistory> = imbl::OrdMap::new();
+    let mut index: imbl::OrdMap<crate::mvcc::IKey, KeyHistory> = imbl::OrdMap::new();
     let mut values = Values::new();
     let (mut current, mut compact) = (1, 0);
     let mut saw_meta = false;
@@ -491,7 +490,7 @@ fn read_records<R: Read>(mut r: R, tx: std::sync::mpsc::SyncSender<Item>) -> Res
 
 /// One decoded key and its history, as the index holds them (the values
 /// go to `values`).
-fn key_history(k: Key, values: &mut Values) -> (Bytes, KeyHistory) {
+fn key_history(k: Key, values: &mut Values) -> (crate::mvcc::IKey, KeyHistory) {
     let mut hist = KeyHistory::default();
     hist.entries.reserve_exact(k.revs.len());
     for rv in k.revs {
@@ -512,7 +511,7 @@ fn key_history(k: Key, values: &mut Values) -> (Bytes, KeyHistory) {
             tombstone: rv.tombstone,
         });
     }
-    (Bytes::from(k.key), hist)
+    (k.key.into(), hist)
 }
 
 /// The directory of snapshot files.

@@ -570,9 +570,11 @@ pub fn put(
     if (p.ignore_value || p.ignore_lease) && prev.is_none() {
         return Err(Error::KeyNotFound);
     }
-    // Read what is needed of the previous value before anything changes.
-    let prev_value = match &prev {
-        Some(m) if p.ignore_value || p.prev_kv => Some(txn.store().value(m)?),
+    // The value a put with ignore_value keeps: without it nothing can be
+    // written. (A value that cannot be read back is local corruption of
+    // the value files; a restart rebuilds them from the snapshot and log.)
+    let kept_value = match &prev {
+        Some(m) if p.ignore_value => Some(txn.store().value(m)?),
         _ => None,
     };
     let lease = if p.ignore_lease {
@@ -591,21 +593,26 @@ pub fn put(
     if lease != 0 {
         leases.attach(lease, &p.key);
     }
-    let value: &[u8] = match (&prev_value, p.ignore_value) {
-        (Some(v), true) => v,
-        (None, true) => &[],
-        (_, false) => &p.value,
+    let value: &[u8] = match &kept_value {
+        Some(v) => v,
+        None => &p.value,
     };
     txn.put(&p.key, value, lease);
-    Ok(pb::PutResponse {
-        header: header(txn.read_rev()),
-        prev_kv: match (prev, prev_value) {
-            (Some(m), Some(v)) if p.prev_kv => Some(KeyValue {
+    // prev_kv is read after the write, which applies either way (every
+    // member applies the same entries); only this response fails.
+    let prev_kv = match prev {
+        Some(m) if p.prev_kv => Some(match kept_value {
+            Some(v) => KeyValue {
                 value: v,
                 ..meta_only(&m)
-            }),
-            _ => None,
-        },
+            },
+            None => txn.store().load(&m)?,
+        }),
+        _ => None,
+    };
+    Ok(pb::PutResponse {
+        header: header(txn.read_rev()),
+        prev_kv,
     })
 }
 
@@ -616,22 +623,21 @@ pub fn delete_range(
     d: &pb::DeleteRangeRequest,
 ) -> Result<pb::DeleteRangeResponse> {
     let kr = KeyRange::new(&d.key, &d.range_end);
-    // The previous values are read before anything changes.
-    let prev_kvs = if d.prev_kv {
-        let rr = txn.range(&kr, 0, 0, false)?;
-        rr.kvs
-            .iter()
-            .map(|m| txn.store().load(m))
-            .collect::<std::result::Result<Vec<_>, _>>()?
-    } else {
-        Vec::new()
-    };
     let deleted = txn.delete_range(&kr);
     for kv in &deleted {
         if kv.lease != 0 {
             leases.detach(kv.lease, &kv.key);
         }
     }
+    // Read after the delete, which applies either way (see `put`).
+    let prev_kvs = if d.prev_kv {
+        deleted
+            .iter()
+            .map(|m| txn.store().load(m))
+            .collect::<std::result::Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
     Ok(pb::DeleteRangeResponse {
         header: header(txn.read_rev()),
         deleted: deleted.len() as i64,

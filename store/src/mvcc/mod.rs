@@ -26,8 +26,13 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 use imbl::OrdMap;
+use std::sync::Arc;
 use proto::mvccpb::KeyValue;
 use smallvec::SmallVec;
+
+/// A key as the index holds it: one allocation, shared by the index, the
+/// watch log and read results (16 bytes where it is referenced).
+pub type IKey = Arc<[u8]>;
 
 /// Errors from MVCC reads and compaction.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,7 +79,7 @@ pub struct HistEntry {
 
 impl HistEntry {
     /// The entry's metadata under `key`.
-    pub fn meta(&self, key: &Bytes) -> KvMeta {
+    pub fn meta(&self, key: &IKey) -> KvMeta {
         KvMeta {
             key: key.clone(),
             create_revision: self.create_revision,
@@ -90,7 +95,7 @@ impl HistEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvMeta {
     /// The key.
-    pub key: Bytes,
+    pub key: IKey,
     /// Revision of the key's creation.
     pub create_revision: i64,
     /// Revision of the last modification.
@@ -202,7 +207,7 @@ pub struct LogEntry {
     /// The revision of the change.
     pub rev: Revision,
     /// The key changed.
-    pub key: Bytes,
+    pub key: IKey,
 }
 
 /// Which keys a request addresses, decoded from etcd's (key, range_end) pair.
@@ -253,7 +258,7 @@ pub struct RangeResult {
 #[derive(Clone)]
 pub struct MvccSnapshot {
     /// The key index.
-    pub index: OrdMap<Bytes, KeyHistory>,
+    pub index: OrdMap<IKey, KeyHistory>,
     /// The values the index refers to.
     pub values: Values,
     /// Current revision.
@@ -280,7 +285,7 @@ impl MvccSnapshot {
 
 /// The HashKV hash of `index` up to main revision `rev`.
 fn hash_index(
-    index: &OrdMap<Bytes, KeyHistory>,
+    index: &OrdMap<IKey, KeyHistory>,
     values: &Values,
     rev: i64,
 ) -> Result<u32, MvccError> {
@@ -308,7 +313,7 @@ fn hash_index(
 /// The multi-version key space.
 #[derive(Clone, Default)]
 pub struct Mvcc {
-    index: OrdMap<Bytes, KeyHistory>,
+    index: OrdMap<IKey, KeyHistory>,
     values: Values,
     /// Changes of every main revision in `(compact, current]` (and the live
     /// puts of `compact` itself), ascending.
@@ -425,7 +430,7 @@ impl Mvcc {
     fn iter_range<'a>(
         &'a self,
         range: &'a KeyRange,
-    ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a KeyHistory)> + 'a> {
+    ) -> Box<dyn Iterator<Item = (&'a IKey, &'a KeyHistory)> + 'a> {
         match range {
             KeyRange::Single(k) => Box::new(self.index.get_key_value(k.as_ref()).into_iter()),
             KeyRange::Span(s, e) => {
@@ -544,7 +549,7 @@ impl Mvcc {
             return;
         }
         let started = std::time::Instant::now();
-        let keys: Vec<Bytes> = self
+        let keys: Vec<IKey> = self
             .index
             .iter()
             .filter(|(_, h)| {
@@ -767,7 +772,7 @@ impl WriteTxn<'_> {
         Ok(r)
     }
 
-    fn next_rev(&mut self, key: Bytes) -> Revision {
+    fn next_rev(&mut self, key: IKey) -> Revision {
         let rev = Revision {
             main: self.main,
             sub: self.changes,
@@ -786,7 +791,7 @@ impl WriteTxn<'_> {
         };
         let k = match &prev {
             Some(p) => p.key.clone(),
-            None => Bytes::copy_from_slice(key),
+            None => IKey::from(key),
         };
         let rev = self.next_rev(k.clone());
         let entry = HistEntry {
