@@ -340,7 +340,7 @@ pub fn read_exact_from(mut bytes: &[u8], padded: bool) -> Result<StateMachine, S
 /// A verified record, decoded, as the reading thread hands it on.
 enum Item {
     Meta(Meta),
-    /// Keys in file (key) order, ready for the index.
+    /// Keys in file (key) order, with their revisions and values.
     Keys(Vec<Key>),
     Leases(LeaseList),
     Auth(AuthRec),
@@ -350,9 +350,10 @@ enum Item {
 const RECORDS_AHEAD: usize = 8;
 
 /// Load in two stages: a reading thread verifies and decodes the records
-/// (I/O, CRCs, protobuf decoding, building each key's history), this
-/// thread inserts the keys into the index; they overlap, so a restart
-/// takes about the longer of the two rather than their sum.
+/// (I/O, CRCs, protobuf decoding), this thread stores the values in the
+/// value segments and inserts each key's history into the index; they
+/// overlap, so a restart takes about the longer of the two rather than
+/// their sum.
 fn parse<R: Read + Send>(r: R) -> Result<StateMachine, SnapError> {
     let mut sm = StateMachine::default();
     let mut index: imbl::OrdMap<crate::mvcc::IKey, KeyHistory> = imbl::OrdMap::new();

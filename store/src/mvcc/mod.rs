@@ -26,9 +26,9 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 use imbl::OrdMap;
-use std::sync::Arc;
 use proto::mvccpb::KeyValue;
 use smallvec::SmallVec;
+use std::sync::Arc;
 
 /// A key as the index holds it: one allocation, shared by the index, the
 /// watch log and read results (16 bytes where it is referenced).

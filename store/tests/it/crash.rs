@@ -831,7 +831,11 @@ async fn a_damaged_value_file_is_never_served_and_a_restart_rebuilds_it() {
     // The put applies (every member applies the same entries); only its
     // prev_kv cannot be answered.
     let got = c
-        .put("big", "new", Some(etcd_client::PutOptions::new().with_prev_key()))
+        .put(
+            "big",
+            "new",
+            Some(etcd_client::PutOptions::new().with_prev_key()),
+        )
         .await;
     expect_corrupt(got.map(|_| String::new()), "put with prev_kv");
     let r = c.get("big", None).await.unwrap();
@@ -841,7 +845,10 @@ async fn a_damaged_value_file_is_never_served_and_a_restart_rebuilds_it() {
     assert_eq!(r.kvs()[0].value_str().unwrap(), "ok");
     // A watch replaying the damaged revision is cancelled with the reason.
     let mut stream = c
-        .watch("big", Some(etcd_client::WatchOptions::new().with_start_revision(rev)))
+        .watch(
+            "big",
+            Some(etcd_client::WatchOptions::new().with_start_revision(rev)),
+        )
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -850,7 +857,9 @@ async fn a_damaged_value_file_is_never_served_and_a_restart_rebuilds_it() {
             .await
             .expect("watch answered")
             .expect("watch stream");
-        let Some(r) = r else { panic!("watch ended without a cancel") };
+        let Some(r) = r else {
+            panic!("watch ended without a cancel")
+        };
         assert!(r.events().is_empty(), "a damaged value was sent: {r:?}");
         if r.canceled() {
             assert!(r.cancel_reason().contains("checksum mismatch"), "{r:?}");
@@ -862,7 +871,10 @@ async fn a_damaged_value_file_is_never_served_and_a_restart_rebuilds_it() {
     s.restart();
     let mut c = s.client().await;
     let r = c.get("big", old).await.unwrap();
-    assert!(r.kvs()[0].value() == big.as_bytes(), "the value was rebuilt intact");
+    assert!(
+        r.kvs()[0].value() == big.as_bytes(),
+        "the value was rebuilt intact"
+    );
     assert_eq!(r.kvs()[0].mod_revision(), rev);
     let r = c.get("big", None).await.unwrap();
     assert_eq!(r.kvs()[0].value_str().unwrap(), "new");
