@@ -582,7 +582,7 @@ impl Mvcc {
             }
         }
         let dropped = self.values.forget(&victims);
-        tracing::debug!(
+        tracing::info!(
             segments = dropped.len(),
             keys = keys.len(),
             moved_bytes = moved,
