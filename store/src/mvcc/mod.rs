@@ -170,7 +170,9 @@ impl KeyHistory {
             values.release(e.value);
         }
         self.entries.drain(..keep_from);
-        if self.entries.len() < self.entries.capacity() / 2 {
+        // Back inline once one entry is left (most keys after a
+        // compaction), or to size: compaction is when histories shrink.
+        if self.entries.len() < self.entries.capacity() {
             self.entries.shrink_to_fit();
         }
         freed

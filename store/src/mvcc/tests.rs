@@ -506,9 +506,11 @@ fn compaction_keeps_live_version_at_compact_revision() {
         m.range(&KeyRange::new(b"k", b""), 3, 0, false).err(),
         Some(MvccError::Compacted)
     );
-    // Only one entry of k remains.
+    // Only one entry of k remains, stored inline again (no heap block
+    // left over from the longer history).
     let h = m.index.get(&b"k"[..]).unwrap();
     assert_eq!(h.entries.len(), 1);
+    assert!(!h.entries.spilled(), "the history stays on the heap");
     // The put at the compact revision itself is still replayable, without prev.
     let evs = events_page(&m, 4, 10).unwrap();
     assert_eq!(evs.len(), 1);
