@@ -537,6 +537,11 @@ impl Mvcc {
                 self.log.push_front(e);
             }
         }
+        // The log's buffer keeps its peak size otherwise (32 bytes per
+        // change ever retained).
+        if self.log.len() < self.log.capacity() / 4 {
+            self.log.shrink_to_fit();
+        }
         self.compact = rev;
         self.compacted = true;
         self.collect_values();

@@ -673,3 +673,15 @@ fn single_revision_keys_hold_no_spare_capacity() {
     let back = Mvcc::from_snapshot(snap);
     assert_eq!(back.events_from(1, 100).unwrap().count(), 8);
 }
+
+#[test]
+fn compaction_gives_back_the_watch_log_buffer() {
+    let mut m = Mvcc::new();
+    for i in 0..4096u32 {
+        put(&mut m, b"k", &i.to_be_bytes());
+    }
+    assert!(m.log.capacity() >= 4096);
+    m.compact(m.current_rev()).unwrap();
+    assert_eq!(m.log.len(), 1, "the live put of the compact revision");
+    assert!(m.log.capacity() < 64, "capacity {}", m.log.capacity());
+}
