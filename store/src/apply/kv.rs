@@ -266,16 +266,9 @@ pub fn range<V: ReadView + ?Sized>(view: &V, r: &pb::RangeRequest) -> Result<pb:
     } else if target == SortTarget::Key && order == SortOrder::Ascend {
         order = SortOrder::None;
     }
+    let more = r.limit > 0 && kvs.len() > r.limit as usize;
+    let keep = if more { r.limit as usize } else { kvs.len() };
     // Values are read only for what is returned (and for a sort by value).
-    let mut more = false;
-    let truncate = |n: usize, more: &mut bool| -> usize {
-        if r.limit > 0 && n > r.limit as usize {
-            *more = true;
-            r.limit as usize
-        } else {
-            n
-        }
-    };
     let kvs: Vec<KeyValue> = if order != SortOrder::None && target == SortTarget::Value {
         let mut full = kvs
             .iter()
@@ -286,7 +279,7 @@ pub fn range<V: ReadView + ?Sized>(view: &V, r: &pb::RangeRequest) -> Result<pb:
         } else {
             full.sort_by(|a, b| b.value.cmp(&a.value));
         }
-        full.truncate(truncate(full.len(), &mut more));
+        full.truncate(keep);
         if r.keys_only {
             full.iter_mut().for_each(|kv| kv.value = Vec::new());
         }
@@ -305,7 +298,7 @@ pub fn range<V: ReadView + ?Sized>(view: &V, r: &pb::RangeRequest) -> Result<pb:
                 kvs.sort_by(|a, b| key_of(b, a));
             }
         }
-        kvs.truncate(truncate(kvs.len(), &mut more));
+        kvs.truncate(keep);
         kvs.iter()
             .map(|m| {
                 if r.keys_only {

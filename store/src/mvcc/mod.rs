@@ -142,12 +142,9 @@ impl KeyHistory {
         self.entries.last().filter(|e| !e.tombstone)
     }
 
-    /// The entry written at exactly `rev`.
-    fn at(&self, rev: Revision) -> Option<&HistEntry> {
-        self.entries
-            .binary_search_by(|e| e.rev.cmp(&rev))
-            .ok()
-            .map(|i| &self.entries[i])
+    /// Where the entry written at exactly `rev` is.
+    fn position(&self, rev: Revision) -> Option<usize> {
+        self.entries.binary_search_by(|e| e.rev.cmp(&rev)).ok()
     }
 
     /// Drop everything not needed to answer reads at revisions >= `rev`;
@@ -395,11 +392,6 @@ impl Mvcc {
         self.live
     }
 
-    /// The value store (segments held, live and total record bytes).
-    pub fn value_stats(&self) -> (usize, i64, u64) {
-        self.values.stats()
-    }
-
     /// Check a read revision the way etcd does: 0 means current.
     pub fn check_rev(&self, rev: i64) -> Result<i64, MvccError> {
         if rev > self.current {
@@ -531,8 +523,8 @@ impl Mvcc {
             let kept = self
                 .index
                 .get(e.key.as_ref())
-                .and_then(|h| h.at(e.rev))
-                .is_some_and(|h| !h.tombstone);
+                .and_then(|h| h.position(e.rev).map(|i| !h.entries[i].tombstone))
+                .unwrap_or(false);
             if kept {
                 self.log.push_front(e);
             }
@@ -636,9 +628,8 @@ impl Mvcc {
         let Some(h) = self.index.get(e.key.as_ref()) else {
             return Ok(None);
         };
-        let i = match h.entries.binary_search_by(|x| x.rev.cmp(&e.rev)) {
-            Ok(i) => i,
-            Err(_) => return Ok(None),
+        let Some(i) = h.position(e.rev) else {
+            return Ok(None);
         };
         let x = &h.entries[i];
         let (kind, kv) = if x.tombstone {

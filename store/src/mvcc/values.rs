@@ -382,7 +382,8 @@ impl Values {
     }
 
     /// Segments held and their total record bytes (live, all).
-    pub fn stats(&self) -> (usize, i64, u64) {
+    #[cfg(test)]
+    fn stats(&self) -> (usize, i64, u64) {
         let live = self
             .segs
             .values()

@@ -657,6 +657,25 @@ async fn sigterm_and_sigint_stop_a_single_member_cleanly() {
 /// watches do when an etcd member stops. A watch opened with the leader
 /// requirement (`hasleader`, as kube-apiserver opens every watch) used to
 /// stay open through the whole drain and then end cleanly.
+/// Drain `st` until it ends: it must end with Unavailable "etcdserver:
+/// server stopped" within 5 s, not cleanly (io.EOF to clientv3).
+async fn assert_unavailable_end<T>(name: &str, mut st: tonic::Streaming<T>) {
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(5), st.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(end) => break end,
+            Err(_) => panic!("{name}: still open 5 s after SIGTERM"),
+        }
+    };
+    match end {
+        Err(status) => {
+            assert_eq!(status.code(), Code::Unavailable, "{name}: {status:?}");
+            assert_eq!(status.message(), "etcdserver: server stopped", "{name}");
+        }
+        Ok(_) => panic!("{name}: ended cleanly (io.EOF to clientv3) on SIGTERM"),
+    }
+}
+
 #[tokio::test]
 async fn sigterm_ends_client_streams_with_unavailable() {
     use proto::etcdserverpb::{
@@ -717,33 +736,10 @@ async fn sigterm_ends_client_streams_with_unavailable() {
         .status()
         .unwrap();
     let t = Instant::now();
-    for (name, mut st) in streams {
-        let end = loop {
-            match tokio::time::timeout(Duration::from_secs(5), st.message()).await {
-                Ok(Ok(Some(_))) => continue,
-                Ok(end) => break end,
-                Err(_) => panic!("{name}: still open 5 s after SIGTERM"),
-            }
-        };
-        match end {
-            Err(status) => {
-                assert_eq!(status.code(), Code::Unavailable, "{name}: {status:?}");
-                assert_eq!(status.message(), "etcdserver: server stopped", "{name}");
-            }
-            Ok(_) => panic!("{name}: ended cleanly (io.EOF to clientv3) on SIGTERM"),
-        }
+    for (name, st) in streams {
+        assert_unavailable_end(&name, st).await;
     }
-    let end = loop {
-        match tokio::time::timeout(Duration::from_secs(5), ka.message()).await {
-            Ok(Ok(Some(_))) => continue,
-            Ok(end) => break end,
-            Err(_) => panic!("keepalive: still open 5 s after SIGTERM"),
-        }
-    };
-    match end {
-        Err(status) => assert_eq!(status.code(), Code::Unavailable, "keepalive: {status:?}"),
-        Ok(_) => panic!("keepalive: ended cleanly on SIGTERM"),
-    }
+    assert_unavailable_end("keepalive", ka).await;
     // Ended as the member stopped serving, not after its in-flight drain.
     assert!(
         t.elapsed() < Duration::from_millis(1500),
