@@ -172,6 +172,13 @@ struct Clients {
 }
 
 async fn connect(endpoint: &str) -> Clients {
+    try_connect(endpoint)
+        .await
+        .unwrap_or_else(|| panic!("{endpoint} did not become ready"))
+}
+
+/// [`connect`], or `None` if no linearizable read succeeded within 60 s.
+async fn try_connect(endpoint: &str) -> Option<Clients> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ch = Channel::from_shared(endpoint.to_string())
@@ -191,15 +198,17 @@ async fn connect(endpoint: &str) -> Clients {
             )
             .await;
             if matches!(probe, Ok(Ok(_))) {
-                return Clients {
+                return Some(Clients {
                     kv,
                     lease: LeaseClient::new(ch.clone()),
                     maint: MaintenanceClient::new(ch.clone()),
                     watch: WatchClient::new(ch),
-                };
+                });
             }
         }
-        assert!(Instant::now() < deadline, "{endpoint} did not become ready");
+        if Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -1393,6 +1402,28 @@ impl Servers {
     }
 }
 
+impl Servers {
+    /// Every member's clients, or a panic naming the side and member that
+    /// never served a linearizable read, with the tail of its log.
+    fn ready(&mut self, side: &str, clients: Vec<Option<Clients>>) -> Vec<Clients> {
+        if let Some(i) = clients.iter().position(|c| c.is_none()) {
+            let log = match (self, side) {
+                (Servers::Cluster { _etcd, .. }, "etcd") => _etcd.log_text(i),
+                (Servers::Cluster { _strata, .. }, _) => _strata.node(i).log_text(),
+                (Servers::Single { _strata, .. }, "strata") => _strata.log_text(),
+                (Servers::Single { .. }, _) => "(no log kept)".to_string(),
+            };
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "{side} member {i} did not serve a linearizable read within 60 s; its log ends:\n{}",
+                tail.join("\n")
+            );
+        }
+        clients.into_iter().flatten().collect()
+    }
+}
+
 /// Whether etcd answers `op` from the receiving member's local state, with
 /// no linearizability barrier: a serializable Range, or a Txn whose every op
 /// is a serializable Range (etcd's `isTxnReadonly && isTxnSerializable`; a
@@ -1508,11 +1539,13 @@ async fn run_seed(label: &str, topo: Topology, seed: u64, source: Source) -> usi
     if !version.starts_with("3.4") {
         etcd_flags.push("--unsafe-no-fsync".into());
     }
-    let (servers, etcd_eps, strata_eps) = Servers::start(&topo, etcd_flags).await;
+    let (mut servers, etcd_eps, strata_eps) = Servers::start(&topo, etcd_flags).await;
     let (e, s) = tokio::join!(
-        futures::future::join_all(etcd_eps.iter().map(|ep| connect(ep))),
-        futures::future::join_all(strata_eps.iter().map(|ep| connect(ep)))
+        futures::future::join_all(etcd_eps.iter().map(|ep| try_connect(ep))),
+        futures::future::join_all(strata_eps.iter().map(|ep| try_connect(ep)))
     );
+    let e = servers.ready("etcd", e);
+    let s = servers.ready("strata", s);
     let n = e.len();
     let quiet = Duration::from_millis(500);
 
