@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::lessor::Lessor;
 use crate::membership::{self, Member};
 use crate::metrics::METRICS;
-use crate::raft::apply::{run_apply, Applied, ApplyLoop, SnapshotPolicy, Waiters};
+use crate::raft::apply::{self, Applied, ApplyLoop, SnapshotPolicy, Waiters};
 use crate::raft::storage::RaftStorage;
 use crate::raft::transport::{PeerService, Received, Transport};
 use crate::raft::{run_raft, RaftLoop, RaftMsg, RaftStatus};
@@ -425,7 +425,6 @@ impl Node {
         storage.set_snapshot_source(Arc::new(move || st2.read().view()));
         let (applied_tx, applied_rx) = watch::channel(initial_applied);
         let (raft_tx, raft_rx) = flume::bounded(65536);
-        let (apply_tx, apply_rx) = flume::bounded(1024);
         let waiters = Arc::new(Waiters::default());
         let status = Arc::new(RaftStatus::default());
         let w2 = waiters.clone();
@@ -441,20 +440,6 @@ impl Node {
             &tokio::runtime::Handle::current(),
             tls.dialer.clone(),
         );
-        let rl = RaftLoop {
-            transport: transport.clone(),
-            raw,
-            rx: raft_rx,
-            apply_tx,
-            status: status.clone(),
-            tick: cfg.heartbeat_interval,
-            fail: Box::new(move |id, e| w2.complete(id, Err(e))),
-            snaps: snaps.clone(),
-            sync: !cfg.unsafe_no_fsync,
-        };
-        std::thread::Builder::new()
-            .name("raft".into())
-            .spawn(move || run_raft(rl))?;
         let received: Received = Default::default();
         let me = id.member_id;
         let t2 = transport.clone();
@@ -466,7 +451,6 @@ impl Node {
         )));
         let learner2 = learner.clone();
         let al = ApplyLoop {
-            rx: apply_rx,
             state: state.clone(),
             waiters: waiters.clone(),
             applied_tx,
@@ -494,9 +478,20 @@ impl Node {
                 }
             }),
         };
+        let rl = RaftLoop {
+            transport: transport.clone(),
+            raw,
+            rx: raft_rx,
+            apply: apply::spawn(al)?,
+            status: status.clone(),
+            tick: cfg.heartbeat_interval,
+            fail: Box::new(move |id, e| w2.complete(id, Err(e))),
+            snaps: snaps.clone(),
+            sync: !cfg.unsafe_no_fsync,
+        };
         std::thread::Builder::new()
-            .name("apply".into())
-            .spawn(move || run_apply(al))?;
+            .name("raft".into())
+            .spawn(move || run_raft(rl))?;
         let t3 = transport.clone();
         let removed3 = removed.clone();
         tokio::spawn(async move {

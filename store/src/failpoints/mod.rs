@@ -101,6 +101,11 @@ pub fn remove(name: &str) {
     tracing::warn!(failpoint = name, "failpoint removed");
 }
 
+/// Whether `name` has actions set.
+pub fn is_set(name: &str) -> bool {
+    SET.read().contains(name)
+}
+
 /// Every failpoint with actions, as (name, actions), sorted by name.
 pub fn list() -> Vec<(String, String)> {
     let mut v = fail::list();

@@ -1,4 +1,6 @@
-//! raft::apply: the apply thread. It decodes committed entries in log order,
+//! raft::apply: the apply stage, normally its own thread (small batches
+//! that arrive while it is idle are applied by the raft thread, see
+//! [`ApplyQueue`]). It decodes committed entries in log order,
 //! applies each batch to the state machine under one write-lock hold,
 //! publishes the new applied index/revision (which wakes watchers and
 //! linearizable readers), completes the proposers' waiters by request id,
@@ -97,10 +99,8 @@ pub struct SnapshotPolicy {
     pub catchup_entries: u64,
 }
 
-/// Everything the apply thread needs.
+/// Everything the apply side needs.
 pub struct ApplyLoop {
-    /// Incoming committed entries.
-    pub rx: flume::Receiver<ApplyTask>,
     /// The state machine.
     pub state: Arc<RwLock<StateMachine>>,
     /// Waiters.
@@ -119,6 +119,179 @@ pub struct ApplyLoop {
     pub received: super::transport::Received,
     /// Told about every change of the member table.
     pub on_members: Box<dyn Fn(&StateMachine) + Send>,
+}
+
+/// Most committed entries the raft thread applies itself (see
+/// [`ApplyQueue::dispatch`]); larger batches go to the apply thread.
+const MAX_INLINE: usize = 16;
+
+/// The raft thread's side of the apply stage.
+///
+/// Committed entries normally go to the apply thread, which applies them
+/// while the raft thread writes and fsyncs the next batch. When that
+/// thread is idle with nothing queued, and the batch is a few cheap
+/// single-key operations, the raft thread applies it itself: a sequential
+/// client (one write in flight) then does not pay a second thread wake-up
+/// per request. Order is kept: a batch is applied inline only when every
+/// batch handed over before it has been applied (`sent == done`, checked
+/// under the applier's lock), and never while the state machine is locked
+/// by a reader (the raft thread must not wait behind a long range read).
+pub struct ApplyQueue {
+    tx: flume::Sender<ApplyTask>,
+    /// The applier shared with the apply thread (None: queue only).
+    shared: Option<Arc<Mutex<Applier>>>,
+    /// Tasks handed over so far (queued or applied inline).
+    sent: u64,
+}
+
+/// Results of an inline apply, to hand to the waiters once the caller has
+/// recorded the commit index.
+#[must_use]
+pub struct Completions {
+    results: Vec<(u64, Result<ApplyResult>)>,
+    waiters: Arc<Waiters>,
+}
+
+impl Completions {
+    /// Answer every proposer.
+    pub fn deliver(self) {
+        for (id, r) in self.results {
+            self.waiters.complete(id, r);
+        }
+    }
+}
+
+/// What [`ApplyQueue::dispatch`] did with a task.
+pub enum Dispatched {
+    /// Queued for the apply thread.
+    Queued,
+    /// Applied on the calling thread; deliver the completions.
+    Inline(Completions),
+    /// The apply thread is gone (shutdown).
+    Closed,
+}
+
+impl ApplyQueue {
+    /// A queue with no inline path (tests of the raft loop alone).
+    pub fn detached(tx: flume::Sender<ApplyTask>) -> Self {
+        ApplyQueue {
+            tx,
+            shared: None,
+            sent: 0,
+        }
+    }
+
+    /// Apply `task` here if `may_inline` (the caller has nothing more
+    /// urgent to do), the apply thread is idle and the task is small and
+    /// cheap; else queue it for the apply thread.
+    pub fn dispatch(&mut self, task: ApplyTask, may_inline: bool) -> Dispatched {
+        if !may_inline {
+            return self.queue(task);
+        }
+        let task = match self.try_inline(task) {
+            Ok(c) => return Dispatched::Inline(c),
+            Err(task) => task,
+        };
+        self.queue(task)
+    }
+
+    fn queue(&mut self, task: ApplyTask) -> Dispatched {
+        self.sent += 1;
+        match self.tx.send(task) {
+            Ok(()) => Dispatched::Queued,
+            Err(_) => Dispatched::Closed,
+        }
+    }
+
+    fn try_inline(&mut self, task: ApplyTask) -> std::result::Result<Completions, ApplyTask> {
+        let Some(shared) = &self.shared else {
+            return Err(task);
+        };
+        let ApplyTask::Entries(entries, confs) = task else {
+            return Err(task);
+        };
+        // The apply-stage failpoint belongs to the apply thread (its
+        // `sleep`/`pause` must not stall the raft loop).
+        #[cfg(feature = "failpoints")]
+        if crate::failpoints::is_set(crate::failpoints::APPLY_BEFORE_APPLY) {
+            return Err(ApplyTask::Entries(entries, confs));
+        }
+        let cheap =
+            confs.is_empty() && entries.len() <= MAX_INLINE && entries.iter().all(cheap_to_apply);
+        let guard = if cheap { shared.try_lock() } else { None };
+        let Some(mut a) = guard.filter(|a| a.done == self.sent) else {
+            return Err(ApplyTask::Entries(entries, confs));
+        };
+        let state = a.l.state.clone();
+        let Some(mut sm) = state.try_write() else {
+            return Err(ApplyTask::Entries(entries, confs));
+        };
+        let batch = a.apply_entries(&mut sm, entries, confs, false);
+        drop(sm);
+        let c = a.finish(batch);
+        a.done += 1;
+        self.sent += 1;
+        Ok(c)
+    }
+}
+
+/// Whether applying `e` is bounded and small: an empty entry, or a put,
+/// single-key delete, single-key txn or lease grant/checkpoint. Ranges,
+/// compactions, revokes (which delete every attached key), auth and
+/// membership changes go to the apply thread.
+fn cheap_to_apply(e: &Entry) -> bool {
+    if e.get_entry_type() != EntryType::EntryNormal {
+        return false;
+    }
+    if e.data.is_empty() {
+        return true;
+    }
+    match InternalRequest::decode(e.data.as_ref()) {
+        Ok(InternalRequest { op: Some(op), .. }) => match op {
+            Op::Put(_) | Op::LeaseGrant(_) | Op::LeaseCheckpoint(_) => true,
+            Op::DeleteRange(d) => d.range_end.is_empty(),
+            Op::Txn(t) => single_key_txn(&t),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// A txn whose every branch operation touches one key.
+fn single_key_txn(t: &proto::etcdserverpb::TxnRequest) -> bool {
+    use proto::etcdserverpb::request_op::Request;
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(r)) => r.range_end.is_empty(),
+            Some(Request::RequestPut(_)) => true,
+            Some(Request::RequestDeleteRange(d)) => d.range_end.is_empty(),
+            Some(Request::RequestTxn(t)) => single_key_txn(t),
+            None => true,
+        })
+}
+
+/// The apply stage's state, shared by the apply thread and (for inline
+/// applies) the raft thread.
+pub struct Applier {
+    l: ApplyLoop,
+    /// Index of the newest snapshot. After the next one is written, the
+    /// raft log is compacted only up to this one, so a corrupt newest
+    /// snapshot can still fall back to the older file plus the log.
+    last_snap: u64,
+    /// A background snapshot is being written.
+    snapshotting: Arc<std::sync::atomic::AtomicBool>,
+    /// Tasks applied so far.
+    done: u64,
+}
+
+/// One applied batch, before its side effects outside the state machine.
+struct Batch {
+    applied: Applied,
+    results: Vec<(u64, Result<ApplyResult>)>,
+    lease_events: Vec<(i64, bool, i64)>,
+    checkpoints: Vec<(i64, i64)>,
 }
 
 /// Decode the request carried in a membership-change entry.
@@ -151,55 +324,112 @@ fn load_received(l: &ApplyLoop, index: u64) -> StateMachine {
     }
 }
 
+/// Start the apply thread; the raft thread hands it work through the
+/// returned queue.
+pub fn spawn(l: ApplyLoop) -> std::io::Result<ApplyQueue> {
+    let (tx, rx) = flume::bounded(1024);
+    let last_snap = l.state.read().applied_index;
+    let shared = Arc::new(Mutex::new(Applier {
+        l,
+        last_snap,
+        snapshotting: Default::default(),
+        done: 0,
+    }));
+    let a = shared.clone();
+    std::thread::Builder::new()
+        .name("apply".into())
+        .spawn(move || run_apply(&a, rx))?;
+    Ok(ApplyQueue {
+        tx,
+        shared: Some(shared),
+        sent: 0,
+    })
+}
+
 /// Run until the task channel closes.
-pub fn run_apply(l: ApplyLoop) {
-    // Index of the newest snapshot. After the next one is written, the raft
-    // log is compacted only up to this one, so a corrupt newest snapshot can
-    // still fall back to the older file plus the log.
-    let mut last_snap = l.state.read().applied_index;
-    let snapshotting = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    while let Ok(task) = l.rx.recv() {
-        let (entries, confs) = match task {
-            ApplyTask::Entries(e, c) => (e, c),
-            ApplyTask::Snapshot(index) => {
-                let sm = load_received(&l, index);
-                l.received.lock().retain(|i, _| *i > index);
-                let applied = Applied {
-                    index: sm.applied_index,
-                    rev: sm.mvcc.current_rev(),
-                    compact: sm.mvcc.compact_rev(),
-                };
-                l.lessor.refresh_all(
-                    sm.leases
-                        .iter()
-                        .map(|(id, ls)| (*id, ls.ttl, ls.remaining_ttl)),
-                );
-                {
-                    let mut st = l.state.write();
-                    *st = sm;
-                    (l.on_members)(&st);
-                }
-                last_snap = index;
-                tracing::info!(
-                    index,
-                    rev = applied.rev,
-                    "state machine replaced by the leader's snapshot"
-                );
-                l.applied_tx.send_replace(applied);
-                continue;
+fn run_apply(shared: &Mutex<Applier>, rx: flume::Receiver<ApplyTask>) {
+    while let Ok(task) = rx.recv() {
+        let mut a = shared.lock();
+        let c = a.apply_task(task);
+        a.done += 1;
+        drop(a);
+        if let Some(c) = c {
+            c.deliver();
+        }
+    }
+}
+
+impl Applier {
+    /// Apply one task; the completions of applied entries (none for a
+    /// snapshot) are returned for delivery outside the applier's lock.
+    fn apply_task(&mut self, task: ApplyTask) -> Option<Completions> {
+        match task {
+            ApplyTask::Entries(entries, confs) => {
+                // Fault injection (before the state lock, so `sleep` and
+                // `pause` delay apply without blocking reads): `return`
+                // applies the batch but answers its proposers "request
+                // timed out" (an indefinite failure).
+                #[cfg(feature = "failpoints")]
+                let time_out =
+                    crate::failpoints::eval(crate::failpoints::APPLY_BEFORE_APPLY).is_some();
+                #[cfg(not(feature = "failpoints"))]
+                let time_out = false;
+                let state = self.l.state.clone();
+                let batch = self.apply_entries(&mut state.write(), entries, confs, time_out);
+                Some(self.finish(batch))
             }
+            ApplyTask::Snapshot(index) => {
+                self.install(index);
+                None
+            }
+        }
+    }
+
+    /// Replace the state machine by the snapshot installed at `index`.
+    fn install(&mut self, index: u64) {
+        let l = &self.l;
+        let sm = load_received(l, index);
+        l.received.lock().retain(|i, _| *i > index);
+        let applied = Applied {
+            index: sm.applied_index,
+            rev: sm.mvcc.current_rev(),
+            compact: sm.mvcc.compact_rev(),
         };
-        // Fault injection: `return` applies the batch but answers its
-        // proposers "request timed out" (an indefinite failure).
-        #[cfg(feature = "failpoints")]
-        let time_out = crate::failpoints::eval(crate::failpoints::APPLY_BEFORE_APPLY).is_some();
+        l.lessor.refresh_all(
+            sm.leases
+                .iter()
+                .map(|(id, ls)| (*id, ls.ttl, ls.remaining_ttl)),
+        );
+        {
+            let mut st = l.state.write();
+            *st = sm;
+            (l.on_members)(&st);
+        }
+        self.last_snap = index;
+        tracing::info!(
+            index,
+            rev = applied.rev,
+            "state machine replaced by the leader's snapshot"
+        );
+        l.applied_tx.send_replace(applied);
+    }
+
+    /// Apply committed entries to the locked state machine; with
+    /// `time_out`, answer their proposers "request timed out" anyway.
+    fn apply_entries(
+        &mut self,
+        sm: &mut StateMachine,
+        entries: Vec<Entry>,
+        confs: HashMap<u64, Option<ConfState>>,
+        time_out: bool,
+    ) -> Batch {
+        let l = &self.l;
         let mut members_changed = false;
         let mut results = Vec::with_capacity(entries.len());
         let mut lease_events = Vec::new();
         let mut checkpoints: Vec<(i64, i64)> = Vec::new();
         let mut promote = false;
         let applied = {
-            let mut sm = l.state.write();
             let mut last_op: Option<Op> = None;
             for e in entries {
                 if e.get_entry_type() == EntryType::EntryNormal
@@ -290,7 +520,7 @@ pub fn run_apply(l: ApplyLoop) {
                 );
             }
             if members_changed {
-                (l.on_members)(&sm);
+                (l.on_members)(sm);
             }
             Applied {
                 index: sm.applied_index,
@@ -298,6 +528,32 @@ pub fn run_apply(l: ApplyLoop) {
                 compact: sm.mvcc.compact_rev(),
             }
         };
+        let results = if time_out {
+            results
+                .into_iter()
+                .map(|(id, _)| (id, Err(Error::Timeout)))
+                .collect()
+        } else {
+            results
+        };
+        Batch {
+            applied,
+            results,
+            lease_events,
+            checkpoints,
+        }
+    }
+
+    /// After a batch: lease timers, the published applied index, and a
+    /// background snapshot every `snapshot_count` entries.
+    fn finish(&mut self, batch: Batch) -> Completions {
+        let l = &self.l;
+        let Batch {
+            applied,
+            results,
+            lease_events,
+            checkpoints,
+        } = batch;
         for (id, granted, ttl) in lease_events {
             if granted {
                 l.lessor.granted(id, ttl);
@@ -311,42 +567,235 @@ pub fn run_apply(l: ApplyLoop) {
             l.lessor.checkpointed(id, remaining, follower);
         }
         l.applied_tx.send_replace(applied);
-        for (id, r) in results {
-            #[cfg(feature = "failpoints")]
-            let r = if time_out { Err(Error::Timeout) } else { r };
-            l.waiters.complete(id, r);
-        }
         if l.snap.count > 0
-            && applied.index >= last_snap + l.snap.count
-            && !snapshotting.swap(true, std::sync::atomic::Ordering::AcqRel)
+            && applied.index >= self.last_snap + l.snap.count
+            && !self
+                .snapshotting
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
-            let view = l.state.read().view();
-            let dir = l.snap.dir.clone();
-            let storage = l.snap.storage.clone();
-            let flag = snapshotting.clone();
-            let sync = l.snap.sync;
-            // Keep the older snapshot's entries (so a corrupt newest file can
-            // fall back) and `catchup_entries` more for slow followers, who
-            // would otherwise need a whole snapshot.
-            let compact_to =
-                last_snap.min(view.applied_index.saturating_sub(l.snap.catchup_entries));
-            last_snap = view.applied_index;
-            std::thread::Builder::new()
-                .name("snapshot".into())
-                .spawn(move || {
-                    let t = Instant::now();
-                    match dir.save(&view, sync) {
-                        Ok((path, bytes)) => {
-                            tracing::info!(index = view.applied_index, bytes, path = %path.display(),
-                                took_ms = t.elapsed().as_millis() as u64, "saved state-machine snapshot");
-                            METRICS.snapshot_save.observe(t.elapsed().as_secs_f64());
-                            storage.compact_to(compact_to);
-                        }
-                        Err(e) => tracing::error!(error = %e, "state-machine snapshot failed"),
-                    }
-                    flag.store(false, std::sync::atomic::Ordering::Release);
-                })
-                .expect("invariant: can spawn the snapshot thread");
+            self.snapshot_in_background();
         }
+        Completions {
+            results,
+            waiters: self.l.waiters.clone(),
+        }
+    }
+
+    fn snapshot_in_background(&mut self) {
+        let l = &self.l;
+        let view = l.state.read().view();
+        let dir = l.snap.dir.clone();
+        let storage = l.snap.storage.clone();
+        let flag = self.snapshotting.clone();
+        let sync = l.snap.sync;
+        // Keep the older snapshot's entries (so a corrupt newest file can
+        // fall back) and `catchup_entries` more for slow followers, who
+        // would otherwise need a whole snapshot.
+        let compact_to = self
+            .last_snap
+            .min(view.applied_index.saturating_sub(l.snap.catchup_entries));
+        self.last_snap = view.applied_index;
+        std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                let t = Instant::now();
+                match dir.save(&view, sync) {
+                    Ok((path, bytes)) => {
+                        tracing::info!(index = view.applied_index, bytes, path = %path.display(),
+                            took_ms = t.elapsed().as_millis() as u64, "saved state-machine snapshot");
+                        METRICS.snapshot_save.observe(t.elapsed().as_secs_f64());
+                        storage.compact_to(compact_to);
+                    }
+                    Err(e) => tracing::error!(error = %e, "state-machine snapshot failed"),
+                }
+                flag.store(false, std::sync::atomic::Ordering::Release);
+            })
+            .expect("invariant: can spawn the snapshot thread");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::etcdserverpb as pb;
+
+    /// An apply stage over an empty state machine (no snapshots).
+    fn stage(dir: &std::path::Path) -> (ApplyQueue, Arc<RwLock<StateMachine>>, Arc<Waiters>) {
+        let state = Arc::new(RwLock::new(StateMachine::default()));
+        let waiters = Arc::new(Waiters::default());
+        let (applied_tx, _) = watch::channel(Applied::default());
+        let l = ApplyLoop {
+            state: state.clone(),
+            waiters: waiters.clone(),
+            applied_tx,
+            cfg: ApplyConfig {
+                min_lease_ttl: 1,
+                tokens: None,
+            },
+            lessor: Arc::new(Lessor::new(crate::lessor::lease_clock())),
+            status: Arc::new(RaftStatus::default()),
+            snap: SnapshotPolicy {
+                dir: Arc::new(SnapDir::open(dir.join("snap"), 1).unwrap()),
+                count: 0,
+                sync: false,
+                storage: RaftStorage::open(&dir.join("log"), false).unwrap(),
+                catchup_entries: 0,
+            },
+            received: Default::default(),
+            on_members: Box::new(|_| {}),
+        };
+        (spawn(l).unwrap(), state, waiters)
+    }
+
+    fn entry(index: u64, id: u64, op: Op) -> Entry {
+        let data = InternalRequest {
+            id,
+            op: Some(op),
+            auth: None,
+        }
+        .encode_to_vec();
+        Entry {
+            index,
+            term: 1,
+            data: data.into(),
+            ..Default::default()
+        }
+    }
+
+    fn put(key: &str) -> Op {
+        Op::Put(pb::PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+    }
+
+    fn task(entries: Vec<Entry>) -> ApplyTask {
+        ApplyTask::Entries(entries, HashMap::new())
+    }
+
+    fn waiter(w: &Waiters, id: u64) -> oneshot::Receiver<Result<ApplyResult>> {
+        let (tx, rx) = oneshot::channel();
+        w.insert(id, tx);
+        rx
+    }
+
+    fn mod_rev(state: &RwLock<StateMachine>, key: &str) -> Option<i64> {
+        let sm = state.read();
+        let r = sm
+            .mvcc
+            .range(
+                &crate::mvcc::KeyRange::Single(key.as_bytes().to_vec().into()),
+                0,
+                0,
+                false,
+            )
+            .unwrap();
+        r.kvs.first().map(|m| m.mod_revision)
+    }
+
+    #[test]
+    fn an_idle_stage_applies_a_small_write_batch_on_the_calling_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, state, waiters) = stage(dir.path());
+        let mut rx = waiter(&waiters, 7);
+        let Dispatched::Inline(done) = q.dispatch(task(vec![entry(1, 7, put("a"))]), true) else {
+            panic!("an idle stage should apply a single put inline");
+        };
+        // Applied before the call returned, answered only on delivery.
+        assert_eq!(mod_rev(&state, "a"), Some(2));
+        assert!(rx.try_recv().is_err());
+        done.deliver();
+        assert!(matches!(rx.try_recv(), Ok(Ok(ApplyResult::Put(_)))));
+        // Not when the caller has more to do.
+        assert!(matches!(
+            q.dispatch(task(vec![entry(2, 8, put("b"))]), false),
+            Dispatched::Queued
+        ));
+    }
+
+    #[test]
+    fn range_deletes_and_batches_behind_a_reader_go_to_the_apply_thread_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, state, waiters) = stage(dir.path());
+        let big = Op::DeleteRange(pb::DeleteRangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"z".to_vec(),
+            ..Default::default()
+        });
+        let rx1 = waiter(&waiters, 1);
+        let rx2 = waiter(&waiters, 2);
+        let rx3 = waiter(&waiters, 3);
+        // A reader holds the state: the raft thread must not wait behind
+        // it, and a cheap batch must not overtake what is queued.
+        let reader = state.read();
+        assert!(matches!(
+            q.dispatch(task(vec![entry(1, 1, put("k"))]), true),
+            Dispatched::Queued
+        ));
+        assert!(matches!(
+            q.dispatch(task(vec![entry(2, 2, big)]), true),
+            Dispatched::Queued
+        ));
+        assert!(matches!(
+            q.dispatch(task(vec![entry(3, 3, put("k"))]), true),
+            Dispatched::Queued
+        ));
+        drop(reader);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (r1, r2, r3) = rt.block_on(async { (rx1.await, rx2.await, rx3.await) });
+        assert!(matches!(r1, Ok(Ok(ApplyResult::Put(_)))));
+        match r2 {
+            Ok(Ok(ApplyResult::DeleteRange(d))) => assert_eq!(d.deleted, 1),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(r3, Ok(Ok(ApplyResult::Put(_)))));
+        // Put, delete, put: applied in log order.
+        assert_eq!(mod_rev(&state, "k"), Some(4));
+        // Everything handed over has been applied: inline again.
+        assert!(matches!(
+            q.dispatch(task(vec![entry(4, 4, put("m"))]), true),
+            Dispatched::Inline(_)
+        ));
+    }
+
+    #[test]
+    fn only_bounded_single_key_operations_count_as_cheap() {
+        let cheap = |op| cheap_to_apply(&entry(1, 1, op));
+        assert!(cheap(put("a")));
+        assert!(cheap_to_apply(&Entry::default()));
+        assert!(cheap(Op::DeleteRange(pb::DeleteRangeRequest {
+            key: b"a".to_vec(),
+            ..Default::default()
+        })));
+        assert!(!cheap(Op::DeleteRange(pb::DeleteRangeRequest {
+            key: b"a".to_vec(),
+            range_end: vec![0],
+            ..Default::default()
+        })));
+        assert!(!cheap(Op::Compaction(pb::CompactionRequest {
+            revision: 1,
+            ..Default::default()
+        })));
+        assert!(!cheap(Op::LeaseRevoke(pb::LeaseRevokeRequest { id: 1 })));
+        let txn = |range_end: Vec<u8>| {
+            Op::Txn(pb::TxnRequest {
+                success: vec![pb::RequestOp {
+                    request: Some(pb::request_op::Request::RequestPut(Default::default())),
+                }],
+                failure: vec![pb::RequestOp {
+                    request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                        key: b"a".to_vec(),
+                        range_end,
+                        ..Default::default()
+                    })),
+                }],
+                ..Default::default()
+            })
+        };
+        assert!(cheap(txn(vec![])));
+        assert!(!cheap(txn(b"b".to_vec())));
     }
 }

@@ -1,6 +1,7 @@
 //! raft: the consensus layer. One dedicated thread owns `raft::RawNode`
 //! ([`run_raft`]); a second thread applies committed entries to the state
-//! machine ([`apply::run_apply`]).
+//! machine ([`apply::spawn`]), except small batches that arrive while it
+//! is idle, which the raft thread applies itself.
 //!
 //! The raft thread never awaits network I/O and never touches the state
 //! machine. It drains every queued proposal before handling a Ready, so many
@@ -100,8 +101,8 @@ pub struct RaftLoop {
     pub raw: RawNode<RaftStorage>,
     /// Incoming messages.
     pub rx: flume::Receiver<RaftMsg>,
-    /// Committed entries to the apply thread.
-    pub apply_tx: flume::Sender<apply::ApplyTask>,
+    /// Committed entries to the apply stage.
+    pub apply: apply::ApplyQueue,
     /// Shared status.
     pub status: Arc<RaftStatus>,
     /// Tick interval (the heartbeat interval).
@@ -367,9 +368,9 @@ fn install_snapshot(l: &mut RaftLoop, meta: raft::eraftpb::SnapshotMetadata) {
         took_ms = t.elapsed().as_millis() as u64,
         "installed snapshot from the leader"
     );
-    if l.apply_tx
-        .send(apply::ApplyTask::Snapshot(meta.index))
-        .is_err()
+    if let apply::Dispatched::Closed = l
+        .apply
+        .dispatch(apply::ApplyTask::Snapshot(meta.index), false)
     {
         tracing::error!("apply thread is gone; stopping");
     }
@@ -389,7 +390,9 @@ fn in_conf(cs: &raft::eraftpb::ConfState, id: u64) -> bool {
 
 /// Apply membership changes on the raft thread (raft-rs requires it), then
 /// hand every committed entry, with raft's configuration after each
-/// membership change, to the apply thread in order. Returns true when a
+/// membership change, to the apply stage in order (which applies a small
+/// batch right here when the apply thread is idle, see
+/// [`apply::ApplyQueue`]). Returns true when a
 /// change removed this member: raft-rs must not be driven any further then
 /// (a removed leader has no progress entry of its own, and raft-rs unwraps
 /// it on the next persisted write or append response), so the raft loop
@@ -442,11 +445,18 @@ fn dispatch_committed(l: &mut RaftLoop, entries: Vec<raft::eraftpb::Entry>) -> b
     }
     let n = entries.len() as i64;
     METRICS.proposals_committed.inc_by(n as u64);
-    if l.apply_tx
-        .send(apply::ApplyTask::Entries(entries, confs))
-        .is_err()
+    // With more proposals waiting, the raft thread should get on with the
+    // next write while the apply thread applies this batch.
+    let idle = l.rx.is_empty();
+    match l
+        .apply
+        .dispatch(apply::ApplyTask::Entries(entries, confs), idle)
     {
-        tracing::error!("apply thread is gone; stopping");
+        apply::Dispatched::Queued => {}
+        // Applied here (the apply thread was idle): answer the proposers,
+        // as the apply thread would have.
+        apply::Dispatched::Inline(done) => done.deliver(),
+        apply::Dispatched::Closed => tracing::error!("apply thread is gone; stopping"),
     }
     if removed {
         tracing::warn!("this member was removed from the cluster; the raft loop stops");
@@ -491,7 +501,7 @@ mod tests {
         let l = RaftLoop {
             raw,
             rx,
-            apply_tx,
+            apply: apply::ApplyQueue::detached(apply_tx),
             status: Arc::new(RaftStatus::default()),
             tick: Duration::from_millis(100),
             fail: Box::new(|_, _| {}),

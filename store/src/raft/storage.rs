@@ -8,7 +8,10 @@
 //! lost write could serve data raft never committed.
 //!
 //! Recent entry terms are cached in memory so that raft's frequent `term()`
-//! calls do not read log files.
+//! calls do not read log files, and the newest entries themselves (up to
+//! [`MAX_CACHED_BYTES`]) so that committing them (raft-rs fetches committed
+//! entries from storage once they are stable) and replicating them to
+//! followers does not read back from the file what was just written.
 //!
 //! After a state-machine snapshot the log is compacted ([`RaftStorage::compact_to`])
 //! and raft-engine deletes the log files left without live data, so the
@@ -45,6 +48,11 @@ const KEY_IDENTITY: &[u8] = b"identity";
 const MAX_CACHED_TERMS: usize = 1 << 17;
 /// Terms of the newest entries read into the cache when the log is opened.
 const TERMS_READ_AT_OPEN: u64 = 1024;
+/// Bound of the entry cache (payload bytes plus [`ENTRY_OVERHEAD`] each);
+/// the newest entry is always kept.
+const MAX_CACHED_BYTES: usize = 4 << 20;
+/// What one cached entry costs besides its payload.
+const ENTRY_OVERHEAD: usize = 64;
 /// Size of one raft log file; compacted files are deleted once the log is
 /// larger than two of them.
 const LOG_FILE_MB: u64 = 32;
@@ -181,6 +189,80 @@ struct Inner {
     /// Terms of entries `term_first ..= last_index`.
     terms: VecDeque<u64>,
     term_first: u64,
+    /// The newest entries, as written.
+    cache: EntryCache,
+}
+
+/// The newest entries of the log, in memory: a suffix `first ..=
+/// last_index` of it (empty after open, a snapshot install or a
+/// compaction past it; refilled by appends).
+#[derive(Default)]
+struct EntryCache {
+    first: u64,
+    ents: VecDeque<Entry>,
+    bytes: usize,
+}
+
+fn cached_size(e: &Entry) -> usize {
+    e.data.len() + e.context.len() + ENTRY_OVERHEAD
+}
+
+impl EntryCache {
+    /// Entries `entries` were written (replacing any suffix from the first
+    /// one's index on).
+    fn append(&mut self, entries: &[Entry]) {
+        let Some(f) = entries.first() else { return };
+        let end = self.first + self.ents.len() as u64;
+        if self.ents.is_empty() || f.index < self.first || f.index > end {
+            self.clear();
+            self.first = f.index;
+        } else {
+            let keep = (f.index - self.first) as usize;
+            for e in self.ents.drain(keep..) {
+                self.bytes -= cached_size(&e);
+            }
+        }
+        for e in entries {
+            self.bytes += cached_size(e);
+            self.ents.push_back(e.clone());
+        }
+        while self.bytes > MAX_CACHED_BYTES && self.ents.len() > 1 {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.ents.pop_front() {
+            self.bytes -= cached_size(&e);
+            self.first += 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.ents.clear();
+        self.bytes = 0;
+    }
+
+    /// Forget entries up to and including `index`.
+    fn compact_to(&mut self, index: u64) {
+        while !self.ents.is_empty() && self.first <= index {
+            self.pop_front();
+        }
+    }
+
+    /// Entries `low..high` limited as raft limits them (at least one, then
+    /// while the encoded size stays within `max_size`), if all are cached.
+    fn get(&self, low: u64, high: u64, max_size: Option<u64>) -> Option<Vec<Entry>> {
+        let end = self.first + self.ents.len() as u64;
+        if self.ents.is_empty() || low < self.first || high > end || low >= high {
+            return None;
+        }
+        let from = (low - self.first) as usize;
+        let to = (high - self.first) as usize;
+        let mut out: Vec<Entry> = self.ents.range(from..to).cloned().collect();
+        raft::util::limit_size(&mut out, max_size);
+        Some(out)
+    }
 }
 
 /// Takes a point-in-time view of the state machine (for raft snapshots).
@@ -286,6 +368,7 @@ impl RaftStorage {
                 last_index,
                 terms,
                 term_first,
+                cache: EntryCache::default(),
             })),
             sync,
             source: Arc::new(RwLock::new(None)),
@@ -375,6 +458,7 @@ impl RaftStorage {
         i.conf_state = cs;
         i.terms.clear();
         i.term_first = meta.index + 1;
+        i.cache.clear();
     }
 
     /// Whether nothing was ever written (a fresh member).
@@ -463,6 +547,7 @@ impl RaftStorage {
                 i.terms.truncate(keep);
             }
             i.terms.extend(entries.iter().map(|e| e.term));
+            i.cache.append(entries);
             i.last_index = last.index;
             while i.terms.len() > MAX_CACHED_TERMS {
                 i.terms.pop_front();
@@ -538,6 +623,7 @@ impl RaftStorage {
         if i.term_first <= index {
             i.term_first = index + 1;
         }
+        i.cache.compact_to(index);
         drop(i);
         drop(guard);
         if let Err(e) = self.engine.purge_expired_files() {
@@ -562,8 +648,14 @@ impl raft::Storage for RaftStorage {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into();
         let (first, last) = {
             let i = self.inner.read();
+            if low > i.truncated.0 && high <= i.last_index + 1 {
+                if let Some(ents) = i.cache.get(low, high, max_size) {
+                    return Ok(ents);
+                }
+            }
             (i.truncated.0 + 1, i.last_index)
         };
         if low < first {
@@ -578,7 +670,7 @@ impl raft::Storage for RaftStorage {
                 REGION,
                 low,
                 high,
-                max_size.into().map(|m| m as usize),
+                max_size.map(|m| m as usize),
                 &mut ents,
             )
             .map_err(engine_err)?;
@@ -663,6 +755,81 @@ mod tests {
             data: vec![index as u8; 8].into(),
             ..Default::default()
         }
+    }
+
+    fn fetch(s: &RaftStorage, low: u64, high: u64, max: Option<u64>) -> Vec<(u64, u64)> {
+        s.entries(low, high, max, GetEntriesContext::empty(false))
+            .unwrap()
+            .iter()
+            .map(|e| (e.index, e.term))
+            .collect()
+    }
+
+    #[test]
+    fn cached_entries_follow_truncation_compaction_and_size_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RaftStorage::open(dir.path(), false).unwrap();
+        s.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>(), None);
+        // A conflicting append replaces the suffix from index 6 on.
+        s.append(&[entry(6, 2), entry(7, 2)], None);
+        let want: Vec<(u64, u64)> = (1..=5).map(|i| (i, 1)).chain([(6, 2), (7, 2)]).collect();
+        assert_eq!(fetch(&s, 1, 8, None), want);
+        assert_eq!(fetch(&s, 6, 8, None), vec![(6, 2), (7, 2)]);
+        // Sizes limit as raft does: at least one entry, then while the
+        // total fits (each test entry encodes to the same size).
+        let one = u64::from(protobuf::Message::compute_size(&entry(1, 1)));
+        assert_eq!(fetch(&s, 1, 8, Some(0)).len(), 1);
+        assert_eq!(fetch(&s, 1, 8, Some(3 * one)).len(), 3);
+        // After a reopen (empty cache) the file says the same.
+        let cached: Vec<_> = (1..8).map(|i| fetch(&s, i, 8, Some(2 * one))).collect();
+        s.compact_to(3);
+        assert!(s
+            .entries(3, 8, None, GetEntriesContext::empty(false))
+            .is_err());
+        assert_eq!(fetch(&s, 4, 8, None), want[3..].to_vec());
+        drop(s);
+        let s = RaftStorage::open(dir.path(), false).unwrap();
+        assert_eq!(fetch(&s, 4, 8, None), want[3..].to_vec());
+        for (i, c) in cached.iter().enumerate().skip(3) {
+            assert_eq!(&fetch(&s, i as u64 + 1, 8, Some(2 * one)), c);
+        }
+        // An installed snapshot empties the log and the cache.
+        s.append(&[entry(8, 2)], None);
+        let meta = SnapshotMetadata {
+            index: 20,
+            term: 3,
+            ..Default::default()
+        };
+        s.install_snapshot(&meta);
+        s.append(&[entry(21, 3)], None);
+        assert_eq!(fetch(&s, 21, 22, None), vec![(21, 3)]);
+        assert!(s
+            .entries(8, 9, None, GetEntriesContext::empty(false))
+            .is_err());
+    }
+
+    #[test]
+    fn the_entry_cache_keeps_a_bounded_suffix() {
+        let mut c = EntryCache::default();
+        let big = |i: u64| Entry {
+            index: i,
+            term: 1,
+            data: vec![0u8; 1 << 20].into(),
+            ..Default::default()
+        };
+        c.append(&(1..=10).map(big).collect::<Vec<_>>());
+        assert!(c.bytes <= MAX_CACHED_BYTES);
+        assert_eq!(c.first + c.ents.len() as u64, 11);
+        assert!(
+            c.get(1, 11, None).is_none(),
+            "evicted entries are not served"
+        );
+        assert_eq!(c.get(10, 11, None).unwrap().len(), 1);
+        // A gap (the log restarted past a snapshot) starts over.
+        c.append(&[big(20)]);
+        assert_eq!((c.first, c.ents.len()), (20, 1));
+        c.compact_to(20);
+        assert!(c.ents.is_empty() && c.bytes == 0);
     }
 
     fn log_files(dir: &Path) -> Vec<String> {

@@ -7,9 +7,11 @@
 //! gRPC requests bypass the HTTP router and any tower/axum middleware: the
 //! learner guard, the grpc-timeout deadline and the rewrite of oversized
 //! message errors to etcd's wording are done inline in one unboxed response
-//! future ([`ResponseFuture`]). On the hot path the only allocation of the
-//! serving layer itself is the boxed future that tonic's generated service
-//! returns.
+//! future ([`ResponseFuture`]). On the hot path the only allocations of the
+//! serving layer itself are the boxed future that tonic's generated service
+//! returns and, for a write, the box its stream task is spawned in: writes
+//! are first polled inside the connection task ([`InlineFirst`]), so the
+//! proposal reaches the raft thread before that task's socket writes.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,7 +23,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use proto::etcdserverpb::{
@@ -119,6 +121,9 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
     type Future = ResponseFuture;
 
     fn call(&self, mut req: Request<Incoming>) -> ResponseFuture {
+        // Set (or cleared) on every request, so that a flag no executor
+        // took (HTTP/1 requests are not spawned) never outlives it.
+        START_INLINE.with(|c| c.set(starts_briefly(req.uri().path())));
         match &self.info {
             ConnInfo::Tcp(i) => {
                 req.extensions_mut().insert(i.clone());
@@ -277,11 +282,64 @@ impl OneshotInfallible for axum::Router {
     }
 }
 
+thread_local! {
+    /// Set by [`Dispatch::call`] for a request whose first poll is short,
+    /// taken by the very next [`InlineFirst::execute`] on this thread
+    /// (hyper spawns the request's stream task right after creating its
+    /// response future).
+    static START_INLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Writes, whose handlers do a bounded amount of work before they wait for
+/// raft (decode, checks, hand the proposal to the raft thread). A Txn is
+/// one too, though a Txn that only reads, with serializable ranges only,
+/// is answered within that first poll (its ranges run in the connection
+/// task; kube-apiserver sends none).
+fn starts_briefly(path: &str) -> bool {
+    matches!(
+        path,
+        "/etcdserverpb.KV/Put"
+            | "/etcdserverpb.KV/DeleteRange"
+            | "/etcdserverpb.KV/Txn"
+            | "/etcdserverpb.Lease/LeaseGrant"
+            | "/etcdserverpb.Lease/LeaseRevoke"
+    )
+}
+
+/// hyper's executor for HTTP/2 stream tasks: tokio's, except that a write
+/// request ([`starts_briefly`]) is first polled right here, inside the
+/// connection task that received it, before that task flushes what it
+/// queued (PING acks, window updates). The proposal then reaches the raft
+/// thread a socket write earlier, and a request that completes on its
+/// first poll needs no task at all. A future still pending is spawned and
+/// polled again there, so every waker it registered with the no-op waker
+/// of the first poll is replaced by the task's own.
+#[derive(Clone, Copy)]
+pub struct InlineFirst;
+
+impl<F> hyper::rt::Executor<F> for InlineFirst
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        if !START_INLINE.with(|c| c.replace(false)) {
+            tokio::spawn(fut);
+            return;
+        }
+        let mut fut = Box::pin(fut);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if fut.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(fut);
+        }
+    }
+}
+
 /// HTTP/2 and HTTP/1 settings of the client port: etcd's keepalive
 /// (`--grpc-keepalive-interval`, `--grpc-keepalive-timeout`), no limit on
 /// concurrent streams (etcd allows 2^32-1), hyper's defaults otherwise.
-pub fn builder(node: &Node) -> Builder<TokioExecutor> {
-    let mut b = Builder::new(TokioExecutor::new());
+pub fn builder(node: &Node) -> Builder<InlineFirst> {
+    let mut b = Builder::new(InlineFirst);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(None)
@@ -302,7 +360,7 @@ pub fn builder(node: &Node) -> Builder<TokioExecutor> {
 pub async fn serve<I, IO>(
     incoming: I,
     services: Arc<Services>,
-    builder: Builder<TokioExecutor>,
+    builder: Builder<InlineFirst>,
     stop: tokio_util::sync::CancellationToken,
 ) where
     I: Stream<Item = std::io::Result<IO>>,
@@ -379,6 +437,46 @@ mod tests {
         assert_eq!(s("/health"), None);
         assert_eq!(s("/etcdserverpb.KV"), None);
         assert_eq!(s("/etcdserverpb.Nope/X"), None);
+    }
+
+    #[tokio::test]
+    async fn inline_first_runs_writes_at_once_and_keeps_pending_ones_wakeable() {
+        use hyper::rt::Executor as _;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        // Flag set (a write): a future that is ready at once ran before
+        // execute returned.
+        START_INLINE.with(|c| c.set(true));
+        InlineFirst.execute(async move { d.store(true, Ordering::SeqCst) });
+        assert!(done.load(Ordering::SeqCst));
+        assert!(!START_INLINE.with(|c| c.get()), "the flag is taken");
+        // A pending one is spawned and woken through the task's own waker,
+        // not the no-op one of the first poll.
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let (out_tx, out_rx) = tokio::sync::oneshot::channel::<u32>();
+        START_INLINE.with(|c| c.set(true));
+        InlineFirst.execute(async move {
+            let v = rx.await.unwrap();
+            out_tx.send(v + 1).unwrap();
+        });
+        tx.send(41).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), out_rx).await;
+        assert_eq!(got.unwrap().unwrap(), 42);
+        // Without the flag: spawned, not run on the caller's stack.
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        InlineFirst.execute(async move { r.store(true, Ordering::SeqCst) });
+        assert!(!ran.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn only_writes_start_inline() {
+        assert!(starts_briefly("/etcdserverpb.KV/Put"));
+        assert!(starts_briefly("/etcdserverpb.KV/Txn"));
+        assert!(!starts_briefly("/etcdserverpb.KV/Range"));
+        assert!(!starts_briefly("/etcdserverpb.Watch/Watch"));
+        assert!(!starts_briefly("/etcdserverpb.Lease/LeaseKeepAlive"));
     }
 
     #[test]
