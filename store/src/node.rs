@@ -183,6 +183,41 @@ async fn discover(cfg: &Config, dialer: &PeerDialer) -> anyhow::Result<Identity>
 
 /// The bootstrap entries of a new cluster, as etcd writes them: one
 /// committed AddNode per initial member at term 1, carrying the member.
+/// Pause between two compaction steps (etcd's default
+/// `--experimental-compaction-sleep-interval`), so that requests queued on
+/// the state lock get it in between.
+const COMPACTION_PAUSE: Duration = Duration::from_millis(10);
+
+/// The compaction thread: applies an applied compaction to the keys it
+/// touched, [`crate::mvcc::COMPACT_STEP_KEYS`] at a time under the state
+/// lock (see `Mvcc::compact_step`), until the node is gone. Idle, it looks
+/// once per 100 ms.
+fn run_compaction_steps(state: std::sync::Weak<RwLock<StateMachine>>) {
+    loop {
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        if !state.read().mvcc.compaction_pending() {
+            drop(state);
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        let t = std::time::Instant::now();
+        let more = state
+            .write()
+            .mvcc
+            .compact_step(crate::mvcc::COMPACT_STEP_KEYS);
+        drop(state);
+        if !more {
+            tracing::info!(
+                last_step_ms = t.elapsed().as_millis() as u64,
+                "finished compaction"
+            );
+        }
+        std::thread::sleep(COMPACTION_PAUSE);
+    }
+}
+
 fn bootstrap_entries(members: &[Member]) -> Vec<raft::eraftpb::Entry> {
     members
         .iter()
@@ -421,6 +456,10 @@ impl Node {
             sm.members = id.members.iter().map(|m| (m.id, m.clone())).collect();
         }
         let state = Arc::new(RwLock::new(sm));
+        let steps = Arc::downgrade(&state);
+        std::thread::Builder::new()
+            .name("compaction".into())
+            .spawn(move || run_compaction_steps(steps))?;
         let st2 = state.clone();
         storage.set_snapshot_source(Arc::new(move || st2.read().view()));
         let (applied_tx, applied_rx) = watch::channel(initial_applied);
@@ -700,6 +739,13 @@ impl Node {
     /// A fresh unique id (request ids, server-chosen lease ids).
     pub fn next_id(&self) -> u64 {
         self.ids.next()
+    }
+
+    /// Wait until no compaction has keys left to process here.
+    pub async fn compaction_done(&self) {
+        while self.state.read().mvcc.compaction_pending() {
+            tokio::time::sleep(COMPACTION_PAUSE).await;
+        }
     }
 
     /// Replicate `op` (the server's own, unchecked) through raft and wait

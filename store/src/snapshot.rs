@@ -245,10 +245,15 @@ pub fn write_to<W: Write>(view: &SnapshotView, w: W) -> io::Result<u64> {
     }))?;
     let mut batch = Vec::with_capacity(KEYS_PER_RECORD);
     for (k, hist) in view.mvcc.index.iter() {
+        // What the compaction keeps, also where it has not reached yet; a
+        // key it drops entirely is not written.
+        let kept = hist.kept(view.mvcc.compact);
+        if kept.is_empty() {
+            continue;
+        }
         batch.push(Key {
             key: k.to_vec(),
-            revs: hist
-                .entries
+            revs: kept
                 .iter()
                 .map(|e| {
                     let kv = if e.tombstone {

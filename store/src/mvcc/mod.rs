@@ -21,7 +21,7 @@ pub mod values;
 pub use revision::Revision;
 pub use values::{ValueError, ValueRef, Values};
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -59,6 +59,10 @@ const REV_OVERHEAD: i64 = 64;
 
 /// Sealed value segments moved per compaction at most (bounds the pause).
 const GC_SEGMENTS_PER_COMPACTION: usize = 8;
+/// Keys a compaction step processes under one hold of the state lock
+/// (≈ 1–3 ms on these machines); a compaction touching more keys leaves
+/// the rest to later steps ([`Mvcc::compact_step`]).
+pub const COMPACT_STEP_KEYS: usize = 2_000;
 
 /// One revision of one key (the key itself is the index's).
 #[derive(Debug, Clone, Copy)]
@@ -147,20 +151,34 @@ impl KeyHistory {
         self.entries.binary_search_by(|e| e.rev.cmp(&rev)).ok()
     }
 
-    /// Drop everything not needed to answer reads at revisions >= `rev`;
-    /// the dropped values are released from `values`. Returns the number
-    /// of bytes freed in the size model.
-    fn compact(&mut self, key_len: usize, rev: i64, values: &Values) -> i64 {
+    /// Where the entries a compaction at `rev` keeps start: the entry
+    /// visible at `rev` unless it is a tombstone, and everything newer.
+    fn keep_from(&self, rev: i64) -> usize {
         let idx = self.entries.partition_point(|e| e.rev.main <= rev);
         if idx == 0 {
             return 0;
         }
-        // Keep the entry visible at `rev` unless it is a tombstone.
-        let keep_from = if self.entries[idx - 1].tombstone {
+        if self.entries[idx - 1].tombstone {
             idx
         } else {
             idx - 1
-        };
+        }
+    }
+
+    /// The entries a compaction at `rev` keeps (all of them once it has
+    /// been applied to this key).
+    pub fn kept(&self, rev: i64) -> &[HistEntry] {
+        &self.entries[self.keep_from(rev)..]
+    }
+
+    /// Drop everything not needed to answer reads at revisions >= `rev`;
+    /// the dropped values are released from `values`. Returns the number
+    /// of bytes freed in the size model.
+    fn compact(&mut self, key_len: usize, rev: i64, values: &Values) -> i64 {
+        let keep_from = self.keep_from(rev);
+        if keep_from == 0 {
+            return 0;
+        }
         let mut freed = 0;
         for e in &self.entries[..keep_from] {
             freed += entry_size(key_len, e);
@@ -278,19 +296,26 @@ impl MvccSnapshot {
         if rev < self.compact {
             return Err(MvccError::Compacted);
         }
-        Ok((hash_index(&self.index, &self.values, rev)?, self.compact))
+        Ok((
+            hash_index(&self.index, &self.values, rev, self.compact)?,
+            self.compact,
+        ))
     }
 }
 
-/// The HashKV hash of `index` up to main revision `rev`.
+/// The HashKV hash of `index` up to main revision `rev`: the entries a
+/// compaction at `compact` keeps, whether or not it has reached every key
+/// yet (see [`Mvcc::compact_step`]), so members hash alike at any point of
+/// their compaction.
 fn hash_index(
     index: &OrdMap<IKey, KeyHistory>,
     values: &Values,
     rev: i64,
+    compact: i64,
 ) -> Result<u32, MvccError> {
     let mut h = crc32fast::Hasher::new();
     for (k, hist) in index.iter() {
-        for e in &hist.entries {
+        for e in hist.kept(compact) {
             if e.rev.main > rev {
                 break;
             }
@@ -328,6 +353,16 @@ pub struct Mvcc {
     /// defragmented (the "file size" of the size model; see
     /// `crate::apply::StateMachine::db_size`). Per member, never replicated.
     peak: i64,
+    /// Keys whose history may still hold entries that the compaction at
+    /// `compact` drops (duplicates allowed). Reads never see those entries
+    /// (they are older than what any read at `>= compact` looks at, and
+    /// HashKV and events skip them), so a large compaction is applied to
+    /// the index in bounded steps ([`compact_step`](Self::compact_step))
+    /// instead of one long hold of the state lock. Per member.
+    pending: Vec<IKey>,
+    /// Keys [`compact`](Self::compact) processes at once (None:
+    /// [`COMPACT_STEP_KEYS`]); tests set it lower.
+    step_keys: Option<usize>,
     /// Number of keys that currently exist (kept incrementally: metrics and
     /// status read it often, and counting would scan the whole index).
     live: usize,
@@ -384,6 +419,9 @@ impl Mvcc {
     /// Give the space freed by compaction back (etcd's defragment): the
     /// high-water mark drops to what is in use.
     pub fn defragment(&mut self) {
+        // What a compaction in progress frees belongs to what is given
+        // back (etcd's recovery from NOSPACE is compact, defrag, disarm).
+        while self.compact_step(usize::MAX) {}
         self.peak = self.size;
     }
 
@@ -494,37 +532,26 @@ impl Mvcc {
         }
         // Revisions below `rev` leave the log entirely; the keys they
         // touched are the ones whose history may shrink.
-        let mut keys = BTreeSet::new();
         let mut at_rev = Vec::new();
         while let Some(front) = self.log.front() {
             if front.rev.main > rev {
                 break;
             }
             let e = self.log.pop_front().expect("invariant: front exists");
-            keys.insert(e.key.clone());
             if e.rev.main == rev {
-                at_rev.push(e);
+                at_rev.push(e.clone());
             }
-        }
-        for k in keys {
-            let Some(h) = self.index.get_mut(k.as_ref()) else {
-                continue;
-            };
-            self.size -= h.compact(k.len(), rev, &self.values);
-            if h.entries.is_empty() {
-                self.index.remove(k.as_ref());
-            }
+            self.pending.push(e.key);
         }
         // The puts of `rev` itself stay replayable (etcd keeps them as the
         // live versions a watch starting exactly at the compact revision
-        // still sees): those whose entry survived, i.e. still live at `rev`.
+        // still sees): those the compaction keeps, i.e. still live at `rev`.
         // A put that a later op of the same revision deleted goes too.
         for e in at_rev.into_iter().rev() {
-            let kept = self
-                .index
-                .get(e.key.as_ref())
-                .and_then(|h| h.position(e.rev).map(|i| !h.entries[i].tombstone))
-                .unwrap_or(false);
+            let kept = self.index.get(e.key.as_ref()).is_some_and(|h| {
+                h.position(e.rev)
+                    .is_some_and(|i| i >= h.keep_from(rev) && !h.entries[i].tombstone)
+            });
             if kept {
                 self.log.push_front(e);
             }
@@ -536,8 +563,49 @@ impl Mvcc {
         }
         self.compact = rev;
         self.compacted = true;
-        self.collect_values();
+        self.step(self.step_keys.unwrap_or(COMPACT_STEP_KEYS));
         Ok(())
+    }
+
+    /// Whether a compaction still has keys to process.
+    pub fn compaction_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Apply the latest compaction to up to `max_keys` more of the keys it
+    /// touched; once none are left, collect mostly dead value segments. Returns whether keys are
+    /// left. Nothing a client can observe changes (see `pending`).
+    pub fn compact_step(&mut self, max_keys: usize) -> bool {
+        !self.pending.is_empty() && self.step(max_keys)
+    }
+
+    /// [`compact_step`](Self::compact_step), finishing up also when no key
+    /// was pending (a compaction that touched none).
+    fn step(&mut self, max_keys: usize) -> bool {
+        let from = self.pending.len().saturating_sub(max_keys);
+        let rev = self.compact;
+        for k in self.pending.drain(from..) {
+            let Some(h) = self.index.get_mut(k.as_ref()) else {
+                continue;
+            };
+            self.size -= h.compact(k.len(), rev, &self.values);
+            if h.entries.is_empty() {
+                self.index.remove(k.as_ref());
+            }
+        }
+        if !self.pending.is_empty() {
+            return true;
+        }
+        self.pending = Vec::new();
+        self.collect_values();
+        false
+    }
+
+    /// Lower the number of keys [`compact`](Self::compact) processes at
+    /// once (tests of the stepped path).
+    #[cfg(test)]
+    pub fn set_compact_step_keys(&mut self, n: usize) {
+        self.step_keys = Some(n);
     }
 
     /// Move the live values out of mostly dead value segments, then drop
@@ -642,7 +710,10 @@ impl Mvcc {
         } else {
             (EventKind::Put, self.load(&x.meta(&e.key))?)
         };
-        let prev = match (with_prev, i.checked_sub(1).map(|p| &h.entries[p])) {
+        // Only what the compaction keeps (it may not have reached this key).
+        let keep_from = h.keep_from(self.compact);
+        let prev_at = i.checked_sub(1).filter(|p| *p >= keep_from);
+        let prev = match (with_prev, prev_at.map(|p| &h.entries[p])) {
             (true, Some(p)) if !p.tombstone => Some(self.load(&p.meta(&e.key))?),
             _ => None,
         };
@@ -654,9 +725,12 @@ impl Mvcc {
         let Some((k, h)) = self.index.get_key_value(key) else {
             return Ok(None);
         };
-        match h.visible_at(rev - 1) {
-            Some(e) => Ok(Some(self.load(&e.meta(k))?)),
-            None => Ok(None),
+        // Only what the compaction keeps (it may not have reached this key).
+        let kept = h.kept(self.compact);
+        let idx = kept.partition_point(|e| e.rev.main < rev);
+        match idx.checked_sub(1).map(|i| &kept[i]) {
+            Some(e) if !e.tombstone => Ok(Some(self.load(&e.meta(k))?)),
+            _ => Ok(None),
         }
     }
 
@@ -666,7 +740,10 @@ impl Mvcc {
     /// (an O(1) copy) instead.
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64), MvccError> {
         let rev = self.check_rev(rev)?;
-        Ok((hash_index(&self.index, &self.values, rev)?, self.compact))
+        Ok((
+            hash_index(&self.index, &self.values, rev, self.compact)?,
+            self.compact,
+        ))
     }
 
     /// A point-in-time copy for snapshotting.
@@ -684,8 +761,13 @@ impl Mvcc {
         let mut log: Vec<LogEntry> = Vec::new();
         let mut size = 0;
         let mut live = 0;
+        let mut pending = Vec::new();
         for (k, hist) in snap.index.iter() {
             live += hist.latest().is_some() as usize;
+            // Taken while the compaction was still in progress.
+            if hist.keep_from(snap.compact) > 0 {
+                pending.push(k.clone());
+            }
             for e in &hist.entries {
                 size += entry_size(k.len(), e);
                 // The live puts of the compact revision itself stay
@@ -710,6 +792,8 @@ impl Mvcc {
             live,
             size,
             peak: size,
+            pending,
+            step_keys: None,
         }
     }
 }

@@ -320,9 +320,24 @@ fn check_roundtrip(m: &Mvcc, model: &Model, ranges: &[KeyRange]) {
     let back = Mvcc::from_snapshot(m.snapshot());
     check(&back, model, ranges);
     assert_eq!(back.size_bytes(), m.size_bytes(), "size after round trip");
+    // A compaction still in progress is invisible: the same store with
+    // every step done answers and hashes the same.
+    let mut done = m.clone();
+    while done.compact_step(usize::MAX) {}
+    assert!(!done.compaction_pending());
+    check(&done, model, ranges);
     for rev in std::iter::once(0).chain(model.compact.max(1)..=model.current()) {
         assert_eq!(back.hash_kv(rev), m.hash_kv(rev), "hash_kv({rev})");
+        assert_eq!(
+            done.hash_kv(rev),
+            m.hash_kv(rev),
+            "hash_kv({rev}) when done"
+        );
     }
+    assert_eq!(
+        collect_events(&done, model.compact.max(1), usize::MAX),
+        collect_events(m, model.compact.max(1), usize::MAX)
+    );
     let from = model.compact.max(1);
     assert_eq!(
         collect_events(&back, from, usize::MAX),
@@ -339,6 +354,8 @@ enum Op {
     Txn(Vec<(usize, Option<u8>)>),
     /// Offset from the current revision (may be invalid either way).
     Compact(i64),
+    /// One step of a compaction in progress, over at most this many keys.
+    CompactStep(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -350,12 +367,18 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (p.clone(), proptest::option::of(p)).prop_map(|(s, e)| Op::DeleteRange(s, e)),
         2 => proptest::collection::vec((k, proptest::option::of(any::<u8>())), 1..5).prop_map(Op::Txn),
         2 => (-12i64..3).prop_map(Op::Compact),
+        1 => (0usize..3).prop_map(Op::CompactStep),
     ]
 }
 
-fn run(ops: Vec<Op>, values: Values) {
+/// `step_keys`: keys a compaction processes at once (None: the default;
+/// Some(0): every compaction is left to `CompactStep`s).
+fn run(ops: Vec<Op>, values: Values, step_keys: Option<usize>) {
     let ranges = ranges();
     let mut m = Mvcc::with_values(values);
+    if let Some(n) = step_keys {
+        m.set_compact_step_keys(n);
+    }
     let mut model = Model::new();
     check(&m, &model, &ranges);
     for (i, op) in ops.into_iter().enumerate() {
@@ -409,6 +432,9 @@ fn run(ops: Vec<Op>, values: Values) {
                     model.compacted = true;
                 }
             }
+            Op::CompactStep(n) => {
+                m.compact_step(n);
+            }
         }
         check(&m, &model, &ranges);
         if i % 3 == 2 {
@@ -423,7 +449,15 @@ proptest! {
 
     #[test]
     fn mvcc_matches_model(ops in proptest::collection::vec(op(), 1..36)) {
-        run(ops, Values::new());
+        run(ops, Values::new(), None);
+    }
+
+    /// The same with compactions applied to the index in steps of at most
+    /// a few keys, interleaved with everything else (reads, writes, further
+    /// compactions, round trips through a snapshot).
+    #[test]
+    fn mvcc_matches_model_with_stepped_compaction(ops in proptest::collection::vec(op(), 1..36), step in 0usize..2) {
+        run(ops, Values::new(), Some(step));
     }
 
     /// The same with tiny value segments, in memory and in files: sealing,
@@ -432,7 +466,7 @@ proptest! {
     fn mvcc_matches_model_with_value_gc(ops in proptest::collection::vec(op(), 1..36), on_disk: bool) {
         let dir = tempfile::tempdir().unwrap();
         let d = on_disk.then(|| dir.path().to_path_buf());
-        run(ops, Values::with_limit(d, 64));
+        run(ops, Values::with_limit(d, 64), None);
     }
 }
 
@@ -684,4 +718,70 @@ fn compaction_gives_back_the_watch_log_buffer() {
     m.compact(m.current_rev()).unwrap();
     assert_eq!(m.log.len(), 1, "the live put of the compact revision");
     assert!(m.log.capacity() < 64, "capacity {}", m.log.capacity());
+}
+
+#[test]
+fn a_large_compaction_is_applied_in_bounded_steps() {
+    let mut m = Mvcc::new();
+    let n = super::COMPACT_STEP_KEYS * 2 + 10;
+    let key = |i: usize| format!("k{i:06}").into_bytes();
+    for round in 0..2u8 {
+        for i in 0..n {
+            put(&mut m, &key(i), &[round]);
+        }
+    }
+    let size = m.size_bytes();
+    let rev = m.current_rev();
+    m.compact(rev).unwrap();
+    // One step's worth was done at once; the rest waits for steps, and
+    // reads, hashes and history already behave as after the whole of it.
+    assert!(m.compaction_pending());
+    assert!(m.size_bytes() < size);
+    assert_eq!(get(&m, &key(0), 0).unwrap().value, vec![1]);
+    assert_eq!(
+        m.range(&KeyRange::new(b"k", b"l"), 0, 0, true)
+            .unwrap()
+            .count,
+        n
+    );
+    let hash = m.hash_kv(0).unwrap();
+    let mut steps = 0;
+    while m.compact_step(super::COMPACT_STEP_KEYS) {
+        steps += 1;
+    }
+    // Each key was touched twice (both puts leave the log): at most
+    // 2n keys in steps of COMPACT_STEP_KEYS, the first done at once.
+    assert!(
+        (1..=2 * n / super::COMPACT_STEP_KEYS).contains(&steps),
+        "{steps} steps"
+    );
+    assert!(!m.compaction_pending());
+    assert_eq!(m.hash_kv(0).unwrap(), hash);
+    // Every key is back to one revision, as after a one-go compaction.
+    let mut once = Mvcc::new();
+    for round in 0..2u8 {
+        for i in 0..n {
+            put(&mut once, &key(i), &[round]);
+        }
+    }
+    once.set_compact_step_keys(usize::MAX);
+    once.compact(rev).unwrap();
+    assert!(!once.compaction_pending());
+    assert_eq!(m.size_bytes(), once.size_bytes());
+    assert_eq!(m.hash_kv(0), once.hash_kv(0));
+}
+
+#[test]
+fn defragment_finishes_a_compaction_in_progress() {
+    let mut m = Mvcc::new();
+    m.set_compact_step_keys(0);
+    for i in 0..10u8 {
+        put(&mut m, b"k", &[i]);
+    }
+    let peak = m.peak_bytes();
+    m.compact(m.current_rev()).unwrap();
+    assert!(m.compaction_pending());
+    m.defragment();
+    assert!(!m.compaction_pending());
+    assert!(m.peak_bytes() < peak / 5, "{} of {peak}", m.peak_bytes());
 }

@@ -142,13 +142,19 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let who = auth::caller_of(&self.node, &req)?;
         let r = req.into_inner();
-        // Compaction is applied synchronously, so `physical` is always honoured.
+        let physical = r.physical;
         match self
             .node
             .propose_as(Op::Compaction(r), auth::as_header(who))
             .await?
         {
             ApplyResult::Compaction(mut p) => {
+                // A large compaction reaches the last keys in background
+                // steps; `physical` waits for them, as etcd waits for its
+                // backend.
+                if physical {
+                    self.node.compaction_done().await;
+                }
                 self.node.fill(&mut p.header);
                 Ok(Response::new(p))
             }
