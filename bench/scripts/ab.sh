@@ -14,13 +14,9 @@
 # For watch-latency, p50/p99 are the put-to-event latencies.
 # Servers are killed by PID on exit; temp dirs are removed.
 set -euo pipefail
-here=$(cd "$(dirname "$0")/../.." && pwd)
-# shellcheck disable=SC1091
-source "$here/scripts/peers.env"
-STRATA=${STRATA:-$here/target/release/strata}
-ETCD=${ETCD:-$ETCD35_BIN}
-ETCDCTL=${ETCDCTL:-$ETCDCTL35_BIN}
-BENCH=${BENCH:-$("$here/bench/scripts/install-etcd-benchmark.sh")}
+# shellcheck source=bench/scripts/env.sh
+source "$(dirname "$0")/env.sh"
+BENCH=${BENCH:-$("$ROOT/bench/scripts/install-etcd-benchmark.sh")}
 N=1 REPS=3 FLAGS=""
 while getopts "n:r:f:" o; do
   case $o in

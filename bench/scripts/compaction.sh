@@ -23,14 +23,8 @@
 # 127.0.0.1 ports and are killed by PID on exit.
 set -euo pipefail
 KEYS=${1:-1000000}
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-# shellcheck source=/dev/null
-source "$ROOT/scripts/peers.env"
-STRATA=${STRATA:-$ROOT/target/release/strata}
-ETCD=${ETCD:-$ETCD35_BIN}
-ETCDCTL=${ETCDCTL:-$ETCDCTL35_BIN}
-BENCHMARK=${BENCHMARK:-$STRATA_CACHE/etcd-benchmark/benchmark}
+# shellcheck source=bench/scripts/env.sh
+source "$(dirname "$0")/env.sh"
 SERVERS=${SERVERS:-strata etcd}
 D=$(mktemp -d); pid=""; probe=""
 cleanup() {

@@ -17,12 +17,8 @@
 # under valgrind. -k keeps the callgrind profiles in dir. -s picks the
 # servers (default both). Servers are killed by PID on exit; temp dirs are removed.
 set -euo pipefail
-here=$(cd "$(dirname "$0")/../.." && pwd)
-# shellcheck disable=SC1091
-source "$here/scripts/peers.env"
-STRATA=${STRATA:-$here/target/release/strata}
-ETCD=${ETCD:-$ETCD35_BIN}
-ETCDCTL=${ETCDCTL:-$ETCDCTL35_BIN}
+# shellcheck source=bench/scripts/env.sh
+source "$(dirname "$0")/env.sh"
 CLIENT="" REPS=1 GRIND=0 KEEP="" SIDES="strata etcd"
 while getopts "c:r:gk:s:" o; do
   case $o in
@@ -32,7 +28,7 @@ while getopts "c:r:gk:s:" o; do
 done
 shift $((OPTIND - 1))
 [ "${1:-}" = "--" ] && shift
-CLIENT=${CLIENT:-$("$here/bench/scripts/install-etcd-benchmark.sh")}
+CLIENT=${CLIENT:-$("$ROOT/bench/scripts/install-etcd-benchmark.sh")}
 ARGS=("$@")
 D=$(mktemp -d); pid=""
 cleanup() { [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$D"; }

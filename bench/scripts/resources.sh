@@ -24,14 +24,8 @@
 # listen on free 127.0.0.1 ports and are killed by PID on exit.
 set -euo pipefail
 KEYS=${1:-200000}; ROUNDS=${2:-1}
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-# shellcheck source=/dev/null
-source "$ROOT/scripts/peers.env"
-STRATA=${STRATA:-$ROOT/target/release/strata}
-ETCD=${ETCD:-$ETCD35_BIN}
-ETCDCTL=${ETCDCTL:-$ETCDCTL35_BIN}
-BENCHMARK=${BENCHMARK:-$STRATA_CACHE/etcd-benchmark/benchmark}
+# shellcheck source=bench/scripts/env.sh
+source "$(dirname "$0")/env.sh"
 for b in "$STRATA" "$ETCD" "$ETCDCTL" "$BENCHMARK"; do
   [ -x "$b" ] || { echo "missing binary: $b" >&2; exit 1; }
 done

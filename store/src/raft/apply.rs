@@ -144,8 +144,8 @@ pub struct ApplyQueue {
     sent: u64,
 }
 
-/// Results of an inline apply, to hand to the waiters once the caller has
-/// recorded the commit index.
+/// Results of an applied batch, handed to the waiters after the applier's
+/// lock is released.
 #[must_use]
 pub struct Completions {
     results: Vec<(u64, Result<ApplyResult>)>,

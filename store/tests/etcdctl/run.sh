@@ -805,7 +805,11 @@ c_member_reconfig() {
     timeout -k 1 5 "$ETCDCTL" --endpoints="$ep4" --command-timeout=2s put kv/x y
   promoted() { ctl member promote "$hex" 2>&1 | grep -q "promoted in cluster"; }
   wait_for 15 promoted
-  ctl member list | grep -q "$purl, $curl, false" || fail "member promote never succeeded"
+  # The list shows s4's name and client URL once s4 has published them
+  # (a raft proposal of its own, racing the promotion).
+  listed() { ctl member list | grep -q "$purl, $curl, false"; }
+  wait_for 10 listed
+  listed || { ctl member list; fail "member promote never succeeded"; }
   eq "four started voters" "$(ctl member list | grep -c ', started, s[1-4], .*, false$')" 4
   timeout -k 1 5 "$ETCDCTL" --endpoints="$ep4" --command-timeout=3s put kv/from-s4 yes >/dev/null
   eq "write through s4 read elsewhere" "$(ctl get kv/from-s4 --print-value-only)" "yes"
