@@ -181,8 +181,6 @@ async fn discover(cfg: &Config, dialer: &PeerDialer) -> anyhow::Result<Identity>
     )
 }
 
-/// The bootstrap entries of a new cluster, as etcd writes them: one
-/// committed AddNode per initial member at term 1, carrying the member.
 /// Pause between two compaction steps (etcd's default
 /// `--experimental-compaction-sleep-interval`), so that requests queued on
 /// the state lock get it in between.
@@ -218,6 +216,8 @@ fn run_compaction_steps(state: std::sync::Weak<RwLock<StateMachine>>) {
     }
 }
 
+/// The bootstrap entries of a new cluster, as etcd writes them: one
+/// committed AddNode per initial member at term 1, carrying the member.
 fn bootstrap_entries(members: &[Member]) -> Vec<raft::eraftpb::Entry> {
     members
         .iter()

@@ -3,13 +3,15 @@
 //! machine ([`apply::spawn`]), except small batches that arrive while it
 //! is idle, which the raft thread applies itself.
 //!
-//! The raft thread never awaits network I/O and never touches the state
-//! machine. It drains every queued proposal before handling a Ready, so many
-//! client writes share one raft-engine write and one fsync (group commit).
-//! Linearizable reads are batched into one ReadIndex round per loop turn;
-//! each round uses a fresh context, never reused across retries or leader
-//! changes. Committed entries go to the apply thread in order, which
-//! pipelines apply with the next fsync.
+//! The raft thread never awaits network I/O and never waits for the state
+//! machine (it applies a batch itself only when it can take the state lock
+//! at once, see [`apply::ApplyQueue`]). It drains every queued proposal
+//! before handling a Ready, so many client writes share one raft-engine
+//! write and one fsync (group commit). Linearizable reads are batched into
+//! one ReadIndex round per loop turn; each round uses a fresh context,
+//! never reused across retries or leader changes. Committed entries go to
+//! the apply stage in order; under load the apply thread pipelines apply
+//! with the next fsync.
 
 pub mod apply;
 pub mod storage;
