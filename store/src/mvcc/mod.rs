@@ -61,8 +61,8 @@ const REV_OVERHEAD: i64 = 64;
 const GC_SEGMENTS_PER_COMPACTION: usize = 8;
 /// Keys a compaction step processes under one hold of the state lock
 /// (≈ 3 ms at 1M keys on these machines; etcd's default batch is also
-/// 1,000 keys); a compaction touching more keys leaves
-/// the rest to later steps ([`Mvcc::compact_step`]).
+/// 1,000 keys); a compaction touching more keys leaves the rest to later
+/// steps ([`Mvcc::compact_step`]).
 pub const COMPACT_STEP_KEYS: usize = 1_000;
 
 /// One revision of one key (the key itself is the index's).
@@ -568,8 +568,9 @@ impl Mvcc {
     }
 
     /// Apply the latest compaction to up to `max_keys` more of the keys it
-    /// touched; once none are left, collect mostly dead value segments. Returns whether keys are
-    /// left. Nothing a client can observe changes (see `pending`).
+    /// touched; once none are left, collect mostly dead value segments.
+    /// Returns whether keys are left. Nothing a client can observe changes
+    /// (see `pending`).
     pub fn compact_step(&mut self, max_keys: usize) -> bool {
         !self.pending.is_empty() && self.step(max_keys)
     }
@@ -706,10 +707,12 @@ impl Mvcc {
             (EventKind::Put, self.load(&x.meta(&e.key))?)
         };
         // Only what the compaction keeps (it may not have reached this key).
-        let keep_from = h.keep_from(self.compact);
-        let prev_at = i.checked_sub(1).filter(|p| *p >= keep_from);
-        let prev = match (with_prev, prev_at.map(|p| &h.entries[p])) {
-            (true, Some(p)) if !p.tombstone => Some(self.load(&p.meta(&e.key))?),
+        let prev_at = with_prev
+            .then(|| i.checked_sub(1))
+            .flatten()
+            .filter(|p| *p >= h.keep_from(self.compact));
+        let prev = match prev_at.map(|p| &h.entries[p]) {
+            Some(p) if !p.tombstone => Some(self.load(&p.meta(&e.key))?),
             _ => None,
         };
         Ok(Some(Event { kind, kv, prev }))

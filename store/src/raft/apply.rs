@@ -417,7 +417,7 @@ impl Applier {
     /// Apply committed entries to the locked state machine; with
     /// `time_out`, answer their proposers "request timed out" anyway.
     fn apply_entries(
-        &mut self,
+        &self,
         sm: &mut StateMachine,
         entries: Vec<Entry>,
         confs: HashMap<u64, Option<ConfState>>,

@@ -471,15 +471,6 @@ mod tests {
     }
 
     #[test]
-    fn only_writes_start_inline() {
-        assert!(starts_briefly("/etcdserverpb.KV/Put"));
-        assert!(starts_briefly("/etcdserverpb.KV/Txn"));
-        assert!(!starts_briefly("/etcdserverpb.KV/Range"));
-        assert!(!starts_briefly("/etcdserverpb.Watch/Watch"));
-        assert!(!starts_briefly("/etcdserverpb.Lease/LeaseKeepAlive"));
-    }
-
-    #[test]
     fn grpc_timeout_header_is_parsed_as_tonic_does() {
         let t = |v: &str| {
             let mut h = HeaderMap::new();
