@@ -9,10 +9,13 @@
 //! message errors to etcd's wording are done inline in one unboxed response
 //! future ([`ResponseFuture`]). On the hot path the only allocations of the
 //! serving layer itself are the boxed future that tonic's generated service
-//! returns and, for a write, the box its stream task is spawned in: writes
-//! are first polled inside the connection task ([`InlineFirst`]), so the
-//! proposal reaches the raft thread before that task's socket writes.
+//! returns and, for a write, the box its stream future is kept in: writes
+//! are first polled inside the connection task and then stay in that task
+//! ([`StreamExec`], [`ServeConn`]), so the proposal reaches the raft thread
+//! before that task's socket writes, and the responses raft completes
+//! together leave together.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -283,22 +286,33 @@ impl OneshotInfallible for axum::Router {
 }
 
 thread_local! {
-    /// Set by [`Dispatch::call`] for a request whose first poll is short,
-    /// taken by the very next [`InlineFirst::execute`] on this thread
-    /// (hyper spawns the request's stream task right after creating its
-    /// response future).
-    static START_INLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set by [`Dispatch::call`] for a request whose handler does little
+    /// work itself, taken by the very next [`StreamExec::execute`] on this
+    /// thread (hyper spawns the request's stream task right after creating
+    /// its response future).
+    static START_INLINE: Cell<bool> = const { Cell::new(false) };
+    /// Whether the future being polled on this thread is a stream the
+    /// connection task runs itself, and whether it asked to leave it.
+    static IN_CONN_TASK: Cell<InConnTask> = const { Cell::new(InConnTask::No) };
 }
 
-/// Writes, whose handlers do a bounded amount of work before they wait for
-/// raft (decode, checks, hand the proposal to the raft thread). A Txn is
-/// one too, though a Txn that only reads, with serializable ranges only,
-/// is answered within that first poll (its ranges run in the connection
-/// task; kube-apiserver sends none).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum InConnTask {
+    No,
+    Yes,
+    WantsOwnTask,
+}
+
+/// Requests whose handlers do a bounded amount of work themselves: writes
+/// (decode, checks, hand the proposal to the raft thread, encode the
+/// small response) and single-key reads. A handler that turns out to have
+/// more to do (a range over many keys, a Txn with one) first moves to a
+/// task of its own with [`own_task`].
 fn starts_briefly(path: &str) -> bool {
     matches!(
         path,
         "/etcdserverpb.KV/Put"
+            | "/etcdserverpb.KV/Range"
             | "/etcdserverpb.KV/DeleteRange"
             | "/etcdserverpb.KV/Txn"
             | "/etcdserverpb.Lease/LeaseGrant"
@@ -306,31 +320,157 @@ fn starts_briefly(path: &str) -> bool {
     )
 }
 
-/// hyper's executor for HTTP/2 stream tasks: tokio's, except that a write
-/// request ([`starts_briefly`]) is first polled right here, inside the
-/// connection task that received it, before that task flushes what it
-/// queued (PING acks, window updates). The proposal then reaches the raft
-/// thread a socket write earlier, and a request that completes on its
-/// first poll needs no task at all. A future still pending is spawned and
-/// polled again there, so every waker it registered with the no-op waker
-/// of the first poll is replaced by the task's own.
-#[derive(Clone, Copy)]
-pub struct InlineFirst;
+/// Called by a handler before work whose size depends on the data (a range
+/// over many keys, encoding its response): if the request is being served
+/// inside its connection's task ([`StreamExec`]), it moves to a task of its
+/// own first, so that the connection's other streams are not held up; in
+/// a task of its own already, it returns at once.
+pub fn own_task() -> impl Future<Output = ()> {
+    let mut asked = false;
+    std::future::poll_fn(move |_| {
+        if asked || IN_CONN_TASK.with(|c| c.get()) == InConnTask::No {
+            return Poll::Ready(());
+        }
+        asked = true;
+        IN_CONN_TASK.with(|c| c.set(InConnTask::WantsOwnTask));
+        Poll::Pending
+    })
+}
 
-impl<F> hyper::rt::Executor<F> for InlineFirst
+/// Poll `fut` as a stream of the connection task; `Err(())` if it asked
+/// for a task of its own ([`own_task`]) and is still pending.
+fn poll_in_conn_task(
+    fut: Pin<&mut (dyn Future<Output = ()> + Send)>,
+    cx: &mut Context<'_>,
+) -> Result<Poll<()>, ()> {
+    IN_CONN_TASK.with(|c| c.set(InConnTask::Yes));
+    let r = fut.poll(cx);
+    let wants = IN_CONN_TASK.with(|c| c.replace(InConnTask::No)) == InConnTask::WantsOwnTask;
+    match r {
+        Poll::Pending if wants => Err(()),
+        r => Ok(r),
+    }
+}
+
+/// A stream future kept in its connection's task ([`ServeConn`]).
+struct ConnStream(Option<futures::future::BoxFuture<'static, ()>>);
+
+impl Future for ConnStream {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(fut) = self.0.as_mut() else {
+            return Poll::Ready(());
+        };
+        match poll_in_conn_task(fut.as_mut(), cx) {
+            Ok(r) => r,
+            Err(()) => {
+                tokio::spawn(self.0.take().expect("present"));
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+/// hyper's executor for the HTTP/2 stream tasks of one connection. A
+/// request with little work of its own ([`starts_briefly`]: writes,
+/// single-key reads) is first polled right here, inside the connection
+/// task that received it, before that task flushes what it queued (PING
+/// acks, window updates): a proposal reaches the raft thread a socket
+/// write earlier, and a request that completes on its first poll needs no
+/// task at all. One still pending is handed to the connection's own task
+/// ([`ServeConn`]), which polls it from then on: when raft commits a batch
+/// (or a ReadIndex round confirms a batch of reads), its responses on one
+/// connection are all sent within one wake-up of that task and leave in
+/// one socket write. (As tasks of their own, each response woke the
+/// connection task, which tokio runs next, and each went out in a write of
+/// its own.) Every other request, and one that calls [`own_task`], gets a
+/// task of its own, so a long read does not hold up the other streams of
+/// its connection.
+#[derive(Clone, Default)]
+pub struct StreamExec {
+    handoff: Arc<parking_lot::Mutex<Handoff>>,
+}
+
+/// Writes handed from [`StreamExec`] to their connection's [`ServeConn`].
+#[derive(Default)]
+struct Handoff {
+    new: Vec<futures::future::BoxFuture<'static, ()>>,
+    /// The connection task's waker, for a hand-off from outside its poll.
+    waker: Option<std::task::Waker>,
+    /// The connection task is polling its connection (and will look here
+    /// when that returns).
+    polling: bool,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExec
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
         if !START_INLINE.with(|c| c.replace(false)) {
             tokio::spawn(fut);
             return;
         }
-        let mut fut = Box::pin(fut);
+        let mut fut: futures::future::BoxFuture<'static, ()> = Box::pin(fut);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        if fut.as_mut().poll(&mut cx).is_pending() {
-            tokio::spawn(fut);
+        match poll_in_conn_task(fut.as_mut(), &mut cx) {
+            Ok(Poll::Ready(())) => return,
+            Ok(Poll::Pending) => {}
+            Err(()) => {
+                tokio::spawn(fut);
+                return;
+            }
+        }
+        // Polled again by the connection task with its own waker, which
+        // replaces every registration made with the no-op one.
+        let mut h = self.handoff.lock();
+        h.new.push(fut);
+        if !h.polling {
+            if let Some(w) = h.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// One client connection's task: the HTTP connection `conn` plus the
+/// stream futures its [`StreamExec`] handed over. Streams are polled
+/// before the connection, so what they send goes out in the connection's
+/// next flush, all of it in one write.
+struct ServeConn<C> {
+    conn: Pin<Box<C>>,
+    streams: futures::stream::FuturesUnordered<ConnStream>,
+    handoff: Arc<parking_lot::Mutex<Handoff>>,
+}
+
+impl<C: Future> Future for ServeConn<C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = self.get_mut();
+        loop {
+            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
+            this.handoff.lock().polling = true;
+            let r = this.conn.as_mut().poll(cx);
+            let new = {
+                let mut h = this.handoff.lock();
+                h.polling = false;
+                if !h.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    h.waker = Some(cx.waker().clone());
+                }
+                std::mem::take(&mut h.new)
+            };
+            if let Poll::Ready(out) = r {
+                // The connection is closed: a write still in the set has
+                // nowhere to send its response (its proposal stays made).
+                return Poll::Ready(out);
+            }
+            if new.is_empty() {
+                return Poll::Pending;
+            }
+            this.streams
+                .extend(new.into_iter().map(|f| ConnStream(Some(f))));
         }
     }
 }
@@ -338,20 +478,35 @@ where
 /// HTTP/2 and HTTP/1 settings of the client port: etcd's keepalive
 /// (`--grpc-keepalive-interval`, `--grpc-keepalive-timeout`), no limit on
 /// concurrent streams (etcd allows 2^32-1), hyper's defaults otherwise.
-pub fn builder(node: &Node) -> Builder<InlineFirst> {
-    let mut b = Builder::new(InlineFirst);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(None)
-        .keep_alive_interval(node.cfg.grpc_keepalive_interval)
-        .keep_alive_timeout(
-            node.cfg
+#[derive(Clone, Copy)]
+pub struct ConnSettings {
+    keep_alive_interval: Option<Duration>,
+    keep_alive_timeout: Duration,
+}
+
+impl ConnSettings {
+    pub fn new(node: &Node) -> ConnSettings {
+        ConnSettings {
+            keep_alive_interval: node.cfg.grpc_keepalive_interval,
+            keep_alive_timeout: node
+                .cfg
                 .grpc_keepalive_timeout
                 .unwrap_or(Duration::from_secs(20)),
-        );
-    // hyper enforces its HTTP/1 header read timeout only with a timer.
-    b.http1().timer(TokioTimer::new());
-    b
+        }
+    }
+
+    /// A connection builder whose stream tasks go to `exec`.
+    fn builder(&self, exec: StreamExec) -> Builder<StreamExec> {
+        let mut b = Builder::new(exec);
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(None)
+            .keep_alive_interval(self.keep_alive_interval)
+            .keep_alive_timeout(self.keep_alive_timeout);
+        // hyper enforces its HTTP/1 header read timeout only with a timer.
+        b.http1().timer(TokioTimer::new());
+        b
+    }
 }
 
 /// Serve `services` on the connections of `incoming` until `stop` fires;
@@ -360,7 +515,7 @@ pub fn builder(node: &Node) -> Builder<InlineFirst> {
 pub async fn serve<I, IO>(
     incoming: I,
     services: Arc<Services>,
-    builder: Builder<InlineFirst>,
+    settings: ConnSettings,
     stop: tokio_util::sync::CancellationToken,
 ) where
     I: Stream<Item = std::io::Result<IO>>,
@@ -386,8 +541,17 @@ pub async fn serve<I, IO>(
                 services: services.clone(),
                 info: io.connect_info().into(),
             };
-            let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
-            let conn = graceful.watch(conn);
+            let exec = StreamExec::default();
+            let handoff = exec.handoff.clone();
+            let conn = settings
+                .builder(exec)
+                .serve_connection(TokioIo::new(io), svc)
+                .into_owned();
+            let conn = ServeConn {
+                conn: Box::pin(graceful.watch(conn)),
+                streams: Default::default(),
+                handoff,
+            };
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "client connection ended with an error");
@@ -439,35 +603,117 @@ mod tests {
         assert_eq!(s("/etcdserverpb.Nope/X"), None);
     }
 
-    #[tokio::test]
-    async fn inline_first_runs_writes_at_once_and_keeps_pending_ones_wakeable() {
-        use hyper::rt::Executor as _;
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let done = Arc::new(AtomicBool::new(false));
-        let d = done.clone();
-        // Flag set (a write): a future that is ready at once ran before
-        // execute returned.
-        START_INLINE.with(|c| c.set(true));
-        InlineFirst.execute(async move { d.store(true, Ordering::SeqCst) });
-        assert!(done.load(Ordering::SeqCst));
-        assert!(!START_INLINE.with(|c| c.get()), "the flag is taken");
-        // A pending one is spawned and woken through the task's own waker,
-        // not the no-op one of the first poll.
-        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
-        let (out_tx, out_rx) = tokio::sync::oneshot::channel::<u32>();
-        START_INLINE.with(|c| c.set(true));
-        InlineFirst.execute(async move {
-            let v = rx.await.unwrap();
-            out_tx.send(v + 1).unwrap();
-        });
-        tx.send(41).unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(10), out_rx).await;
-        assert_eq!(got.unwrap().unwrap(), 42);
-        // Without the flag: spawned, not run on the caller's stack.
-        let ran = Arc::new(AtomicBool::new(false));
-        let r = ran.clone();
-        InlineFirst.execute(async move { r.store(true, Ordering::SeqCst) });
-        assert!(!ran.load(Ordering::SeqCst));
+    /// A stand-in for hyper's connection: starts each request of `start`
+    /// through the executor from inside its poll (flagged like
+    /// [`Dispatch::call`] does when the bool is true), then waits for `end`.
+    struct FakeConn {
+        exec: StreamExec,
+        start:
+            tokio::sync::mpsc::UnboundedReceiver<(bool, futures::future::BoxFuture<'static, ()>)>,
+        end: tokio::sync::oneshot::Receiver<()>,
+    }
+
+    impl Future for FakeConn {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            use hyper::rt::Executor as _;
+            while let Poll::Ready(Some((flag, fut))) = self.start.poll_recv(cx) {
+                START_INLINE.with(|c| c.set(flag));
+                self.exec.execute(fut);
+            }
+            Pin::new(&mut self.end).poll(cx).map(|_| ())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn brief_requests_are_served_in_their_connection_task() {
+        use tokio::sync::{mpsc, oneshot};
+        let exec = StreamExec::default();
+        let (start_tx, start) = mpsc::unbounded_channel();
+        let (end_tx, end) = oneshot::channel();
+        let (conn_id_tx, conn_id) = oneshot::channel();
+        let handoff = exec.handoff.clone();
+        let conn = ServeConn {
+            conn: Box::pin(async move {
+                conn_id_tx.send(tokio::task::id()).unwrap();
+                FakeConn { exec, start, end }.await
+            }),
+            streams: Default::default(),
+            handoff,
+        };
+        let served = tokio::spawn(conn);
+        let conn_id = conn_id.await.unwrap();
+        // Each request reports the task it finished in.
+        let request = |flag: bool, apart: bool, go_at_once: bool| {
+            let (go_tx, go) = oneshot::channel::<()>();
+            let (done_tx, done) = oneshot::channel::<Option<tokio::task::Id>>();
+            let go_tx = if go_at_once {
+                go_tx.send(()).unwrap();
+                None
+            } else {
+                Some(go_tx)
+            };
+            let fut = Box::pin(async move {
+                go.await.unwrap();
+                if apart {
+                    own_task().await;
+                }
+                done_tx.send(tokio::task::try_id()).unwrap();
+            });
+            start_tx.send((flag, fut)).unwrap();
+            (go_tx, done)
+        };
+        let within = |done: oneshot::Receiver<Option<tokio::task::Id>>| async move {
+            tokio::time::timeout(Duration::from_secs(10), done)
+                .await
+                .expect("request finished")
+                .unwrap()
+        };
+        // A brief request waiting for something (raft) is woken and
+        // finished by the connection task.
+        let (go, done) = request(true, false, false);
+        go.unwrap().send(()).unwrap();
+        assert_eq!(within(done).await, Some(conn_id));
+        // One that asks for a task of its own gets one, and finishes.
+        let (go, done) = request(true, true, false);
+        go.unwrap().send(()).unwrap();
+        let id = within(done).await;
+        assert!(id.is_some() && id != Some(conn_id), "{id:?}");
+        // Unflagged requests are spawned.
+        let (go, done) = request(false, false, false);
+        go.unwrap().send(()).unwrap();
+        let id = within(done).await;
+        assert!(id.is_some() && id != Some(conn_id), "{id:?}");
+        // A brief request that is ready at once completes inside execute,
+        // i.e. in the connection task, with nothing handed over.
+        let (_, done) = request(true, false, true);
+        assert_eq!(within(done).await, Some(conn_id));
+        // Unflagged, the same runs in a task of its own.
+        let (_, done) = request(false, false, true);
+        let id = within(done).await;
+        assert!(id.is_some() && id != Some(conn_id), "{id:?}");
+        // The connection's end ends the task.
+        end_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[test]
+    fn own_task_returns_at_once_outside_a_connection_task() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut f = std::pin::pin!(own_task());
+        assert!(f.as_mut().poll(&mut cx).is_ready());
+        // Inside one it is pending once, and says so.
+        let mut f = std::pin::pin!(own_task());
+        IN_CONN_TASK.with(|c| c.set(InConnTask::Yes));
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(
+            IN_CONN_TASK.with(|c| c.replace(InConnTask::No)),
+            InConnTask::WantsOwnTask
+        );
+        assert!(f.as_mut().poll(&mut cx).is_ready());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::node::Node;
 use crate::quota;
 use crate::request::{ApplyResult, Op};
-use crate::server::auth;
+use crate::server::{auth, conn};
 
 /// The KV service.
 pub struct KvService {
@@ -42,6 +42,9 @@ impl pb::kv_server::Kv for KvService {
         let who = auth::caller_of(&self.node, &req)?;
         let r = req.into_inner();
         ops::check_range(&r)?;
+        if !r.range_end.is_empty() {
+            conn::own_task().await;
+        }
         if !r.serializable {
             if self.node.is_learner() {
                 return Err(crate::error::Error::NotSupportedForLearner.into());
@@ -91,6 +94,9 @@ impl pb::kv_server::Kv for KvService {
         let who = auth::caller_of(&self.node, &req)?;
         let r = req.into_inner();
         ops::check_delete(&r)?;
+        if r.prev_kv && !r.range_end.is_empty() {
+            conn::own_task().await;
+        }
         match self
             .node
             .propose_as(Op::DeleteRange(r), auth::as_header(who))
@@ -109,6 +115,9 @@ impl pb::kv_server::Kv for KvService {
         let r = req.into_inner();
         self.node.check_quota(quota::cost_txn(&r)).await?;
         ops::check_txn(&r, self.node.cfg.max_txn_ops)?;
+        if answers_many_keys(&r) {
+            conn::own_task().await;
+        }
         if ops::is_txn_readonly(&r) {
             // etcd serves a read-only txn as a read; it is serializable only
             // if every range in it is.
@@ -177,6 +186,23 @@ impl pb::kv_server::Kv for KvService {
     }
 }
 
+/// Whether a response to `r` may hold many keys: one of its ops (at any
+/// depth) is a range over a key range, or a range delete returning the
+/// deleted pairs. Such a Txn is served in a task of its own
+/// ([`conn::own_task`]).
+fn answers_many_keys(r: &pb::TxnRequest) -> bool {
+    use pb::request_op::Request as R;
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .any(|op| match &op.request {
+            Some(R::RequestRange(q)) => !q.range_end.is_empty(),
+            Some(R::RequestDeleteRange(d)) => d.prev_kv && !d.range_end.is_empty(),
+            Some(R::RequestTxn(t)) => answers_many_keys(t),
+            Some(R::RequestPut(_)) | None => false,
+        })
+}
+
 /// etcd's `isTxnSerializable`: every op of both branches is a serializable
 /// Range. etcd sends a txn with a nested txn (even one of serializable
 /// ranges) through raft, so such a txn is linearizable there; it gets a
@@ -218,5 +244,43 @@ mod tests {
             request: Some(R::RequestTxn(txn(vec![range(true)]))),
         };
         assert!(!all_serializable(&txn(vec![range(true), nested])));
+    }
+
+    #[test]
+    fn txns_answering_many_keys_are_found_at_any_depth() {
+        let txn = |success: Vec<pb::RequestOp>, failure: Vec<pb::RequestOp>| pb::TxnRequest {
+            success,
+            failure,
+            ..Default::default()
+        };
+        let op = |r: R| pb::RequestOp { request: Some(r) };
+        let many = op(R::RequestRange(pb::RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"b".to_vec(),
+            ..Default::default()
+        }));
+        let put = op(R::RequestPut(pb::PutRequest::default()));
+        let del = |prev_kv: bool, range_end: &[u8]| {
+            op(R::RequestDeleteRange(pb::DeleteRangeRequest {
+                key: b"a".to_vec(),
+                range_end: range_end.to_vec(),
+                prev_kv,
+            }))
+        };
+        assert!(!answers_many_keys(&txn(
+            vec![range(true), put.clone()],
+            vec![]
+        )));
+        assert!(answers_many_keys(&txn(
+            vec![put.clone()],
+            vec![many.clone()]
+        )));
+        assert!(!answers_many_keys(&txn(
+            vec![del(true, b""), del(false, b"b")],
+            vec![]
+        )));
+        assert!(answers_many_keys(&txn(vec![del(true, b"b")], vec![])));
+        let nested = op(R::RequestTxn(txn(vec![], vec![many])));
+        assert!(answers_many_keys(&txn(vec![put, nested], vec![])));
     }
 }

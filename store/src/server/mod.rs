@@ -274,7 +274,7 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandl
             http: client_http_routes(node.clone()),
             node: node.clone(),
         });
-        let builder = conn::builder(&node);
+        let settings = conn::ConnSettings::new(&node);
         // Graceful shutdown: stop accepting, let in-flight requests finish.
         let stop = node.stop_serving.clone();
         handles.push(tokio::spawn(async move {
@@ -283,12 +283,12 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandl
                     conn::serve(
                         tls::tls_incoming(listener, cfg, rule),
                         services,
-                        builder,
+                        settings,
                         stop,
                     )
                     .await
                 }
-                None => conn::serve(incoming(listener), services, builder, stop).await,
+                None => conn::serve(incoming(listener), services, settings, stop).await,
             }
         }));
     }
