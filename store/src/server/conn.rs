@@ -317,6 +317,7 @@ fn starts_briefly(path: &str) -> bool {
             | "/etcdserverpb.KV/Txn"
             | "/etcdserverpb.Lease/LeaseGrant"
             | "/etcdserverpb.Lease/LeaseRevoke"
+            | "/etcdserverpb.Lease/LeaseKeepAlive"
     )
 }
 
@@ -338,17 +339,20 @@ pub fn own_task() -> impl Future<Output = ()> {
 }
 
 /// Poll `fut` as a stream of the connection task; `Err(())` if it asked
-/// for a task of its own ([`own_task`]) and is still pending.
+/// for a task of its own ([`own_task`]) and is still pending. A stream
+/// that panics is done (and is dropped, which resets it), as a spawned one
+/// would be: the connection and its other streams go on.
 fn poll_in_conn_task(
     fut: Pin<&mut (dyn Future<Output = ()> + Send)>,
     cx: &mut Context<'_>,
 ) -> Result<Poll<()>, ()> {
     IN_CONN_TASK.with(|c| c.set(InConnTask::Yes));
-    let r = fut.poll(cx);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx)));
     let wants = IN_CONN_TASK.with(|c| c.replace(InConnTask::No)) == InConnTask::WantsOwnTask;
     match r {
-        Poll::Pending if wants => Err(()),
-        r => Ok(r),
+        Ok(Poll::Pending) if wants => Err(()),
+        Ok(r) => Ok(r),
+        Err(_) => Ok(Poll::Ready(())),
     }
 }
 
@@ -684,6 +688,21 @@ mod tests {
         go.unwrap().send(()).unwrap();
         let id = within(done).await;
         assert!(id.is_some() && id != Some(conn_id), "{id:?}");
+        // A request that panics ends alone: the connection serves on.
+        let (panic_go, panic_go_rx) = oneshot::channel::<()>();
+        start_tx
+            .send((
+                true,
+                Box::pin(async move {
+                    panic_go_rx.await.unwrap();
+                    panic!("a handler bug");
+                }),
+            ))
+            .unwrap();
+        panic_go.send(()).unwrap();
+        let (go, done) = request(true, false, false);
+        go.unwrap().send(()).unwrap();
+        assert_eq!(within(done).await, Some(conn_id));
         // A brief request that is ready at once completes inside execute,
         // i.e. in the connection task, with nothing handed over.
         let (_, done) = request(true, false, true);

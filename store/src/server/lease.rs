@@ -2,13 +2,12 @@
 //! KeepAlive and TimeToLive are answered from the leader's lessor clock
 //! (followers forward both to the leader over the peer transport).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
 use proto::etcdserverpb as pb;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Error;
@@ -24,6 +23,59 @@ impl LeaseService {
     /// A Lease service over `node`.
     pub fn new(node: Arc<Node>) -> Self {
         LeaseService { node }
+    }
+}
+
+/// Ends when the member has seen no leader for three election timeouts.
+type LeaderLost = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One LeaseKeepAlive stream between two requests.
+struct KeepAlive {
+    node: Arc<Node>,
+    inbound: Streaming<pb::LeaseKeepAliveRequest>,
+    /// For a client that requires a leader (`hasleader` metadata).
+    leader_lost: Option<LeaderLost>,
+}
+
+impl KeepAlive {
+    /// Read the next request and answer it: the reply and what is left of
+    /// the stream, which is `None` after an error (the stream's last item).
+    async fn next(
+        mut self,
+    ) -> Option<(
+        Result<pb::LeaseKeepAliveResponse, Status>,
+        Option<KeepAlive>,
+    )> {
+        let watching_leader = self.leader_lost.is_some();
+        let lost = self.leader_lost.as_mut();
+        let m = tokio::select! {
+            // Graceful shutdown ends streams with Unavailable (clients
+            // reconnect elsewhere).
+            _ = self.node.stop_serving.cancelled() => {
+                return Some((Err(Error::Stopped.into()), None));
+            }
+            _ = async { lost.expect("checked").await }, if watching_leader => {
+                return Some((Err(Error::NoLeader.into()), None));
+            }
+            m = self.inbound.message() => m,
+        };
+        let k = match m {
+            Ok(Some(k)) => k,
+            Ok(None) => return None,
+            // etcd ends the stream with the receive error.
+            Err(e) => return Some((Err(super::etcd_size_status(&e).unwrap_or(e)), None)),
+        };
+        match self.node.renew_lease(k.id).await {
+            Ok(ttl) => {
+                let resp = pb::LeaseKeepAliveResponse {
+                    header: Some(self.node.header(self.node.current_rev())),
+                    id: k.id,
+                    ttl,
+                };
+                Some((Ok(resp), Some(self)))
+            }
+            Err(e) => Some((Err(Status::from(e)), None)),
+        }
     }
 }
 
@@ -89,48 +141,23 @@ impl pb::lease_server::Lease for LeaseService {
         if super::watch::requires_leader(&req) && self.node.status.leader() == 0 {
             return Err(Error::NoLeader.into());
         }
-        let (tx, rx) = mpsc::channel(64);
-        if super::watch::requires_leader(&req) {
-            super::monitor_leader(self.node.clone(), tx.clone());
-        }
-        let mut inbound = req.into_inner();
-        let node = self.node.clone();
-        tokio::spawn(async move {
-            loop {
-                let m = tokio::select! {
-                    // Graceful shutdown ends streams with Unavailable
-                    // (clients reconnect elsewhere).
-                    _ = node.stop_serving.cancelled() => {
-                        super::stream_stopped(&tx).await;
-                        return;
-                    }
-                    m = inbound.message() => m,
-                };
-                let k = match m {
-                    Ok(Some(k)) => k,
-                    Ok(None) => return,
-                    Err(e) => {
-                        // etcd ends the stream with the receive error.
-                        let e = super::etcd_size_status(&e).unwrap_or(e);
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                };
-                let resp = match node.renew_lease(k.id).await {
-                    Ok(ttl) => Ok(pb::LeaseKeepAliveResponse {
-                        header: Some(node.header(node.current_rev())),
-                        id: k.id,
-                        ttl,
-                    }),
-                    Err(e) => Err(Status::from(e)),
-                };
-                let stop = resp.is_err();
-                if tx.send(resp).await.is_err() || stop {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // The stream is served where hyper polls the response body (in the
+        // connection's task, see `conn::StreamExec`): each request is
+        // read, renewed and answered in turn, with no task of its own.
+        let leader_lost: Option<LeaderLost> = super::watch::requires_leader(&req)
+            .then(|| Box::pin(super::leader_lost(self.node.clone())) as _);
+        let st = KeepAlive {
+            node: self.node.clone(),
+            inbound: req.into_inner(),
+            leader_lost,
+        };
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            Some(st),
+            |st| async move {
+                let st = st?;
+                st.next().await
+            },
+        ))))
     }
 
     async fn lease_time_to_live(

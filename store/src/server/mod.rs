@@ -179,24 +179,35 @@ pub fn monitor_leader<T: Send + 'static>(
     tx: tokio::sync::mpsc::Sender<Result<T, tonic::Status>>,
 ) {
     tokio::spawn(async move {
-        let mut misses = 0;
-        loop {
-            tokio::select! {
-                _ = node.stop_serving.cancelled() => return,
-                _ = tx.closed() => return,
-                _ = tokio::time::sleep(node.cfg.election_timeout) => {}
-            }
-            if node.status.leader() != 0 {
-                misses = 0;
-                continue;
-            }
-            misses += 1;
-            if misses >= 3 {
+        tokio::select! {
+            _ = node.stop_serving.cancelled() => {}
+            _ = tx.closed() => {}
+            _ = leader_lost(node.clone()) => {
                 let _ = tx.send(Err(crate::error::Error::NoLeader.into())).await;
-                return;
             }
         }
     });
+}
+
+/// Completes once `node` has seen no leader at three checks in a row, one
+/// election timeout apart (etcd's monitorLeader); never while the member
+/// stops serving.
+pub async fn leader_lost(node: Arc<Node>) {
+    let mut misses = 0;
+    loop {
+        tokio::select! {
+            _ = node.stop_serving.cancelled() => std::future::pending::<()>().await,
+            _ = tokio::time::sleep(node.cfg.election_timeout) => {}
+        }
+        if node.status.leader() != 0 {
+            misses = 0;
+            continue;
+        }
+        misses += 1;
+        if misses >= 3 {
+            return;
+        }
+    }
 }
 
 /// Ends a client stream (Watch, LeaseKeepAlive) because this member stops
