@@ -276,10 +276,16 @@ fn single_key_txn(t: &proto::etcdserverpb::TxnRequest) -> bool {
 /// applies) the raft thread.
 pub struct Applier {
     l: ApplyLoop,
-    /// Index of the newest snapshot. After the next one is written, the
-    /// raft log is compacted only up to this one, so a corrupt newest
-    /// snapshot can still fall back to the older file plus the log.
+    /// Applied index at which the last snapshot was started (saved or
+    /// not): the next one is due `snapshot-count` entries later.
     last_snap: u64,
+    /// Index of the newest snapshot saved (written by the snapshot
+    /// thread). After the next one is written, the raft log is compacted
+    /// only up to this one, so a corrupt newest snapshot can still fall
+    /// back to the older file plus the log. A failed save leaves it alone:
+    /// compacting past a snapshot that was never written would leave the
+    /// older file without the entries that follow it.
+    last_saved: Arc<std::sync::atomic::AtomicU64>,
     /// A background snapshot is being written.
     snapshotting: Arc<std::sync::atomic::AtomicBool>,
     /// Tasks applied so far.
@@ -332,6 +338,7 @@ pub fn spawn(l: ApplyLoop) -> std::io::Result<ApplyQueue> {
     let shared = Arc::new(Mutex::new(Applier {
         l,
         last_snap,
+        last_saved: Arc::new(last_snap.into()),
         snapshotting: Default::default(),
         done: 0,
     }));
@@ -406,6 +413,8 @@ impl Applier {
             (l.on_members)(&st);
         }
         self.last_snap = index;
+        self.last_saved
+            .store(index, std::sync::atomic::Ordering::Release);
         tracing::info!(
             index,
             rev = applied.rev,
@@ -591,8 +600,9 @@ impl Applier {
         // Keep the older snapshot's entries (so a corrupt newest file can
         // fall back) and `catchup_entries` more for slow followers, who
         // would otherwise need a whole snapshot.
-        let compact_to = self
-            .last_snap
+        let last_saved = self.last_saved.clone();
+        let compact_to = last_saved
+            .load(std::sync::atomic::Ordering::Acquire)
             .min(view.applied_index.saturating_sub(l.snap.catchup_entries));
         self.last_snap = view.applied_index;
         std::thread::Builder::new()
@@ -605,6 +615,7 @@ impl Applier {
                             took_ms = t.elapsed().as_millis() as u64, "saved state-machine snapshot");
                         METRICS.snapshot_save.observe(t.elapsed().as_secs_f64());
                         storage.compact_to(compact_to);
+                        last_saved.store(view.applied_index, std::sync::atomic::Ordering::Release);
                     }
                     Err(e) => tracing::error!(error = %e, "state-machine snapshot failed"),
                 }
@@ -621,8 +632,24 @@ mod tests {
 
     /// An apply stage over an empty state machine (no snapshots).
     fn stage(dir: &std::path::Path) -> (ApplyQueue, Arc<RwLock<StateMachine>>, Arc<Waiters>) {
+        let (q, state, waiters, _) = stage_snapshotting(dir, 0);
+        (q, state, waiters)
+    }
+
+    /// An apply stage taking a snapshot every `count` entries (0: never),
+    /// keeping no entries behind it for followers; also its raft log.
+    fn stage_snapshotting(
+        dir: &std::path::Path,
+        count: u64,
+    ) -> (
+        ApplyQueue,
+        Arc<RwLock<StateMachine>>,
+        Arc<Waiters>,
+        RaftStorage,
+    ) {
         let state = Arc::new(RwLock::new(StateMachine::default()));
         let waiters = Arc::new(Waiters::default());
+        let storage = RaftStorage::open(&dir.join("log"), false).unwrap();
         let (applied_tx, _) = watch::channel(Applied::default());
         let l = ApplyLoop {
             state: state.clone(),
@@ -635,16 +662,16 @@ mod tests {
             lessor: Arc::new(Lessor::new(crate::lessor::lease_clock())),
             status: Arc::new(RaftStatus::default()),
             snap: SnapshotPolicy {
-                dir: Arc::new(SnapDir::open(dir.join("snap"), 1).unwrap()),
-                count: 0,
+                dir: Arc::new(SnapDir::open(dir.join("snap"), 2).unwrap()),
+                count,
                 sync: false,
-                storage: RaftStorage::open(&dir.join("log"), false).unwrap(),
+                storage: storage.clone(),
                 catchup_entries: 0,
             },
             received: Default::default(),
             on_members: Box::new(|_| {}),
         };
-        (spawn(l).unwrap(), state, waiters)
+        (spawn(l).unwrap(), state, waiters, storage)
     }
 
     fn entry(index: u64, id: u64, op: Op) -> Entry {
@@ -797,5 +824,59 @@ mod tests {
         };
         assert!(cheap(txn(vec![])));
         assert!(!cheap(txn(b"b".to_vec())));
+    }
+
+    /// A snapshot that fails to save must not count as saved: the log is
+    /// later compacted only up to the newest snapshot that exists, so that
+    /// the older file plus the log can still stand in for a corrupt newest
+    /// one. (The failed save used to advance that point, and the next
+    /// snapshot compacted away the entries the older file needs.)
+    #[test]
+    fn a_failed_snapshot_save_does_not_move_the_compaction_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _state, _waiters, storage) = stage_snapshotting(dir.path(), 10);
+        let snap_dir = dir.path().join("snap");
+        let applier = q.shared.clone().unwrap();
+        let idle = || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while applier
+                .lock()
+                .snapshotting
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                assert!(std::time::Instant::now() < deadline, "snapshot never ended");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        // Apply (and log) entries from..=to, one batch each, then wait for
+        // any snapshot they started.
+        let mut apply = |from: u64, to: u64| {
+            for i in from..=to {
+                let e = entry(i, 0, put(&format!("k{i}")));
+                storage.append(std::slice::from_ref(&e), None);
+                let _ = q.dispatch(task(vec![e]), false);
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while applier.lock().done < q.sent {
+                assert!(std::time::Instant::now() < deadline, "apply stalled");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            idle();
+        };
+        let first = |s: &RaftStorage| raft::Storage::first_index(s).unwrap();
+        apply(1, 10);
+        assert!(snap_dir.join(format!("{:016x}.snap", 10)).exists());
+        // The snapshot at 20 cannot be written.
+        std::fs::rename(&snap_dir, dir.path().join("away")).unwrap();
+        apply(11, 20);
+        std::fs::rename(dir.path().join("away"), &snap_dir).unwrap();
+        assert!(!snap_dir.join(format!("{:016x}.snap", 20)).exists());
+        // The snapshot at 30 is written; the log keeps what follows 10.
+        apply(21, 30);
+        assert!(snap_dir.join(format!("{:016x}.snap", 30)).exists());
+        assert!(first(&storage) <= 11, "log starts at {}", first(&storage));
+        // The next one compacts up to 30, the newest saved.
+        apply(31, 40);
+        assert_eq!(first(&storage), 31);
     }
 }
