@@ -368,42 +368,68 @@ fn compare_kv(c: &pb::Compare, kv: &KeyValue) -> bool {
     }
 }
 
-/// etcd's applyCompare.
-fn apply_compare<V: ReadView + ?Sized>(view: &V, c: &pb::Compare) -> bool {
+/// etcd's applyCompare. A value compare whose value fails its CRC is an
+/// error, never a silent "false" (which would take the other branch).
+fn apply_compare<V: ReadView + ?Sized>(
+    view: &V,
+    c: &pb::Compare,
+) -> std::result::Result<bool, MvccError> {
     let kr = KeyRange::new(&c.key, &c.range_end);
     let Ok(rr) = view.range(&kr, 0, 0, false) else {
-        return false;
+        return Ok(false);
     };
     if rr.kvs.is_empty() {
         if c.target == compare::CompareTarget::Value as i32 {
-            return false;
+            return Ok(false);
         }
-        return compare_kv(c, &KeyValue::default());
+        return Ok(compare_kv(c, &KeyValue::default()));
     }
-    rr.kvs.iter().all(|m| {
-        if c.target != compare::CompareTarget::Value as i32 {
-            return compare_kv(c, &meta_only(m));
+    for m in &rr.kvs {
+        let holds = if c.target != compare::CompareTarget::Value as i32 {
+            compare_kv(c, &meta_only(m))
+        } else {
+            compare_kv(c, &view.load(m)?)
+        };
+        if !holds {
+            return Ok(false);
         }
-        match view.load(m) {
-            Ok(kv) => compare_kv(c, &kv),
-            Err(e) => {
-                tracing::error!(error = %e, "txn compare cannot read a value; the compare fails");
-                false
-            }
-        }
-    })
+    }
+    Ok(true)
 }
 
 /// The branch taken at every txn level, in execution order (etcd's txnPath).
-fn compare_to_path<V: ReadView + ?Sized>(view: &V, r: &pb::TxnRequest, path: &mut Vec<bool>) {
-    let ok = r.compare.iter().all(|c| apply_compare(view, c));
+fn compare_to_path<V: ReadView + ?Sized>(
+    view: &V,
+    r: &pb::TxnRequest,
+    path: &mut Vec<bool>,
+) -> std::result::Result<(), MvccError> {
+    let mut ok = true;
+    for c in &r.compare {
+        if !apply_compare(view, c)? {
+            ok = false;
+            break;
+        }
+    }
     path.push(ok);
     let ops = if ok { &r.success } else { &r.failure };
     for op in ops {
         if let Some(request_op::Request::RequestTxn(t)) = &op.request {
-            compare_to_path(view, t, path);
+            compare_to_path(view, t, path)?;
         }
     }
+    Ok(())
+}
+
+/// A value this member must read to apply an entry (a Txn's value compare,
+/// a put with ignore_value) fails its CRC. The member cannot apply the
+/// entry as the others do, and whatever it applied instead would diverge
+/// from them, so it stops here (the server's panic hook aborts the
+/// process, before the entry counts as applied). The value files only
+/// cache the snapshot and the raft log: the next start rebuilds them and
+/// applies the entry again, like every other member did.
+fn halt_on_corrupt_value(e: impl std::fmt::Display) -> ! {
+    tracing::error!(error = %e, "a value needed to apply an entry is corrupt on this member; stopping (a restart rebuilds the value files from the snapshot and the raft log)");
+    panic!("a value needed to apply an entry is corrupt on this member: {e}");
 }
 
 /// Which of etcd's two txn check passes runs.
@@ -496,7 +522,7 @@ pub fn txn_read<V: ReadView + ?Sized>(
     r: &pb::TxnRequest,
 ) -> Result<pb::TxnResponse> {
     let mut path = Vec::new();
-    compare_to_path(view, r, &mut path);
+    compare_to_path(view, r, &mut path)?;
     let leases = Leases::default();
     TxnChecker {
         view,
@@ -564,10 +590,13 @@ pub fn put(
         return Err(Error::KeyNotFound);
     }
     // The value a put with ignore_value keeps: without it nothing can be
-    // written. (A value that cannot be read back is local corruption of
-    // the value files; a restart rebuilds them from the snapshot and log.)
+    // written, and no member may skip the write.
     let kept_value = match &prev {
-        Some(m) if p.ignore_value => Some(txn.store().value(m)?),
+        Some(m) if p.ignore_value => Some(
+            txn.store()
+                .value(m)
+                .unwrap_or_else(|e| halt_on_corrupt_value(e)),
+        ),
         _ => None,
     };
     let lease = if p.ignore_lease {
@@ -645,7 +674,9 @@ pub fn txn_write(
     r: &pb::TxnRequest,
 ) -> Result<pb::TxnResponse> {
     let mut path = Vec::new();
-    compare_to_path(&*txn, r, &mut path);
+    if let Err(e) = compare_to_path(&*txn, r, &mut path) {
+        halt_on_corrupt_value(e);
+    }
     let mut checker = TxnChecker {
         view: &*txn,
         leases,

@@ -879,3 +879,100 @@ async fn a_damaged_value_file_is_never_served_and_a_restart_rebuilds_it() {
     let r = c.get("big", None).await.unwrap();
     assert_eq!(r.kvs()[0].value_str().unwrap(), "new");
 }
+
+/// A value an apply must read (a Txn's value compare, a put with
+/// ignore_value) that fails its CRC stops the member instead of letting it
+/// apply something else than the other members (it used to take the
+/// compare's failure branch, or fail the put, on this member only). A
+/// read-only Txn comparing it fails with the reason instead of answering
+/// from the wrong branch. After a restart, which rebuilds the value files,
+/// the entry is applied as it should have been.
+#[tokio::test]
+async fn a_damaged_value_an_apply_needs_stops_the_member_and_a_restart_applies_it() {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let mut s = Strata::start(&[]);
+    let mut c = s.client().await;
+    let big = "v".repeat(300 * 1024);
+    c.put("big", big.as_str(), None).await.unwrap();
+    let dir = s.data_dir.join("member/values");
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .collect();
+    assert_eq!(files.len(), 1, "one segment written out: {files:?}");
+    flip(&files[0], &[1000]);
+    let txn = |then: &str| {
+        Txn::new()
+            .when(vec![Compare::value("big", CompareOp::Equal, big.as_str())])
+            .and_then(if then.is_empty() {
+                vec![TxnOp::get("big", None)]
+            } else {
+                vec![TxnOp::put("result", then, None)]
+            })
+            .or_else(if then.is_empty() {
+                vec![TxnOp::get("small", None)]
+            } else {
+                vec![TxnOp::put("result", "failure", None)]
+            })
+    };
+    // Read-only: an error naming the cause, not the failure branch.
+    match c.txn(txn("")).await {
+        Err(etcd_client::Error::GRpcStatus(st)) => {
+            assert_eq!(st.code(), tonic::Code::Internal, "{st:?}");
+            assert!(st.message().contains("checksum mismatch"), "{st:?}");
+        }
+        other => panic!("a compare on a damaged value answered: {other:?}"),
+    }
+    // A write: the member stops before applying it.
+    let r = tokio::time::timeout(Duration::from_secs(10), c.txn(txn("success"))).await;
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "the txn applied on a damaged value: {r:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the member kept running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "{status:?}");
+    assert!(
+        s.log_text().contains("corrupt on this member"),
+        "{}",
+        s.log_text()
+    );
+    // The restart rebuilds the values and applies the txn's success branch.
+    s.restart();
+    let mut c = s.client().await;
+    let r = c.get("result", None).await.unwrap();
+    assert_eq!(r.kvs()[0].value_str().unwrap(), "success");
+    let r = c.get("big", None).await.unwrap();
+    assert!(r.kvs()[0].value() == big.as_bytes(), "rebuilt intact");
+    // The same for a put with ignore_value.
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .collect();
+    assert_eq!(files.len(), 1, "one segment written out: {files:?}");
+    flip(&files[0], &[1000]);
+    let opts = etcd_client::PutOptions::new().with_ignore_value();
+    let r = tokio::time::timeout(Duration::from_secs(10), c.put("big", "", Some(opts))).await;
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "the put applied on a damaged value: {r:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the member kept running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.restart();
+    let mut c = s.client().await;
+    let r = c.get("big", None).await.unwrap();
+    assert!(r.kvs()[0].value() == big.as_bytes(), "kept by ignore_value");
+    assert_eq!(r.kvs()[0].version(), 2, "the put applied once");
+}
