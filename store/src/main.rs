@@ -100,6 +100,9 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
             tracing::info!(error = %e, "waiting for a leader before serving clients");
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+        // The listeners are bound here (their ports are what gets
+        // published) but accept connections only once the member's name
+        // and client URLs are applied, as etcd's do.
         let handles = store::server::serve(node.clone()).await?;
         tokio::spawn(node.clone().publish());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

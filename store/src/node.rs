@@ -91,6 +91,10 @@ pub struct Node {
     pub stop_serving: CancellationToken,
     /// Cancelled when this member has been removed from the cluster.
     pub removed: CancellationToken,
+    /// Cancelled once this member's name and client URLs are applied
+    /// ([`publish`](Self::publish)); the client listeners accept
+    /// connections only then, as etcd's wait for its ReadyNotify.
+    pub published: CancellationToken,
     /// Whether this member is a learner (kept by the apply thread; read on
     /// every client request).
     learner: Arc<std::sync::atomic::AtomicBool>,
@@ -555,6 +559,7 @@ impl Node {
             ids: IdGen::new(id.member_id),
             leader_clients: parking_lot::Mutex::new(HashMap::new()),
             stop_serving: shutdown.child_token(),
+            published: CancellationToken::new(),
             shutdown,
             removed,
             learner,
@@ -688,7 +693,8 @@ impl Node {
     }
 
     /// Publish this member's name and client URLs through raft (etcd's
-    /// publish), retrying until it applies or the node stops.
+    /// publish), retrying until it applies or the node stops; then mark the
+    /// member [`published`](Self::published).
     pub async fn publish(self: Arc<Self>) {
         let attr = pb::Member {
             id: self.member_id,
@@ -704,10 +710,14 @@ impl Node {
                 .get(&self.member_id)
                 .is_some_and(|m| m.name == attr.name && m.client_ur_ls == attr.client_ur_ls);
             if published {
+                self.published.cancel();
                 return;
             }
             match self.propose(Op::MemberAttr(attr.clone())).await {
-                Ok(_) => return,
+                Ok(_) => {
+                    self.published.cancel();
+                    return;
+                }
                 Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
             }
             tokio::select! {

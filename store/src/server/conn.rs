@@ -9,11 +9,12 @@
 //! message errors to etcd's wording are done inline in one unboxed response
 //! future ([`ResponseFuture`]). On the hot path the only allocations of the
 //! serving layer itself are the boxed future that tonic's generated service
-//! returns and, for a write, the box its stream future is kept in: writes
-//! are first polled inside the connection task and then stay in that task
-//! ([`StreamExec`], [`ServeConn`]), so the proposal reaches the raft thread
+//! returns and the box its stream future is kept in. Requests with little
+//! work of their own (writes, single-key reads, lease keepalives) are
+//! first polled inside the connection task and then stay in that task
+//! ([`StreamExec`], [`ServeConn`]): a proposal reaches the raft thread
 //! before that task's socket writes, and the responses raft completes
-//! together leave together.
+//! together leave together, in one write.
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -396,7 +397,7 @@ pub struct StreamExec {
     handoff: Arc<parking_lot::Mutex<Handoff>>,
 }
 
-/// Writes handed from [`StreamExec`] to their connection's [`ServeConn`].
+/// Requests handed from [`StreamExec`] to their connection's [`ServeConn`].
 #[derive(Default)]
 struct Handoff {
     new: Vec<futures::future::BoxFuture<'static, ()>>,
@@ -466,8 +467,8 @@ impl<C: Future> Future for ServeConn<C> {
                 std::mem::take(&mut h.new)
             };
             if let Poll::Ready(out) = r {
-                // The connection is closed: a write still in the set has
-                // nowhere to send its response (its proposal stays made).
+                // The connection is closed: a request still in the set has
+                // nowhere to send its response (a proposal stays made).
                 return Poll::Ready(out);
             }
             if new.is_empty() {
@@ -513,9 +514,10 @@ impl ConnSettings {
     }
 }
 
-/// Serve `services` on the connections of `incoming` until `stop` fires;
-/// then stop accepting (the listener is dropped at once), let every
-/// connection finish its in-flight requests, and return.
+/// Serve `services` on the connections of `incoming`, from the moment the
+/// member is published ([`Node::published`]) until `stop` fires; then stop
+/// accepting (the listener is dropped at once), let every connection
+/// finish its in-flight requests, and return.
 pub async fn serve<I, IO>(
     incoming: I,
     services: Arc<Services>,
@@ -526,6 +528,12 @@ pub async fn serve<I, IO>(
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IO::ConnectInfo: Into<ConnInfo>,
 {
+    // etcd accepts client connections only once the member has published
+    // its name and client URLs; until then they wait in the listen backlog.
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = services.node.published.cancelled() => {}
+    }
     let graceful = GracefulShutdown::new();
     {
         let mut incoming = std::pin::pin!(incoming);

@@ -577,3 +577,29 @@ async fn keepalive_right_after_a_grant_through_a_follower_finds_the_lease() {
     }
     clear_failpoint(&cluster.endpoint(leader), "strata::apply::before_apply");
 }
+
+/// A member accepts client connections only once its name and client URLs
+/// are applied, as etcd waits for its publish: its very first answer comes
+/// after the publish entry is applied. (It used to serve as soon as a
+/// leader was known; another member's `member list` could then show it
+/// without name and client URLs.) The apply failpoint holds each apply
+/// back 300 ms; an idle member proposes nothing after its publish, so the
+/// applied index of its first answer must already be the final one.
+#[tokio::test]
+async fn clients_are_served_only_once_the_member_is_published() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Strata::try_start_env(
+        &tmp.path().join("data"),
+        "solo",
+        &[],
+        &[("FAILPOINTS", "strata::apply::before_apply=sleep(300)")],
+    )
+    .unwrap();
+    let mut c = s.client().await;
+    let first = c.status().await.unwrap().raft_applied_index();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = c.status().await.unwrap().raft_applied_index();
+    assert_eq!(first, later, "answered before the publish was applied");
+    let r = c.member_list().await.unwrap();
+    assert_eq!(r.members()[0].name(), "solo");
+}
