@@ -104,7 +104,6 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
         // published) but accept connections only once the member's name
         // and client URLs are applied, as etcd's do.
         let handles = store::server::serve(node.clone()).await?;
-        tokio::spawn(node.clone().publish());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let removed = tokio::select! {
             _ = tokio::signal::ctrl_c() => false,

@@ -253,7 +253,9 @@ pub async fn serve_peers(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::Joi
 }
 
 /// Serve every client URL until the node shuts down. Listeners are bound
-/// before this returns, so callers may announce readiness afterwards.
+/// before this returns, so callers may announce readiness afterwards; they
+/// accept connections once the member has published its name and the
+/// bound client URLs ([`Node::publish`], started here), as etcd's do.
 pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut handles = Vec::new();
     for u in &node.cfg.listen_client_urls {
@@ -303,6 +305,7 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<Vec<tokio::task::JoinHandl
             }
         }));
     }
+    tokio::spawn(node.publish());
     Ok(handles)
 }
 
