@@ -797,6 +797,30 @@ async fn corrupted_and_truncated_files_never_serve_wrong_data() {
     eprintln!("corruption test took {:?}", t0.elapsed());
 }
 
+/// Flip a byte inside the one value segment of `dir` that has been
+/// written out (the first value in it, when that is large).
+fn damage_the_value_segment(dir: &Path) {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .collect();
+    assert_eq!(files.len(), 1, "one segment written out: {files:?}");
+    flip(&files[0], &[1000]);
+}
+
+/// Wait (bounded) for the member to exit on its own; its exit status.
+fn exited(s: &mut Strata) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "the member kept running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Value bytes live in `member/values/` (a cache of the snapshot and raft
 /// log, rebuilt at start). A damaged value file is detected by its CRC and
 /// never served: reads, prev_kv and watch replay fail with Internal, the
@@ -811,13 +835,7 @@ async fn a_damaged_value_file_is_never_served_and_a_restart_rebuilds_it() {
     let rev = rev.header().unwrap().revision();
     c.put("small", "ok", None).await.unwrap();
     let dir = s.data_dir.join("member/values");
-    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
-        .collect();
-    assert_eq!(files.len(), 1, "one segment written out: {files:?}");
-    flip(&files[0], &[1000]);
+    damage_the_value_segment(&dir);
     let expect_corrupt = |r: Result<String, etcd_client::Error>, what: &str| match r {
         Err(etcd_client::Error::GRpcStatus(st)) => {
             assert_eq!(st.code(), tonic::Code::Internal, "{what}: {st:?}");
@@ -895,13 +913,7 @@ async fn a_damaged_value_an_apply_needs_stops_the_member_and_a_restart_applies_i
     let big = "v".repeat(300 * 1024);
     c.put("big", big.as_str(), None).await.unwrap();
     let dir = s.data_dir.join("member/values");
-    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
-        .collect();
-    assert_eq!(files.len(), 1, "one segment written out: {files:?}");
-    flip(&files[0], &[1000]);
+    damage_the_value_segment(&dir);
     let txn = |then: &str| {
         Txn::new()
             .when(vec![Compare::value("big", CompareOp::Equal, big.as_str())])
@@ -930,14 +942,7 @@ async fn a_damaged_value_an_apply_needs_stops_the_member_and_a_restart_applies_i
         !matches!(r, Ok(Ok(_))),
         "the txn applied on a damaged value: {r:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(st) = s.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "the member kept running");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exited(&mut s);
     assert!(!status.success(), "{status:?}");
     assert!(
         s.log_text().contains("corrupt on this member"),
@@ -952,24 +957,14 @@ async fn a_damaged_value_an_apply_needs_stops_the_member_and_a_restart_applies_i
     let r = c.get("big", None).await.unwrap();
     assert!(r.kvs()[0].value() == big.as_bytes(), "rebuilt intact");
     // The same for a put with ignore_value.
-    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
-        .collect();
-    assert_eq!(files.len(), 1, "one segment written out: {files:?}");
-    flip(&files[0], &[1000]);
+    damage_the_value_segment(&dir);
     let opts = etcd_client::PutOptions::new().with_ignore_value();
     let r = tokio::time::timeout(Duration::from_secs(10), c.put("big", "", Some(opts))).await;
     assert!(
         !matches!(r, Ok(Ok(_))),
         "the put applied on a damaged value: {r:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while s.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the member kept running");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(!exited(&mut s).success());
     s.restart();
     let mut c = s.client().await;
     let r = c.get("big", None).await.unwrap();
