@@ -25,6 +25,9 @@ pub struct Metrics {
     pub proposals_pending: IntGauge,
     /// etcd_server_proposals_failed_total.
     pub proposals_failed: IntCounter,
+    /// etcd_server_slow_read_indexes_total (ReadIndex rounds that went
+    /// unanswered and were issued again).
+    pub slow_read_indexes: IntCounter,
     /// etcd_disk_wal_fsync_duration_seconds.
     pub wal_fsync: Histogram,
     /// etcd_debugging_snap_save_total_duration_seconds.
@@ -123,6 +126,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "etcd_server_proposals_failed_total",
             "The total number of failed proposals seen.",
+        ),
+        slow_read_indexes: counter(
+            &r,
+            "etcd_server_slow_read_indexes_total",
+            "The total number of pending read indexes not in sync with leader's or timed out read index requests.",
         ),
         wal_fsync: histogram(
             &r,

@@ -125,6 +125,20 @@ type ReadWaiter = oneshot::Sender<Result<u64>>;
 /// Upper bound of messages drained per loop turn, to bound latency.
 const MAX_DRAIN: usize = 8192;
 
+/// The context of this member's `seq`-th ReadIndex round. It names the
+/// member too: the leader keeps the rounds of every member (followers
+/// forward theirs) in one table keyed by context, and raft-rs silently
+/// drops a round whose context is already pending there. With a bare
+/// per-member counter, the leader's and the followers' rounds collided
+/// under load, and the dropped ones waited for the retry (p99 ≈ 325 ms
+/// on range-l 100/1000 with 3 members).
+fn read_ctx(member_id: u64, seq: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16);
+    ctx.extend_from_slice(&member_id.to_be_bytes());
+    ctx.extend_from_slice(&seq.to_be_bytes());
+    ctx
+}
+
 /// Run the raft loop until the message channel closes.
 pub fn run_raft(mut l: RaftLoop) {
     let mut next_tick = Instant::now() + l.tick;
@@ -229,6 +243,7 @@ pub fn run_raft(mut l: RaftLoop) {
             .collect();
         for ctx in stale {
             if let Some((_, txs)) = inflight_reads.remove(&ctx) {
+                METRICS.slow_read_indexes.inc();
                 pending_reads.extend(txs);
             }
         }
@@ -241,7 +256,7 @@ pub fn run_raft(mut l: RaftLoop) {
         }
         if !pending_reads.is_empty() {
             read_seq += 1;
-            let ctx = read_seq.to_be_bytes().to_vec();
+            let ctx = read_ctx(l.raw.raft.id, read_seq);
             l.raw.read_index(ctx.clone());
             inflight_reads.insert(ctx, (now, std::mem::take(&mut pending_reads)));
         }
@@ -530,5 +545,14 @@ mod tests {
             "expected NoLeader, got {got:?}"
         );
         tx.send(RaftMsg::Stop).unwrap();
+    }
+
+    #[test]
+    fn read_contexts_differ_between_members_and_rounds() {
+        let all: std::collections::HashSet<Vec<u8>> = [1u64, 2, 3]
+            .iter()
+            .flat_map(|m| (1..=100u64).map(move |seq| read_ctx(*m, seq)))
+            .collect();
+        assert_eq!(all.len(), 300);
     }
 }

@@ -809,18 +809,6 @@ fn damage_the_value_segment(dir: &Path) {
     flip(&files[0], &[1000]);
 }
 
-/// Wait (bounded) for the member to exit on its own; its exit status.
-fn exited(s: &mut Strata) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(st) = s.child.try_wait().unwrap() {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "the member kept running");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Value bytes live in `member/values/` (a cache of the snapshot and raft
 /// log, rebuilt at start). A damaged value file is detected by its CRC and
 /// never served: reads, prev_kv and watch replay fail with Internal, the
@@ -942,7 +930,7 @@ async fn a_damaged_value_an_apply_needs_stops_the_member_and_a_restart_applies_i
         !matches!(r, Ok(Ok(_))),
         "the txn applied on a damaged value: {r:?}"
     );
-    let status = exited(&mut s);
+    let status = s.wait_exit();
     assert!(!status.success(), "{status:?}");
     assert!(
         s.log_text().contains("corrupt on this member"),
@@ -964,7 +952,7 @@ async fn a_damaged_value_an_apply_needs_stops_the_member_and_a_restart_applies_i
         !matches!(r, Ok(Ok(_))),
         "the put applied on a damaged value: {r:?}"
     );
-    assert!(!exited(&mut s).success());
+    assert!(!s.wait_exit().success());
     s.restart();
     let mut c = s.client().await;
     let r = c.get("big", None).await.unwrap();

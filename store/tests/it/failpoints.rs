@@ -58,18 +58,6 @@ fn clear_failpoint(endpoint: &str, name: &str) {
     assert_eq!(code, 204, "{body}");
 }
 
-/// Wait (up to 30 s) for the process to exit.
-fn wait_exit(s: &mut Strata) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(st) = s.child.try_wait().unwrap() {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "the member did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test]
 async fn http_control_round_trip_and_actions() {
     let s = Strata::start(&[]);
@@ -195,7 +183,7 @@ async fn panic_after_persist_crashes_the_member_and_it_restarts_intact() {
     set_failpoint(&s.endpoint, "strata::raft::after_persist", "panic");
     // The write reaches the log, then the member dies before answering.
     assert!(c.put("p/durable", "x", None).await.is_err());
-    let st = wait_exit(&mut s);
+    let st = s.wait_exit();
     assert!(!st.success(), "{st:?}");
     assert!(
         s.log_text()
@@ -364,7 +352,7 @@ async fn write_through_powerfail(
 fn powerfail(s: &mut Strata) {
     let (code, _) = http(&s.endpoint, "POST", "/debug/powerfail", "");
     assert_eq!(code, 0, "powerfail answered");
-    let st = wait_exit(s);
+    let st = s.wait_exit();
     assert!(!st.success());
     assert!(
         s.log_text()

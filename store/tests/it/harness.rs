@@ -190,6 +190,18 @@ impl Strata {
         self.kill();
     }
 
+    /// Wait (up to 30 s) for the process to exit on its own; its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "the member did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Restart on the same data dir with the same flags (after kill/terminate).
     pub fn restart(&mut self) {
         let extra: Vec<String> = self.args[6..].to_vec();
