@@ -11,10 +11,10 @@
 //! serving layer itself are the boxed future that tonic's generated service
 //! returns and the box its stream future is kept in. Requests with little
 //! work of their own (writes, single-key reads, lease keepalives) are
-//! first polled inside the connection task and then stay in that task
-//! ([`StreamExec`], [`ServeConn`]): a proposal reaches the raft thread
-//! before that task's socket writes, and the responses raft completes
-//! together leave together, in one write.
+//! served inside the connection task ([`StreamExec`], [`ServeConn`]),
+//! first polled once the connection has taken in every request that
+//! arrived with them: the answers of requests that arrive together, and
+//! the responses raft completes together, leave together, in one write.
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -127,7 +127,7 @@ impl hyper::service::Service<Request<Incoming>> for Dispatch {
     fn call(&self, mut req: Request<Incoming>) -> ResponseFuture {
         // Set (or cleared) on every request, so that a flag no executor
         // took (HTTP/1 requests are not spawned) never outlives it.
-        START_INLINE.with(|c| c.set(starts_briefly(req.uri().path())));
+        SERVE_IN_CONN.with(|c| c.set(starts_briefly(req.uri().path())));
         match &self.info {
             ConnInfo::Tcp(i) => {
                 req.extensions_mut().insert(i.clone());
@@ -291,7 +291,7 @@ thread_local! {
     /// work itself, taken by the very next [`StreamExec::execute`] on this
     /// thread (hyper spawns the request's stream task right after creating
     /// its response future).
-    static START_INLINE: Cell<bool> = const { Cell::new(false) };
+    static SERVE_IN_CONN: Cell<bool> = const { Cell::new(false) };
     /// Whether the future being polled on this thread is a stream the
     /// connection task runs itself, and whether it asked to leave it.
     static IN_CONN_TASK: Cell<InConnTask> = const { Cell::new(InConnTask::No) };
@@ -379,15 +379,15 @@ impl Future for ConnStream {
 
 /// hyper's executor for the HTTP/2 stream tasks of one connection. A
 /// request with little work of its own ([`starts_briefly`]: writes,
-/// single-key reads) is first polled right here, inside the connection
-/// task that received it, before that task flushes what it queued (PING
-/// acks, window updates): a proposal reaches the raft thread a socket
-/// write earlier, and a request that completes on its first poll needs no
-/// task at all. One still pending is handed to the connection's own task
-/// ([`ServeConn`]), which polls it from then on: when raft commits a batch
-/// (or a ReadIndex round confirms a batch of reads), its responses on one
-/// connection are all sent within one wake-up of that task and leave in
-/// one socket write. (As tasks of their own, each response woke the
+/// single-key reads, keepalives) is handed to the connection's own task
+/// ([`ServeConn`]), which polls it once hyper has accepted every request
+/// the last read brought (hyper's accept loop flushes the socket before
+/// each accept, so a request answered as it is accepted would go out in a
+/// write of its own): the answers of requests read together are sent
+/// before the next flush and leave in one socket write. The same holds
+/// later: when raft commits a batch (or a ReadIndex round confirms a batch
+/// of reads), its responses on one connection are all sent within one
+/// wake-up of that task. (As tasks of their own, each response woke the
 /// connection task, which tokio runs next, and each went out in a write of
 /// its own.) Every other request, and one that calls [`own_task`], gets a
 /// task of its own, so a long read does not hold up the other streams of
@@ -413,24 +413,12 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        if !START_INLINE.with(|c| c.replace(false)) {
+        if !SERVE_IN_CONN.with(|c| c.replace(false)) {
             tokio::spawn(fut);
             return;
         }
-        let mut fut: futures::future::BoxFuture<'static, ()> = Box::pin(fut);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match poll_in_conn_task(fut.as_mut(), &mut cx) {
-            Ok(Poll::Ready(())) => return,
-            Ok(Poll::Pending) => {}
-            Err(()) => {
-                tokio::spawn(fut);
-                return;
-            }
-        }
-        // Polled again by the connection task with its own waker, which
-        // replaces every registration made with the no-op one.
         let mut h = self.handoff.lock();
-        h.new.push(fut);
+        h.new.push(Box::pin(fut));
         if !h.polling {
             if let Some(w) = h.waker.take() {
                 w.wake();
@@ -441,7 +429,8 @@ where
 
 /// One client connection's task: the HTTP connection `conn` plus the
 /// stream futures its [`StreamExec`] handed over. Streams are polled
-/// before the connection, so what they send goes out in the connection's
+/// before the connection, and new ones as soon as the connection has
+/// accepted all it read, so what they send goes out in the connection's
 /// next flush, all of it in one write.
 struct ServeConn<C> {
     conn: Pin<Box<C>>,
@@ -630,7 +619,7 @@ mod tests {
         fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
             use hyper::rt::Executor as _;
             while let Poll::Ready(Some((flag, fut))) = self.start.poll_recv(cx) {
-                START_INLINE.with(|c| c.set(flag));
+                SERVE_IN_CONN.with(|c| c.set(flag));
                 self.exec.execute(fut);
             }
             Pin::new(&mut self.end).poll(cx).map(|_| ())
@@ -711,8 +700,8 @@ mod tests {
         let (go, done) = request(true, false, false);
         go.unwrap().send(()).unwrap();
         assert_eq!(within(done).await, Some(conn_id));
-        // A brief request that is ready at once completes inside execute,
-        // i.e. in the connection task, with nothing handed over.
+        // A brief request that is ready at once completes in the
+        // connection task too.
         let (_, done) = request(true, false, true);
         assert_eq!(within(done).await, Some(conn_id));
         // Unflagged, the same runs in a task of its own.
@@ -725,6 +714,139 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// A server-side socket that counts the writes that carried bytes.
+    struct CountWrites {
+        io: tokio::io::DuplexStream,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AsyncRead for CountWrites {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountWrites {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let r = Pin::new(&mut self.io).poll_write(cx, buf);
+            if let Poll::Ready(Ok(n)) = r {
+                if n > 0 {
+                    self.writes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            r
+        }
+
+        /// One write of all of `bufs`, as writev is.
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            self.poll_write(cx, &all)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// Requests that arrive together and are answered at once (serializable
+    /// ranges, lease keepalives) are answered in one socket write: each is
+    /// first polled after the connection has taken in all of them. (Polled
+    /// as hyper accepted it, each answer went out in a write of its own.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn answers_to_requests_read_together_leave_in_one_write() {
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server_io = CountWrites {
+            io: server_io,
+            writes: writes.clone(),
+        };
+        // Answered on the first poll, and flagged as Dispatch::call flags a
+        // brief request.
+        let svc = hyper::service::service_fn(|req: Request<Incoming>| {
+            SERVE_IN_CONN.with(|c| c.set(true));
+            let body = format!("answer to {}", req.uri().path());
+            async move {
+                Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from(body),
+                )))
+            }
+        });
+        let exec = StreamExec::default();
+        let handoff = exec.handoff.clone();
+        let settings = ConnSettings {
+            keep_alive_interval: None,
+            keep_alive_timeout: Duration::from_secs(20),
+        };
+        let conn = settings
+            .builder(exec)
+            .serve_connection(TokioIo::new(server_io), svc)
+            .into_owned();
+        tokio::spawn(ServeConn {
+            conn: Box::pin(conn),
+            streams: Default::default(),
+            handoff,
+        });
+        let (mut client, client_conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(client_io),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(client_conn);
+        let get = |client: &mut hyper::client::conn::http2::SendRequest<
+            http_body_util::Empty<bytes::Bytes>,
+        >,
+                   i: usize| {
+            let req = Request::get(format!("http://strata/{i}"))
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            client.send_request(req)
+        };
+        // Settings exchanged, one request answered: the connection is idle.
+        get(&mut client, 0).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let before = writes.load(std::sync::atomic::Ordering::Relaxed);
+        // The client's connection task sends the 16 in one write.
+        let sent: Vec<_> = (1..=16).map(|i| get(&mut client, i)).collect();
+        for (i, resp) in futures::future::join_all(sent)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let body = http_body_util::BodyExt::collect(resp.unwrap().into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            assert_eq!(body, format!("answer to /{}", i + 1));
+        }
+        let answered_in = writes.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert_eq!(answered_in, 1, "writes for 16 answers");
     }
 
     #[test]
