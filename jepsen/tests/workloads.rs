@@ -66,11 +66,7 @@ fn etcd_bin() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    jepsen::cluster::ports::free_port().unwrap()
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -10,6 +10,7 @@
 //! PID) and tears the network down, also on error and panic.
 
 pub mod netns;
+pub mod ports;
 pub mod proxy;
 
 use std::collections::BTreeSet;

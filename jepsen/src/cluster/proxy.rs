@@ -34,12 +34,6 @@ pub struct ProxyNet {
     tasks: Vec<JoinHandle<()>>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// The inode of the TCP socket whose local end is 127.0.0.1:`port`.
 fn socket_inode(port: u16) -> Option<String> {
     let want = format!("0100007F:{port:04X}");
@@ -81,8 +75,8 @@ impl ProxyNet {
             tasks: Vec::new(),
         };
         for to in 0..nodes {
-            let real_client = free_port()?;
-            let real_peer = free_port()?;
+            let real_client = super::ports::free_port()?;
+            let real_peer = super::ports::free_port()?;
             let client_l = TcpListener::bind("127.0.0.1:0").await?;
             let peer_l = TcpListener::bind("127.0.0.1:0").await?;
             net.addrs.push(NodeAddr {

@@ -75,14 +75,6 @@ pub struct ApiServer {
     extra: Vec<String>,
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(6443)
-}
-
 impl ApiServer {
     /// Starts kube-apiserver with its state (certs, keys, kubeconfig) and
     /// log in `dir`, on every URL of `etcd_servers`, with `extra` flags, and
@@ -94,7 +86,7 @@ impl ApiServer {
         extra: &[String],
     ) -> anyhow::Result<ApiServer> {
         std::fs::create_dir_all(dir)?;
-        let port = free_port();
+        let port = crate::cluster::ports::free_port()?;
         let mut api = ApiServer {
             child: None,
             dir: dir.to_path_buf(),

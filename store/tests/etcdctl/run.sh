@@ -89,20 +89,28 @@ stop_members() { # TERM all members started in 3-member mode, then KILL straggle
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Ports below the kernel's ephemeral range (32768-60999): a port bound to 0
+# and released is in that range, where an outgoing connection can take it
+# before the server binds it.
 free_ports() { # free_ports [n]: prints n (default two) free 127.0.0.1 TCP ports
   local n="${1:-2}"
   if command -v python3 >/dev/null; then
     python3 - "$n" <<'EOF'
-import socket, sys
-ss = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); ss.append(s)
+import random, socket, sys
+ss, p = [], random.randrange(20000, 32768)
+while len(ss) < int(sys.argv[1]):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); ss.append(s)
+    except OSError:
+        s.close()
+    p = 20000 + (p - 20000 + 1) % 12768
 print(" ".join(str(s.getsockname()[1]) for s in ss))
 EOF
   else
     local a i ok
     while :; do
-      a=$((20000 + RANDOM % 30000)); ok=1
+      a=$((20000 + RANDOM % 12700)); ok=1
       for ((i = 0; i < n; i++)); do
         (exec 3<>"/dev/tcp/127.0.0.1/$((a + i))") 2>/dev/null && { ok=0; break; }
       done
