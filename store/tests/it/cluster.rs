@@ -643,10 +643,16 @@ async fn lease_checkpoints_carry_the_remaining_ttl_to_a_new_leader() {
 /// pending. Contexts used to be a bare per-member counter, so the leader's
 /// round n and a follower's round n collided and the dropped one was
 /// re-issued after 300 ms (counted in etcd_server_slow_read_indexes_total).
-/// No round may need a retry in a healthy cluster.
+/// No round may need a retry in a healthy cluster. A round is re-issued
+/// after 3 heartbeat intervals, so the cluster runs with 500 ms ones (a
+/// retry after 1.5 s): with the harness's 50 ms, a round merely slowed by a
+/// loaded machine (the whole suite running beside it) was re-issued too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_reads_through_every_member_need_no_readindex_retry() {
-    let mut cl = Cluster::start(3);
+    let mut cl = Cluster::start_with(
+        3,
+        &["--heartbeat-interval", "500", "--election-timeout", "2500"],
+    );
     cl.leader().await;
     let mut c = cl.client(0).await;
     c.put("k", "v", None).await.unwrap();

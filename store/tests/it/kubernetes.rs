@@ -64,20 +64,32 @@ async fn strata_serves_kube_apiserver_traffic() {
     let t = tokio::task::spawn_blocking(|| Procs::Strata(Cluster::start_with(3, NOTIFY_FLAGS)))
         .await
         .unwrap();
-    scenario(t).await;
+    bounded(scenario(t)).await;
 }
 
 /// The same scenario against etcd 3.5.1, to show the expectations are
-/// etcd's. Run by hand (`cargo test -p store --test it -- --ignored
-/// etcd_serves`): in the full suite on a loaded machine etcd once stalled
-/// this run for over 13 minutes, so CI runs only the Strata side.
+/// etcd's. (On 2026-12-05 it once stalled the suite for over 13 minutes
+/// and was run by hand until 2026-12-06; the likely cause, not confirmed,
+/// was an etcd member failing to bind a port taken from the ephemeral
+/// range, which the harness no longer hands out. A stall now fails the
+/// test instead of hanging the suite.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "differential check against etcd 3.5.1, run by hand"]
 async fn etcd_serves_the_same_kube_apiserver_traffic() {
     let t = tokio::task::spawn_blocking(|| Procs::Etcd(EtcdCluster::start(3, NOTIFY_FLAGS)))
         .await
         .unwrap();
-    scenario(t).await;
+    bounded(scenario(t)).await;
+}
+
+/// Run a scenario, failing it if it takes over 5 minutes (it takes about
+/// 10 s on its own).
+async fn bounded(run: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .is_err()
+    {
+        panic!("the scenario did not finish within 5 minutes");
+    }
 }
 
 // ---------------------------------------------------------------- targets
