@@ -9,7 +9,6 @@
 //! is left when a [`Cluster`] is dropped.
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -68,15 +67,12 @@ pub struct Cluster {
     bin: PathBuf,
 }
 
-/// `n` distinct free ports on 127.0.0.1 (all held open until all are found).
+/// `n` distinct free ports on 127.0.0.1, from below the kernel's ephemeral
+/// range so that no outgoing connection takes one before its server binds
+/// it (see `jepsen::cluster::ports`).
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()
-        .context("bind 127.0.0.1:0")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
+    (0..n)
+        .map(|_| jepsen::cluster::ports::free_port())
         .collect()
 }
 
