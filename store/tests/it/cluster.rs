@@ -645,8 +645,13 @@ async fn lease_checkpoints_carry_the_remaining_ttl_to_a_new_leader() {
 /// re-issued after 300 ms (counted in etcd_server_slow_read_indexes_total).
 /// No round may need a retry in a healthy cluster. A round is re-issued
 /// after 3 heartbeat intervals, so the cluster runs with 500 ms ones (a
-/// retry after 1.5 s): with the harness's 50 ms, a round merely slowed by a
-/// loaded machine (the whole suite running beside it) was re-issued too.
+/// retry after 1.5 s; with the harness's 50 ms, a round merely slowed by a
+/// loaded machine was re-issued too). Even 1.5 s is reached now and then
+/// with the whole suite beside this test (debug builds of the servers), so
+/// a burst of reads with a retry gets one more burst: colliding contexts
+/// cause retries in every burst of 300 reads per client (both bursts
+/// had some in 6 of 6 runs before the fix), a slow machine only now and
+/// then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_reads_through_every_member_need_no_readindex_retry() {
     let mut cl = Cluster::start_with(
@@ -656,26 +661,45 @@ async fn concurrent_reads_through_every_member_need_no_readindex_retry() {
     cl.leader().await;
     let mut c = cl.client(0).await;
     c.put("k", "v", None).await.unwrap();
-    let mut tasks = Vec::new();
-    for i in 0..3 {
-        for _ in 0..8 {
-            let mut c = cl.client(i).await;
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..150 {
-                    c.get("k", None).await.unwrap();
-                }
-            }));
+    let endpoints: Vec<String> = (0..3).map(|i| cl.node(i).endpoint.clone()).collect();
+    let retried = || -> Vec<u64> {
+        endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, ep)| {
+                let m = crate::membership::http_get(ep, "/metrics");
+                m.lines()
+                    .find_map(|l| l.strip_prefix("etcd_server_slow_read_indexes_total "))
+                    .unwrap_or_else(|| panic!("member {i} exports no slow read counter"))
+                    .trim()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let mut bursts = Vec::new();
+    for _ in 0..2 {
+        let before = retried();
+        let mut tasks = Vec::new();
+        for i in 0..3 {
+            for _ in 0..8 {
+                let mut c = cl.client(i).await;
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..300 {
+                        c.get("k", None).await.unwrap();
+                    }
+                }));
+            }
         }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let after = retried();
+        let burst: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        if burst.iter().all(|n| *n == 0) {
+            return;
+        }
+        bursts.push(burst);
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    for i in 0..3 {
-        let m = crate::membership::http_get(&cl.node(i).endpoint, "/metrics");
-        let retried = m
-            .lines()
-            .find_map(|l| l.strip_prefix("etcd_server_slow_read_indexes_total "))
-            .unwrap_or_else(|| panic!("member {i} exports no slow read counter"));
-        assert_eq!(retried.trim(), "0", "member {i} re-issued ReadIndex rounds");
-    }
+    panic!("members re-issued ReadIndex rounds in both bursts: {bursts:?}");
 }

@@ -28,37 +28,14 @@ pub fn strata_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_strata"))
 }
 
-/// A free TCP port on 127.0.0.1 for a server a test is about to start.
-///
-/// Ports come from 20000–32767, below the kernel's ephemeral range
-/// (32768–60999 by default), and each is handed out once per test process:
-/// a port bound to 0 and released (the obvious way) is in the ephemeral
-/// range, so an outgoing connection of a concurrently running test could
-/// take it before the server binds it (etcd once failed to start with
-/// "bind: address already in use" that way). A port that something else
-/// holds is skipped.
+/// A free TCP port on 127.0.0.1 for a server a test is about to start:
+/// below the kernel's ephemeral range and handed out once per test process
+/// (`jepsen::cluster::ports`). A port bound to 0 and released (the obvious
+/// way) is in the ephemeral range, so an outgoing connection of a
+/// concurrently running test could take it before the server binds it
+/// (etcd once failed to start with "bind: address already in use" that way).
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 20_000;
-    const SPAN: u32 = 12_768;
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    // Start at a point that differs between test processes.
-    let start = (std::process::id() as u64)
-        .wrapping_mul(2_654_435_761)
-        .wrapping_add(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos() as u64),
-        ) as u32
-        % SPAN;
-    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::AcqRel, Ordering::Acquire);
-    for _ in 0..SPAN {
-        let port = (FIRST + NEXT.fetch_add(1, Ordering::AcqRel) % SPAN) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
+    jepsen::cluster::ports::free_port().expect("a free port")
 }
 
 impl Strata {
