@@ -366,6 +366,7 @@ pub fn run_raft(mut l: RaftLoop) {
             let _ = tx.send(Err(Error::Stopped));
         }
     }
+    l.raw.store().flush_commit();
 }
 
 /// A snapshot from the leader replaces the log: record it durably, make the

@@ -181,7 +181,11 @@ impl MessageExt for EntryExt {
 }
 
 struct Inner {
+    /// The HardState as raft last reported it: its commit index may be
+    /// ahead of the one on disk (see [`RaftStorage::set_commit`]).
     hard_state: HardState,
+    /// The commit index of the HardState last written to the engine.
+    written_commit: u64,
     conf_state: ConfState,
     /// Index/term of the last compacted entry (0/0 if none).
     truncated: (u64, u64),
@@ -362,6 +366,7 @@ impl RaftStorage {
         Ok(RaftStorage {
             engine,
             inner: Arc::new(RwLock::new(Inner {
+                written_commit: hard_state.commit,
                 hard_state,
                 conf_state,
                 truncated,
@@ -454,6 +459,7 @@ impl RaftStorage {
         let mut i = self.inner.write();
         i.truncated = (meta.index, meta.term);
         i.last_index = meta.index;
+        i.written_commit = hs.commit;
         i.hard_state = hs;
         i.conf_state = cs;
         i.terms.clear();
@@ -525,7 +531,23 @@ impl RaftStorage {
             b.add_entries::<EntryExt>(REGION, entries)
                 .expect("invariant: entries encode");
         }
-        if let Some(hs) = hs {
+        // raft's HardState, or, when entries are written anyway, the one
+        // whose commit index `set_commit` advanced since the last write.
+        let hs = {
+            let i = self.inner.read();
+            match hs {
+                Some(hs) => {
+                    let mut hs = hs.clone();
+                    hs.commit = hs.commit.max(i.hard_state.commit);
+                    Some(hs)
+                }
+                None if !entries.is_empty() && i.hard_state.commit > i.written_commit => {
+                    Some(i.hard_state.clone())
+                }
+                None => None,
+            }
+        };
+        if let Some(hs) = &hs {
             b.put_message(REGION, KEY_HARD_STATE.to_vec(), hs)
                 .expect("invariant: HardState encodes");
         }
@@ -535,7 +557,8 @@ impl RaftStorage {
         self.write_with(&mut b, self.sync && must_sync);
         let mut i = self.inner.write();
         if let Some(hs) = hs {
-            i.hard_state = hs.clone();
+            i.written_commit = hs.commit;
+            i.hard_state = hs;
         }
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             // raft-engine truncates the old suffix from `first.index` on.
@@ -556,21 +579,37 @@ impl RaftStorage {
         }
     }
 
-    /// Record a new commit index (after a LightReady) without an fsync of
-    /// its own: the next synced write makes it durable. Losing it is
-    /// harmless: committed entries are re-committed after restart, and
-    /// recovery raises the commit index to the snapshot's applied index.
+    /// Record a new commit index (from a LightReady) without a write of
+    /// its own: it goes to disk with the next append of entries (or
+    /// [`flush_commit`](Self::flush_commit)). A lost or lagging commit
+    /// index is harmless: committed entries stay in the log and are
+    /// committed again after a restart (by the leader, or by a single
+    /// member's first entry of its new term), and recovery raises the
+    /// commit index to the snapshot's applied index. (A write per commit
+    /// cost the raft thread a raft-engine write and a pwrite per Ready.)
     pub fn set_commit(&self, commit: u64) {
-        let mut hs = self.inner.read().hard_state.clone();
-        if hs.commit >= commit {
-            return;
+        let mut i = self.inner.write();
+        if i.hard_state.commit < commit {
+            i.hard_state.commit = commit;
         }
-        hs.commit = commit;
+    }
+
+    /// Write a commit index that [`set_commit`](Self::set_commit) has not
+    /// written yet (at shutdown), unsynced.
+    pub fn flush_commit(&self) {
+        let hs = {
+            let i = self.inner.read();
+            if i.hard_state.commit <= i.written_commit {
+                return;
+            }
+            i.hard_state.clone()
+        };
         let mut b = LogBatch::default();
         b.put_message(REGION, KEY_HARD_STATE.to_vec(), &hs)
             .expect("invariant: HardState encodes");
         self.write_with(&mut b, false);
-        self.inner.write().hard_state = hs;
+        let mut i = self.inner.write();
+        i.written_commit = i.written_commit.max(hs.commit);
     }
 
     /// Drop entries up to and including `index` (they are covered by a
@@ -1027,5 +1066,45 @@ mod tests {
             (2, 1, 3)
         );
         assert_eq!(s.last_index().unwrap(), 4);
+    }
+
+    #[test]
+    fn a_new_commit_index_rides_on_the_next_append_of_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let on_disk = |s: RaftStorage| {
+            drop(s);
+            let s = RaftStorage::open(dir.path(), true).unwrap();
+            (s.initial_state().unwrap().hard_state.commit, s)
+        };
+        let s = RaftStorage::open(dir.path(), true).unwrap();
+        let hs = HardState {
+            term: 2,
+            vote: 1,
+            commit: 1,
+            ..Default::default()
+        };
+        s.append(&[entry(1, 2), entry(2, 2)], Some(&hs));
+        // No write of its own: raft sees it at once, the disk does not.
+        s.set_commit(2);
+        assert_eq!(s.hard_state().commit, 2);
+        let (commit, s) = on_disk(s);
+        assert_eq!(commit, 1, "not written on its own");
+        s.set_commit(2);
+        // The next entries carry it, though raft had no HardState for them.
+        s.append_sync(&[entry(3, 2)], None, true);
+        let (commit, s) = on_disk(s);
+        assert_eq!(commit, 2);
+        assert_eq!(s.last_index().unwrap(), 3);
+        // A commit index never goes back, whatever raft's HardState says.
+        s.set_commit(3);
+        s.append_sync(&[entry(4, 2)], Some(&hs), true);
+        let (commit, s) = on_disk(s);
+        assert_eq!(commit, 3);
+        // At shutdown the raft loop writes what is left.
+        s.set_commit(4);
+        s.flush_commit();
+        let (commit, s) = on_disk(s);
+        assert_eq!(commit, 4);
+        assert_eq!(s.hard_state().vote, 1, "the vote is kept");
     }
 }

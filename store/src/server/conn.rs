@@ -432,21 +432,87 @@ where
 /// before the connection, and new ones as soon as the connection has
 /// accepted all it read, so what they send goes out in the connection's
 /// next flush, all of it in one write.
+///
+/// Everything inside is polled with a waker of its own ([`SelfWake`]): a
+/// response that a stream hands to h2 wakes the connection task (to flush
+/// it), from inside that task's own poll. Passed to tokio, such a wake-up
+/// makes the task count as yielding: tokio requeues it and wakes a parked
+/// worker to take it (a futex wake and an eventfd write per response,
+/// and the task often moves to the other thread for a poll that finds
+/// nothing to do). Caught here, it becomes one more turn of this loop.
 struct ServeConn<C> {
     conn: Pin<Box<C>>,
     streams: futures::stream::FuturesUnordered<ConnStream>,
     handoff: Arc<parking_lot::Mutex<Handoff>>,
+    wake: Arc<SelfWake>,
+    /// `wake` as a waker (made once per connection).
+    waker: std::task::Waker,
+}
+
+impl<C> ServeConn<C> {
+    fn new(conn: Pin<Box<C>>, handoff: Arc<parking_lot::Mutex<Handoff>>) -> Self {
+        let wake = Arc::new(SelfWake::default());
+        ServeConn {
+            conn,
+            streams: Default::default(),
+            handoff,
+            waker: futures::task::waker(wake.clone()),
+            wake,
+        }
+    }
+}
+
+/// Turns of [`ServeConn`]'s loop after wake-ups from its own poll before it
+/// yields to tokio after all (something that wakes itself on every poll,
+/// such as a stream out of tokio's cooperative budget, must not spin here).
+const MAX_SELF_WAKES: u32 = 16;
+
+/// The waker [`ServeConn`] polls its connection and streams with. While the
+/// task is inside its poll, a wake-up only asks for one more turn of the
+/// loop; otherwise it wakes the task through tokio.
+#[derive(Default)]
+struct SelfWake {
+    /// [`IDLE`], [`POLLING`] or [`REPOLL`].
+    state: std::sync::atomic::AtomicU8,
+    /// The task's own waker, registered on every poll.
+    task: futures::task::AtomicWaker,
+}
+
+/// Not inside the connection task's poll.
+const IDLE: u8 = 0;
+/// Inside the poll, no wake-up yet.
+const POLLING: u8 = 1;
+/// Inside the poll, woken: the poll goes round once more.
+const REPOLL: u8 = 2;
+
+impl futures::task::ArcWake for SelfWake {
+    fn wake_by_ref(arc: &Arc<Self>) {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        // POLLING → REPOLL, or already REPOLL: the poll sees it before it
+        // returns. IDLE: the task has to be woken.
+        match arc.state.compare_exchange(POLLING, REPOLL, AcqRel, Acquire) {
+            Ok(_) | Err(REPOLL) => {}
+            Err(_) => arc.task.wake(),
+        }
+    }
 }
 
 impl<C: Future> Future for ServeConn<C> {
     type Output = C::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
         let this = self.get_mut();
+        // Registered before POLLING is set: a wake-up that finds IDLE
+        // wakes the task that runs now.
+        this.wake.task.register(cx.waker());
+        let mut inner = Context::from_waker(&this.waker);
+        let mut turns = 0;
         loop {
-            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
+            this.wake.state.store(POLLING, Release);
+            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(&mut inner) {}
             this.handoff.lock().polling = true;
-            let r = this.conn.as_mut().poll(cx);
+            let r = this.conn.as_mut().poll(&mut inner);
             let new = {
                 let mut h = this.handoff.lock();
                 h.polling = false;
@@ -456,15 +522,31 @@ impl<C: Future> Future for ServeConn<C> {
                 std::mem::take(&mut h.new)
             };
             if let Poll::Ready(out) = r {
+                this.wake.state.store(IDLE, Release);
                 // The connection is closed: a request still in the set has
                 // nowhere to send its response (a proposal stays made).
                 return Poll::Ready(out);
             }
-            if new.is_empty() {
+            if !new.is_empty() {
+                this.streams
+                    .extend(new.into_iter().map(|f| ConnStream(Some(f))));
+                continue;
+            }
+            // Leave the poll unless something woke us inside it.
+            if this
+                .wake
+                .state
+                .compare_exchange(POLLING, IDLE, AcqRel, Acquire)
+                .is_ok()
+            {
                 return Poll::Pending;
             }
-            this.streams
-                .extend(new.into_iter().map(|f| ConnStream(Some(f))));
+            turns += 1;
+            if turns >= MAX_SELF_WAKES {
+                this.wake.state.store(IDLE, Release);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
         }
     }
 }
@@ -548,11 +630,7 @@ pub async fn serve<I, IO>(
                 .builder(exec)
                 .serve_connection(TokioIo::new(io), svc)
                 .into_owned();
-            let conn = ServeConn {
-                conn: Box::pin(graceful.watch(conn)),
-                streams: Default::default(),
-                handoff,
-            };
+            let conn = ServeConn::new(Box::pin(graceful.watch(conn)), handoff);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "client connection ended with an error");
@@ -604,6 +682,91 @@ mod tests {
         assert_eq!(s("/etcdserverpb.Nope/X"), None);
     }
 
+    /// A stand-in for hyper's connection that wakes its own task from
+    /// inside its first `wake_inside` polls (as h2 does when a stream hands
+    /// it a response to flush) and keeps the last waker it was given.
+    struct SelfWaking {
+        polls: Arc<std::sync::atomic::AtomicU32>,
+        wake_inside: u32,
+        waker: Arc<parking_lot::Mutex<Option<std::task::Waker>>>,
+    }
+
+    impl Future for SelfWaking {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            let n = self.polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            *self.waker.lock() = Some(cx.waker().clone());
+            if n < self.wake_inside {
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
+        }
+    }
+
+    /// Counts the wake-ups of the task (the waker tokio would pass).
+    #[derive(Default)]
+    struct TaskWakes(std::sync::atomic::AtomicU32);
+
+    impl futures::task::ArcWake for TaskWakes {
+        fn wake_by_ref(arc: &Arc<Self>) {
+            arc.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn self_waking(
+        wake_inside: u32,
+    ) -> (
+        ServeConn<SelfWaking>,
+        Arc<std::sync::atomic::AtomicU32>,
+        Arc<parking_lot::Mutex<Option<std::task::Waker>>>,
+    ) {
+        let polls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let waker = Arc::new(parking_lot::Mutex::new(None));
+        let conn = SelfWaking {
+            polls: polls.clone(),
+            wake_inside,
+            waker: waker.clone(),
+        };
+        (
+            ServeConn::new(Box::pin(conn), Default::default()),
+            polls,
+            waker,
+        )
+    }
+
+    #[test]
+    fn a_wake_from_inside_the_poll_is_another_turn_not_a_task_wake() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (mut conn, polls, inner) = self_waking(2);
+        let wakes = Arc::new(TaskWakes::default());
+        let task = futures::task::waker(wakes.clone());
+        let mut cx = Context::from_waker(&task);
+        assert!(Pin::new(&mut conn).poll(&mut cx).is_pending());
+        // Woken twice inside: polled again twice within the one task poll,
+        // and tokio was not asked to run the task again.
+        assert_eq!(polls.load(SeqCst), 3);
+        assert_eq!(wakes.0.load(SeqCst), 0);
+        // A wake-up after the poll (raft answering, a socket readable)
+        // reaches the task.
+        inner.lock().take().unwrap().wake();
+        assert_eq!(wakes.0.load(SeqCst), 1);
+        assert!(Pin::new(&mut conn).poll(&mut cx).is_pending());
+        assert_eq!(polls.load(SeqCst), 4);
+        assert_eq!(wakes.0.load(SeqCst), 1);
+    }
+
+    #[test]
+    fn a_connection_that_always_wakes_itself_yields_to_the_runtime() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (mut conn, polls, _inner) = self_waking(u32::MAX);
+        let wakes = Arc::new(TaskWakes::default());
+        let task = futures::task::waker(wakes.clone());
+        let mut cx = Context::from_waker(&task);
+        assert!(Pin::new(&mut conn).poll(&mut cx).is_pending());
+        assert_eq!(polls.load(SeqCst), MAX_SELF_WAKES);
+        assert_eq!(wakes.0.load(SeqCst), 1, "the task is woken to run again");
+    }
+
     /// A stand-in for hyper's connection: starts each request of `start`
     /// through the executor from inside its poll (flagged like
     /// [`Dispatch::call`] does when the bool is true), then waits for `end`.
@@ -634,14 +797,13 @@ mod tests {
         let (end_tx, end) = oneshot::channel();
         let (conn_id_tx, conn_id) = oneshot::channel();
         let handoff = exec.handoff.clone();
-        let conn = ServeConn {
-            conn: Box::pin(async move {
+        let conn = ServeConn::new(
+            Box::pin(async move {
                 conn_id_tx.send(tokio::task::id()).unwrap();
                 FakeConn { exec, start, end }.await
             }),
-            streams: Default::default(),
             handoff,
-        };
+        );
         let served = tokio::spawn(conn);
         let conn_id = conn_id.await.unwrap();
         // Each request reports the task it finished in.
@@ -807,11 +969,7 @@ mod tests {
             .builder(exec)
             .serve_connection(TokioIo::new(server_io), svc)
             .into_owned();
-        tokio::spawn(ServeConn {
-            conn: Box::pin(conn),
-            streams: Default::default(),
-            handoff,
-        });
+        tokio::spawn(ServeConn::new(Box::pin(conn), handoff));
         let (mut client, client_conn) = hyper::client::conn::http2::handshake(
             hyper_util::rt::TokioExecutor::new(),
             TokioIo::new(client_io),
