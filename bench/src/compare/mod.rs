@@ -81,7 +81,10 @@ pub enum GeneratorChoice {
 #[derive(Debug, Clone, Parser, Serialize)]
 #[command(name = "strata-compare", about = "Compare Strata with real etcd on this machine (interleaved runs, medians, ratios, targets)", long_about = LONG_ABOUT)]
 pub struct CompareArgs {
-    /// etcd versions to compare with (3.5 and/or 3.4).
+    /// etcd versions to compare with: 3.5 (3.5.1, the tests' etcd), 3.5.16
+    /// and/or 3.4. etcd 3.5.1 answers a write on a one-member cluster
+    /// before its WAL fsync ends (etcd issue 14370, fixed in 3.5.5);
+    /// 3.5.16 waits for it, as Strata does.
     #[arg(long, value_delimiter = ',', default_value = "3.5")]
     pub etcd: Vec<String>,
     /// Cluster sizes to run (members on 127.0.0.1).
@@ -111,6 +114,10 @@ pub struct CompareArgs {
     /// etcd 3.5 binary [default: ~/.cache/strata/etcd-3.5/bin/etcd].
     #[arg(long)]
     pub etcd35_bin: Option<PathBuf>,
+    /// etcd 3.5.16 binary [default: ~/.cache/strata/etcd-3.5.16/bin/etcd,
+    /// fetched by bench/scripts/install-etcd-3.5.16.sh].
+    #[arg(long)]
+    pub etcd3516_bin: Option<PathBuf>,
     /// etcd 3.4 binary [default: /usr/bin/etcd].
     #[arg(long)]
     pub etcd34_bin: Option<PathBuf>,
@@ -369,17 +376,23 @@ pub fn run(args: CompareArgs) -> Result<()> {
                 .etcd35_bin
                 .clone()
                 .unwrap_or_else(|| home_cache("etcd-3.5/bin/etcd")),
+            "3.5.16" => args
+                .etcd3516_bin
+                .clone()
+                .unwrap_or_else(|| home_cache("etcd-3.5.16/bin/etcd")),
             "3.4" => args
                 .etcd34_bin
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd")),
-            other => bail!("unknown --etcd version {other:?} (3.5 or 3.4)"),
+            other => bail!("unknown --etcd version {other:?} (3.5, 3.5.16 or 3.4)"),
         };
         if !bin.exists() {
-            bail!(
-                "etcd {v} not found at {} (scripts/install-peers.sh installs it)",
-                bin.display()
-            );
+            let installer = if v == "3.5.16" {
+                "bench/scripts/install-etcd-3.5.16.sh fetches it"
+            } else {
+                "scripts/install-peers.sh installs it"
+            };
+            bail!("etcd {v} not found at {} ({installer})", bin.display());
         }
         etcds.push(ServerSpec {
             server: "etcd".into(),
