@@ -3,7 +3,8 @@
 #   bench/scripts/ab.sh [-n 1|3] [-r reps] [-f "server flags"] -- <benchmark args>
 # e.g.
 #   bench/scripts/ab.sh -n 1 -r 3 -- --conns 10 --clients 100 put --key-size 8 --sequential-keys --val-size 256 --total 40000
-# Each rep starts a fresh cluster (new data dirs, free ports on 127.0.0.1)
+# Each rep starts a fresh cluster (new data dirs, free ports on 127.0.0.1
+# below the ephemeral range, see free_ports in env.sh)
 # of STRATA (default target/release/strata), runs the command, stops it,
 # then does the same with ETCD (default etcd 3.5.1 from scripts/peers.env);
 # both get the same flags (-f adds to both). --endpoints is filled in with
@@ -30,13 +31,13 @@ D=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$D"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start <bin> <tag>: start N members; sets $eps (comma-separated client addrs).
 start() {
-  local bin=$1 tag=$2 ic="" cps=() pps=()
+  local bin=$1 tag=$2 ic="" cps=() pps=() ports=()
+  read -r -a ports < <(free_ports $((2 * N)))
   for i in $(seq 0 $((N - 1))); do
-    cps+=("$(free_port)"); pps+=("$(free_port)")
+    cps+=("${ports[$((2 * i))]}"); pps+=("${ports[$((2 * i + 1))]}")
     ic+="m$i=http://127.0.0.1:${pps[$i]},"
   done
   ic=${ic%,}; eps=""; pids=()

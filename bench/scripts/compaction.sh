@@ -32,12 +32,11 @@ cleanup() {
   rm -rf "$D"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 
 for tag in $SERVERS; do
   case $tag in strata) bin=$STRATA ;; etcd) bin=$ETCD ;; *) echo "unknown server $tag" >&2; exit 2 ;; esac
-  cp=$(free_port); pp=$(free_port); ep=127.0.0.1:$cp
+  read -r cp pp < <(free_ports 2); ep=127.0.0.1:$cp
   "$bin" --name m0 --data-dir "$D/$tag" --quota-backend-bytes 8589934592 \
     --listen-client-urls "http://$ep" --advertise-client-urls "http://$ep" \
     --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \

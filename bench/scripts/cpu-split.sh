@@ -35,7 +35,6 @@ cleanup() { [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$D"; }
 trap cleanup EXIT
 TCK=$(getconf CLK_TCK)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # Server CPU ticks so far (utime + stime, fields 14 and 15 of /proc/pid/stat).
 ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
 
@@ -45,7 +44,7 @@ run() {
   # run is a subshell (its output is read by the caller): stop its server
   # whichever way it exits.
   trap '[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null' EXIT
-  cp=$(free_port); pp=$(free_port)
+  read -r cp pp < <(free_ports 2)
   [ "$GRIND" = 1 ] && pre=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$D/$tag.cg")
   "${pre[@]}" "$bin" --name m0 --data-dir "$D/$tag" \
     --listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp" \

@@ -34,7 +34,6 @@ cleanup() { [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$D"; }
 trap cleanup EXIT
 trap "exit 1" INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 
@@ -77,7 +76,7 @@ printf '%-7s %5s %8s %9s %9s %9s %9s %9s %9s %9s %10s %9s\n' server round keys "
 for r in $(seq "$ROUNDS"); do
   for name in strata etcd; do
     bin=$STRATA; [ "$name" = etcd ] && bin=$ETCD
-    cport=$(free_port); pport=$(free_port)
+    read -r cport pport < <(free_ports 2)
     data="$D/$name.data"; rm -rf "$data"; : >"$D/server.log"
     start "$bin" "$data"; wait_serving
     t0=$(now_ms)
