@@ -401,7 +401,8 @@ pub struct StreamExec {
 #[derive(Default)]
 struct Handoff {
     new: Vec<futures::future::BoxFuture<'static, ()>>,
-    /// The connection task's waker, for a hand-off from outside its poll.
+    /// The connection task's [`SelfWake`] waker (set by [`ServeConn::new`]),
+    /// for a hand-off from outside its poll.
     waker: Option<std::task::Waker>,
     /// The connection task is polling its connection (and will look here
     /// when that returns).
@@ -420,8 +421,8 @@ where
         let mut h = self.handoff.lock();
         h.new.push(Box::pin(fut));
         if !h.polling {
-            if let Some(w) = h.waker.take() {
-                w.wake();
+            if let Some(w) = &h.waker {
+                w.wake_by_ref();
             }
         }
     }
@@ -452,11 +453,13 @@ struct ServeConn<C> {
 impl<C> ServeConn<C> {
     fn new(conn: Pin<Box<C>>, handoff: Arc<parking_lot::Mutex<Handoff>>) -> Self {
         let wake = Arc::new(SelfWake::default());
+        let waker = futures::task::waker(wake.clone());
+        handoff.lock().waker = Some(waker.clone());
         ServeConn {
             conn,
             streams: Default::default(),
             handoff,
-            waker: futures::task::waker(wake.clone()),
+            waker,
             wake,
         }
     }
@@ -516,9 +519,6 @@ impl<C: Future> Future for ServeConn<C> {
             let new = {
                 let mut h = this.handoff.lock();
                 h.polling = false;
-                if !h.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    h.waker = Some(cx.waker().clone());
-                }
                 std::mem::take(&mut h.new)
             };
             if let Poll::Ready(out) = r {
