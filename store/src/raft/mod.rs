@@ -78,6 +78,12 @@ pub struct RaftStatus {
     pub last_index: AtomicU64,
     /// Whether this member leads.
     pub is_leader: AtomicBool,
+    /// Whether this member leads a configuration in which it is the only
+    /// voter and has committed an entry of its own term. raft-rs answers
+    /// such a leader's ReadIndex with its commit index at once, asking no
+    /// one, so a reader may take `commit` itself instead of a round trip
+    /// through the raft thread ([`RaftStatus::local_read_index`]).
+    pub sole_voter_leader: AtomicBool,
 }
 
 impl RaftStatus {
@@ -92,6 +98,26 @@ impl RaftStatus {
     /// Whether this member leads.
     pub fn is_leader(&self) -> bool {
         self.is_leader.load(Ordering::Acquire)
+    }
+
+    /// The read index raft-rs would give a ReadIndex right now, when it
+    /// needs no other member for it: this member is the only voter, leads,
+    /// and has committed an entry of its term (raft-rs's own conditions
+    /// for answering from its commit index alone). Every write answered so
+    /// far is at or below it: the raft thread publishes a commit index
+    /// before it hands those entries to the apply stage. None: ask the
+    /// raft thread (`RaftMsg::ReadIndex`).
+    ///
+    /// The flag lags the raft thread by at most one loop turn. That is
+    /// safe: the raft thread clears it after handling the messages of a
+    /// turn and before sending any, so no other member can have won an
+    /// election or committed a write with this member's vote or
+    /// acknowledgement before it is cleared; a reader that still saw it
+    /// set started before any such write was answered.
+    pub fn local_read_index(&self) -> Option<u64> {
+        self.sole_voter_leader
+            .load(Ordering::Acquire)
+            .then(|| self.commit.load(Ordering::Acquire))
     }
 }
 
@@ -236,6 +262,9 @@ pub fn run_raft(mut l: RaftLoop) {
             l.raw.tick();
             next_tick = Instant::now() + l.tick;
         }
+        // Before anything of this turn is sent (a vote, an append
+        // response): see `RaftStatus::local_read_index`.
+        publish_sole_voter_leader(&l);
         let now = Instant::now();
         let stale: Vec<Vec<u8>> = inflight_reads
             .iter()
@@ -360,6 +389,9 @@ pub fn run_raft(mut l: RaftLoop) {
         l.status
             .last_index
             .store(l.raw.raft.raft_log.last_index(), Ordering::Release);
+        // A membership change applied or an entry of the term committed
+        // in this turn.
+        publish_sole_voter_leader(&l);
     }
     for (_, (_, txs)) in inflight_reads.drain() {
         for tx in txs {
@@ -367,6 +399,14 @@ pub fn run_raft(mut l: RaftLoop) {
         }
     }
     l.raw.store().flush_commit();
+}
+
+/// Publish whether a ReadIndex needs no other member (see
+/// [`RaftStatus::local_read_index`]).
+fn publish_sole_voter_leader(l: &RaftLoop) {
+    let r = &l.raw.raft;
+    let sole = r.state == StateRole::Leader && r.prs().is_singleton() && r.commit_to_current_term();
+    l.status.sole_voter_leader.store(sole, Ordering::Release);
 }
 
 /// A snapshot from the leader replaces the log: record it durably, make the
@@ -488,14 +528,22 @@ mod tests {
     use super::*;
     use raft::eraftpb::ConfState;
 
-    /// A member of a 3-voter group whose peers never answer: no leader.
-    fn leaderless_loop(
+    /// The raft loop of member 1 of `voters` (the others never answer),
+    /// ticking every `tick`: its message sender, its status and the apply
+    /// stage's queue (kept open, never read).
+    fn test_loop(
         dir: &std::path::Path,
         rt: &tokio::runtime::Runtime,
-    ) -> flume::Sender<RaftMsg> {
+        voters: Vec<u64>,
+        tick: Duration,
+    ) -> (
+        flume::Sender<RaftMsg>,
+        Arc<RaftStatus>,
+        flume::Receiver<apply::ApplyTask>,
+    ) {
         let storage = RaftStorage::open(dir, false).unwrap();
         storage.set_conf_state(ConfState {
-            voters: vec![1, 2, 3],
+            voters,
             ..Default::default()
         });
         let cfg = raft::Config {
@@ -507,7 +555,7 @@ mod tests {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let raw = RawNode::new(&cfg, storage.clone(), &logger).unwrap();
         let (tx, rx) = flume::bounded(16);
-        let (apply_tx, _apply_rx) = flume::bounded(16);
+        let (apply_tx, apply_rx) = flume::bounded(1024);
         let transport = transport::Transport::start(
             1,
             7,
@@ -517,26 +565,64 @@ mod tests {
             rt.handle(),
             Default::default(),
         );
+        let status = Arc::new(RaftStatus::default());
         let l = RaftLoop {
             raw,
             rx,
             apply: apply::ApplyQueue::detached(apply_tx),
-            status: Arc::new(RaftStatus::default()),
-            tick: Duration::from_millis(100),
+            status: status.clone(),
+            tick,
             fail: Box::new(|_, _| {}),
             transport,
             snaps: Arc::new(crate::snapshot::SnapDir::open(dir.join("snap"), 2).unwrap()),
             sync: false,
         };
         std::thread::spawn(move || run_raft(l));
-        tx
+        (tx, status, apply_rx)
+    }
+
+    /// Polls `f` every 5 ms for up to 10 s.
+    fn eventually(what: &str, f: impl Fn() -> bool) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < until, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_sole_voter_leader_reads_locally_until_a_second_voter_joins() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, status, _apply) = test_loop(dir.path(), &rt, vec![1], Duration::from_millis(10));
+        // Elected, and its first entry of the term committed.
+        eventually("a local read index", || status.local_read_index().is_some());
+        assert!(status.is_leader());
+        let idx = status.local_read_index().unwrap();
+        assert!(idx >= 1, "read index {idx}");
+        assert_eq!(idx, status.commit.load(Ordering::Acquire));
+        // With a second voter, a read index needs member 2's heartbeat
+        // answers: no more local reads, though member 1 still leads.
+        let mut cc = ConfChangeV2::default();
+        let mut c = raft::eraftpb::ConfChangeSingle::default();
+        c.set_change_type(raft::eraftpb::ConfChangeType::AddNode);
+        c.node_id = 2;
+        cc.mut_changes().push(c);
+        tx.send(RaftMsg::ProposeConfChange { id: 1, cc }).unwrap();
+        eventually("local reads to stop", || {
+            status.local_read_index().is_none()
+        });
+        assert!(status.is_leader());
+        tx.send(RaftMsg::Stop).unwrap();
     }
 
     #[test]
     fn read_index_without_a_leader_fails_fast_instead_of_hanging() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let tx = leaderless_loop(dir.path(), &rt);
+        // A member of a 3-voter group whose peers never answer: no leader.
+        let (tx, status, _apply) =
+            test_loop(dir.path(), &rt, vec![1, 2, 3], Duration::from_millis(100));
         let (rtx, rrx) = oneshot::channel();
         tx.send(RaftMsg::ReadIndex(rtx)).unwrap();
         // raft-rs drops a ReadIndex without a leader; the loop must answer
@@ -546,6 +632,7 @@ mod tests {
             matches!(got, Ok(Ok(Err(Error::NoLeader)))),
             "expected NoLeader, got {got:?}"
         );
+        assert_eq!(status.local_read_index(), None);
         tx.send(RaftMsg::Stop).unwrap();
     }
 }
