@@ -4,19 +4,22 @@
 //! generator, it runs `--reps` repetitions interleaved Strata, etcd,
 //! Strata, etcd, each on a freshly started server with a fresh data dir,
 //! then reports medians, the Strata/etcd ratio and the bench issue's target
-//! per workload (`table.md`, `results.json` with every raw run, and the
+//! per workload, with the CPU per request of server and generator
+//! (`table.md`, `results.json` with every raw run, and the
 //! `ratios.svg` chart), plus the put 1/1 floor (fdatasync + loopback RTT)
 //! and, with `--resources`, RSS / restart / snapshot / disk figures.
 //!
 //! Module map: [`workload`] (what runs), [`server`] (starting members),
 //! [`client`] (readiness and preload calls), [`generator`] (running a load
-//! generator), [`parse`] (its reports), [`floor`], [`resources`],
+//! generator), [`parse`] (its reports), [`cpu`] (CPU per request of the
+//! server and the generator), [`floor`], [`resources`],
 //! [`stats`] (medians, ratios, verdicts), [`report`] (table and chart).
 //! Entry points: [`main_with_args`] (the `strata-compare` binary) and
 //! [`run`] with parsed [`CompareArgs`]. It never touches servers it did not
 //! start; everything it starts is stopped by PID before it returns.
 
 pub mod client;
+pub mod cpu;
 pub mod floor;
 pub mod generator;
 pub mod parse;
@@ -50,6 +53,9 @@ election timing; 127.0.0.1 on free ports; fresh data dirs under a temp dir or
 interleaved Strata/etcd/Strata/etcd. It prints a markdown table of median
 req/s, the Strata/etcd ratio, p50/p99 of each and the bench issue's target
 with pass/FAIL, and writes --out DIR/{results.json,table.md,ratios.svg}.
+A second table gives the CPU per request of the server (all members) and
+of the load generator in each run, and the throughput ratio they imply when
+the generator shares the server's cores.
 
 Workloads (etcd benchmark argv; see --list): put-1-1, put-10-100, put-100-1000,
 range-{l,s}-10-100, range-{l,s}-100-1000, txn-put, txn-mixed, watch-latency,
@@ -712,6 +718,11 @@ pub fn run(args: CompareArgs) -> Result<()> {
         ));
     }
     md.push_str(&table);
+    let cpu_table = report::cpu_table(&summary);
+    if !cpu_table.is_empty() {
+        md.push('\n');
+        md.push_str(&cpu_table);
+    }
     for s in &skipped {
         md.push_str(&format!("\n- {s}"));
     }
@@ -789,7 +800,11 @@ fn replot(results: &Path, out: &Path) -> Result<()> {
     std::fs::write(out.join("ratios.svg"), report::ratios_svg(&summary, &title))?;
     std::fs::write(
         out.join("table-replot.md"),
-        report::markdown_table(&summary),
+        format!(
+            "{}\n{}",
+            report::markdown_table(&summary),
+            report::cpu_table(&summary)
+        ),
     )?;
     eprintln!("wrote {}/{{ratios.svg,table-replot.md}}", out.display());
     Ok(())
@@ -820,8 +835,11 @@ fn one_run(
         argv: Vec::new(),
         startup_ms: 0.0,
         measurement: None,
+        server_cpu_us: None,
+        generator_cpu_us: None,
         error: None,
     };
+    let mut cpu_spent: Option<(Duration, Duration)> = None;
     let result = (|| -> Result<parse::Measurement> {
         let mut cluster = Cluster::start(spec, cell.topology, dir, timing)?;
         rec.startup_ms = cluster
@@ -840,12 +858,26 @@ fn one_run(
             cell.workload.clients,
             &cell.workload.command_args(quick),
         );
+        let pids: Vec<u32> = cluster.members.iter().filter_map(|m| m.pid()).collect();
+        let (server0, gen0) = (cpu::processes_cpu(&pids), cpu::children_cpu());
         let m = generator::run(cell.generator, gen_bin, &rec.argv, dir, "load", timeout);
+        let (server1, gen1) = (cpu::processes_cpu(&pids), cpu::children_cpu());
+        if let (Some(a), Some(b)) = (server0, server1) {
+            cpu_spent = Some((b.saturating_sub(a), gen1.saturating_sub(gen0)));
+        }
         cluster.stop();
         m
     })();
     match result {
-        Ok(m) => rec.measurement = Some(m),
+        Ok(m) => {
+            let requests = m.ok + m.errors;
+            if let (Some((server, gen)), true) = (cpu_spent, requests > 0) {
+                let per = |d: Duration| d.as_secs_f64() * 1e6 / requests as f64;
+                rec.server_cpu_us = Some(per(server));
+                rec.generator_cpu_us = Some(per(gen));
+            }
+            rec.measurement = Some(m)
+        }
         Err(e) => rec.error = Some(format!("{e:#}")),
     }
     rec

@@ -65,6 +65,48 @@ pub fn markdown_table(rows: &[SummaryRow]) -> String {
     s
 }
 
+/// The markdown table of CPU per request (server and load generator) and
+/// what it bounds; empty when no row has CPU figures.
+pub fn cpu_table(rows: &[SummaryRow]) -> String {
+    let mut s = String::new();
+    let mut any = false;
+    for r in rows {
+        let (Some(ss), Some(sg), Some(es), Some(eg)) = (
+            r.strata_server_cpu_us,
+            r.strata_generator_cpu_us,
+            r.etcd_server_cpu_us,
+            r.etcd_generator_cpu_us,
+        ) else {
+            continue;
+        };
+        if !any {
+            s.push_str(
+                "CPU per request (µs, medians; server = every member together), and the \
+                 throughput ratio it implies when both runs are CPU-bound on the same cores \
+                 (CPU-bound ratio) and the most a server using no CPU could reach against this \
+                 etcd run with this generator (zero-cost ceiling):\n\n\
+                 | workload | nodes | etcd | generator | Strata server | etcd server | server CPU Strata/etcd | generator (Strata run / etcd run) | CPU-bound ratio | measured ratio | zero-cost ceiling |\n\
+                 |---|---|---|---|---|---|---|---|---|---|---|\n",
+            );
+            any = true;
+        }
+        let b = super::cpu::bounds((ss, sg), (es, eg));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {ss:.1} | {es:.1} | {} | {sg:.1} / {eg:.1} | {} | {} | {} |",
+            r.workload,
+            r.topology,
+            r.etcd_version,
+            r.generator,
+            b.map_or("—".into(), |b| format!("{:.2}×", b.server_ratio)),
+            b.map_or("—".into(), |b| format!("{:.2}×", b.cpu_bound_ratio)),
+            r.ratio.map_or("—".into(), |x| format!("{x:.2}×")),
+            b.map_or("—".into(), |b| format!("{:.2}×", b.zero_cost_ceiling)),
+        );
+    }
+    s
+}
+
 fn mib(b: Option<u64>) -> Option<f64> {
     b.map(|b| b as f64 / (1024.0 * 1024.0))
 }
@@ -297,7 +339,28 @@ mod tests {
             target: "≥ 2× etcd".into(),
             pass: ratio.map(|r| r >= 2.0),
             note: String::new(),
+            strata_server_cpu_us: None,
+            strata_generator_cpu_us: None,
+            etcd_server_cpu_us: None,
+            etcd_generator_cpu_us: None,
         }
+    }
+
+    #[test]
+    fn cpu_table_lists_rows_with_cpu_figures_and_their_bounds() {
+        let mut with = row("range-s-10-100", 1, Some(1.7));
+        with.strata_server_cpu_us = Some(10.0);
+        with.strata_generator_cpu_us = Some(25.0);
+        with.etcd_server_cpu_us = Some(40.0);
+        with.etcd_generator_cpu_us = Some(30.0);
+        let t = cpu_table(&[row("put-1-1", 1, Some(1.0)), with]);
+        let lines: Vec<&str> = t.lines().filter(|l| l.starts_with("| ")).collect();
+        assert_eq!(lines.len(), 2, "{t}");
+        assert_eq!(
+            lines[1],
+            "| range-s-10-100 | 1 | 3.5 | etcd-benchmark | 10.0 | 40.0 | 0.25× | 25.0 / 30.0 | 2.00× | 1.70× | 2.80× |"
+        );
+        assert_eq!(cpu_table(&[row("put-1-1", 1, Some(1.0))]), "");
     }
 
     #[test]

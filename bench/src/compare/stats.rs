@@ -25,6 +25,11 @@ pub struct RunRecord {
     /// Time from spawning the members to every member serving.
     pub startup_ms: f64,
     pub measurement: Option<Measurement>,
+    /// CPU µs per request of every member together, during the generator
+    /// run (see `compare::cpu`).
+    pub server_cpu_us: Option<f64>,
+    /// CPU µs per request of the load generator.
+    pub generator_cpu_us: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -48,6 +53,16 @@ pub struct SummaryRow {
     /// Some(true) pass, Some(false) fail, None when it cannot be judged.
     pub pass: Option<bool>,
     pub note: String,
+    /// Medians of the runs' CPU µs per request: server (all members) and
+    /// load generator, in the Strata runs and in the etcd runs.
+    #[serde(default)]
+    pub strata_server_cpu_us: Option<f64>,
+    #[serde(default)]
+    pub strata_generator_cpu_us: Option<f64>,
+    #[serde(default)]
+    pub etcd_server_cpu_us: Option<f64>,
+    #[serde(default)]
+    pub etcd_generator_cpu_us: Option<f64>,
 }
 
 /// Median of the values (mean of the middle two for an even count).
@@ -171,6 +186,15 @@ pub fn summarize(
     let med = |ms: &[&Measurement], f: fn(&Measurement) -> f64| {
         median(&ms.iter().map(|m| f(m)).collect::<Vec<_>>())
     };
+    let cpu = |server: &str, f: fn(&RunRecord) -> Option<f64>| {
+        median(
+            &runs
+                .iter()
+                .filter(|r| r.server == server && r.measurement.is_some())
+                .filter_map(f)
+                .collect::<Vec<_>>(),
+        )
+    };
     let strata_rps = med(&s, |m| m.requests_per_sec);
     let etcd_rps = med(&e, |m| m.requests_per_sec);
     let mut row = SummaryRow {
@@ -190,6 +214,10 @@ pub fn summarize(
         target: String::new(),
         pass: None,
         note: String::new(),
+        strata_server_cpu_us: cpu("strata", |r| r.server_cpu_us),
+        strata_generator_cpu_us: cpu("strata", |r| r.generator_cpu_us),
+        etcd_server_cpu_us: cpu("etcd", |r| r.server_cpu_us),
+        etcd_generator_cpu_us: cpu("etcd", |r| r.generator_cpu_us),
     };
     let strata_runs: Vec<&RunRecord> = runs
         .iter()
@@ -253,6 +281,8 @@ mod tests {
                 extra: serde_json::json!({}),
                 ..Measurement::default()
             }),
+            server_cpu_us: None,
+            generator_cpu_us: None,
             error: None,
         }
     }
