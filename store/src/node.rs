@@ -847,12 +847,12 @@ impl Node {
             return Ok(());
         }
         let mut rx = self.applied.clone();
-        let r = match tokio::time::timeout_at(deadline, rx.wait_for(|a| a.index >= idx)).await {
+        let waited = tokio::time::timeout_at(deadline, rx.wait_for(|a| a.index >= idx)).await;
+        match waited {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(Error::Stopped),
             Err(_) => Err(Error::Timeout),
-        };
-        r
+        }
     }
 
     /// The receiving side of the peer transport, for the peer listener.

@@ -871,7 +871,7 @@ fn one_run(
     match result {
         Ok(m) => {
             let requests = m.ok + m.errors;
-            if let (Some((server, gen)), true) = (cpu_spent, requests > 0) {
+            if let Some((server, gen)) = cpu_spent.filter(|_| requests > 0) {
                 let per = |d: Duration| d.as_secs_f64() * 1e6 / requests as f64;
                 rec.server_cpu_us = Some(per(server));
                 rec.generator_cpu_us = Some(per(gen));

@@ -340,6 +340,31 @@ mod tests {
     }
 
     #[test]
+    fn cpu_figures_are_medians_of_the_measured_runs_per_server() {
+        let with_cpu = |server: &str, s: f64, g: f64| RunRecord {
+            server_cpu_us: Some(s),
+            generator_cpu_us: Some(g),
+            ..rec(server, 100.0, 1.0, 2.0)
+        };
+        let mut failed = with_cpu("strata", 1000.0, 1000.0);
+        failed.measurement = None;
+        let runs = vec![
+            with_cpu("strata", 10.0, 20.0),
+            with_cpu("strata", 14.0, 22.0),
+            with_cpu("strata", 12.0, 30.0),
+            failed,
+            with_cpu("etcd", 40.0, 25.0),
+            rec("etcd", 100.0, 1.0, 2.0),
+        ];
+        let row = summarize("x", Target::TwiceThroughput, 1, "3.5", "g", &runs, None);
+        assert_eq!(row.strata_server_cpu_us, Some(12.0));
+        assert_eq!(row.strata_generator_cpu_us, Some(22.0));
+        // A run without figures does not count.
+        assert_eq!(row.etcd_server_cpu_us, Some(40.0));
+        assert_eq!(row.etcd_generator_cpu_us, Some(25.0));
+    }
+
+    #[test]
     fn targets() {
         let runs = vec![rec("strata", 250.0, 1.0, 5.0), rec("etcd", 100.0, 2.0, 9.0)];
         let row = summarize("x", Target::ConcurrentPut, 1, "3.5", "g", &runs, None);

@@ -598,9 +598,9 @@ mod tests {
         // Elected, and its first entry of the term committed.
         eventually("a local read index", || status.local_read_index().is_some());
         assert!(status.is_leader());
+        // At least the leader's first entry of its term.
         let idx = status.local_read_index().unwrap();
         assert!(idx >= 1, "read index {idx}");
-        assert_eq!(idx, status.commit.load(Ordering::Acquire));
         // With a second voter, a read index needs member 2's heartbeat
         // answers: no more local reads, though member 1 still leads.
         let mut cc = ConfChangeV2::default();
